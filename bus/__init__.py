@@ -1,0 +1,1 @@
+"""The message bus: the Bus seam, RabbitMQ and in-memory implementations, routing."""

@@ -1,0 +1,1 @@
+"""Host daemon: one per hypervisor, drives libvirt and netlink (grows in the compute issue)."""

@@ -1,0 +1,106 @@
+"""Envelopes: how an event sits in the log and how a command travels to an actor."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import msgspec
+
+
+def stream_name(kind: str, actor_id: str) -> str:
+    """The stream of one actor: ``<kind>:<id>``."""
+    return f"{kind}:{actor_id}"
+
+
+def stream_kind(stream: str) -> str:
+    """The actor kind a stream belongs to."""
+    return stream.split(":", 1)[0]
+
+
+def routing_key(stream: str, event_type: str) -> str:
+    """The topic routing key of an event: ``<kind>.<event_type>``.
+
+    Domain event tags already start with their kind (``instance.scheduled``); system
+    tags shared by every kind (``timer.set``) get the kind put in front.
+    """
+    kind = stream_kind(stream)
+    if event_type.startswith(kind + "."):
+        return event_type
+    return f"{kind}.{event_type}"
+
+
+class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event an actor wants appended; the store gives it a version and a position.
+
+    ``data`` is the JSON encoding of the event's Struct (its tag is ``type``).
+    """
+
+    type: str
+    data: bytes
+    event_id: uuid.UUID = msgspec.field(default_factory=uuid.uuid4)
+    occurred_at: dt.datetime = msgspec.field(
+        default_factory=lambda: dt.datetime.now(dt.UTC)
+    )
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    project_id: str | None = None
+    user_id: str | None = None
+
+
+class EventEnvelope(msgspec.Struct, frozen=True, kw_only=True, tag="event"):
+    """An event as committed to the log and as published on the bus."""
+
+    event_id: uuid.UUID
+    stream: str
+    version: int
+    position: int
+    type: str
+    data: msgspec.Raw
+    occurred_at: dt.datetime
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    project_id: str | None = None
+    user_id: str | None = None
+
+    @property
+    def routing_key(self) -> str:
+        return routing_key(self.stream, self.type)
+
+
+class CommandEnvelope(msgspec.Struct, frozen=True, kw_only=True, tag="command"):
+    """A command to one actor (or to a host): routed to the shard that owns the actor.
+
+    ``body`` is the JSON encoding of the command Struct (tag ``type``). ``deadline`` is
+    an absolute UTC time after which the command must not take effect.
+    """
+
+    command_id: str
+    kind: str
+    actor_id: str
+    type: str
+    body: msgspec.Raw
+    correlation_id: str
+    deadline: dt.datetime
+    reply_to: str | None = None
+    causation_id: str | None = None
+    project_id: str | None = None
+    user_id: str | None = None
+
+
+class Reply(msgspec.Struct, frozen=True, kw_only=True, tag="reply"):
+    """The answer to a call: either events appended (their last position) or an error."""
+
+    command_id: str
+    ok: bool
+    version: int = 0
+    position: int = 0
+    error: str | None = None
+    error_type: str | None = None
+    retryable: bool = False
+
+
+ENCODER = msgspec.json.Encoder()
+EVENT_DECODER = msgspec.json.Decoder(EventEnvelope)
+COMMAND_DECODER = msgspec.json.Decoder(CommandEnvelope)
+REPLY_DECODER = msgspec.json.Decoder(Reply)

@@ -1,0 +1,1 @@
+"""The event log: the EventStore seam, PostgreSQL and SQLite logs, projections, relay."""

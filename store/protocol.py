@@ -1,0 +1,139 @@
+"""The EventStore seam: what every event-log backend offers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
+
+import msgspec
+
+from schemas import EventEnvelope, NewEvent
+
+#: expected_version for "this stream must not exist yet".
+NO_STREAM = 0
+#: expected_version for "append whatever the stream's version is" (no concurrency check).
+ANY_VERSION = -1
+
+
+class AppendResult(msgspec.Struct, frozen=True, kw_only=True):
+    """Where an append landed: the stream's new version and the last event's position.
+
+    ``duplicate`` is true when the append was a redelivered reaction to a cause already
+    recorded on the stream: nothing was written and the first result is returned.
+    """
+
+    stream: str
+    version: int
+    position: int
+    duplicate: bool = False
+
+
+class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """A saved fold of a stream up to ``version``; ``data`` is the state's encoding."""
+
+    stream: str
+    version: int
+    type: str
+    data: bytes
+
+
+class EventStore(Protocol):
+    """Append-only, per-stream versioned, globally ordered event log.
+
+    Versions of a stream start at 1. Positions are strictly increasing in the order
+    ``read_all`` returns events; they need not be dense.
+    """
+
+    async def append(
+        self,
+        stream: str,
+        events: Sequence[NewEvent],
+        expected_version: int,
+        *,
+        cause: str | None = None,
+    ) -> AppendResult:
+        """Append ``events`` if the stream is at ``expected_version``.
+
+        Raises ConcurrencyError (with the current version) on a stale expectation and
+        InvalidEvent, appending nothing, if any event does not decode. With ``cause``, a
+        second append for the same cause on the same stream is a no-op returning the
+        first append's result.
+        """
+        ...
+
+    async def read_stream(
+        self, stream: str, from_version: int = 1, limit: int | None = None
+    ) -> list[EventEnvelope]:
+        """Events of one stream with version >= ``from_version``, in version order."""
+        ...
+
+    async def stream_version(self, stream: str) -> int:
+        """The current version of a stream (0 if it has no events)."""
+        ...
+
+    async def read_all(self, after: int = 0, limit: int = 1000) -> list[EventEnvelope]:
+        """Committed events with position > ``after`` in global order, never skipping one
+        that commits later at a lower position."""
+        ...
+
+    def subscribe(self, after: int = 0, batch: int = 1000) -> AsyncIterator[list[EventEnvelope]]:
+        """Catch up from ``after`` then follow live; yields non-empty batches in order."""
+        ...
+
+    async def head(self) -> int:
+        """The position of the last event a reader can currently see (0 if none)."""
+        ...
+
+    async def save_snapshot(self, snapshot: Snapshot) -> None:
+        """Store ``snapshot`` as the stream's latest (an older version never replaces a newer)."""
+        ...
+
+    async def load_snapshot(self, stream: str) -> Snapshot | None:
+        """The stream's latest snapshot, if any."""
+        ...
+
+    async def close(self) -> None:
+        ...
+
+
+class SqlTx(Protocol):
+    """One open transaction on the log's database, handed to a projection.
+
+    SQL uses ``$1, $2 …`` placeholders on every backend (SQLite's are rewritten).
+    """
+
+    async def execute(self, sql: str, *args: object) -> None:
+        ...
+
+    async def fetch(self, sql: str, *args: object) -> list[tuple[object, ...]]:
+        ...
+
+
+class ProjectionStore(Protocol):
+    """What a store offers projections: query tables, checkpoint in the same transaction."""
+
+    async def projection_checkpoint(self, name: str) -> int:
+        """The position a projection has folded up to (0 if never run)."""
+        ...
+
+    def projection_tx(self, name: str, expected: int, new: int) -> "ProjectionTxContext":
+        """Open a transaction that moves ``name``'s checkpoint from ``expected`` to ``new``
+        on commit. Raises ConcurrencyError on enter if the checkpoint is not ``expected``
+        (another runner got there first); nothing is written then."""
+        ...
+
+    async def reset_projection(self, name: str, ddl_drop: Sequence[str]) -> None:
+        """Drop the projection's tables (``ddl_drop``) and its checkpoint, in one transaction."""
+        ...
+
+    async def run_ddl(self, ddl: Sequence[str]) -> None:
+        """Run idempotent DDL (``CREATE TABLE IF NOT EXISTS …``)."""
+        ...
+
+
+class ProjectionTxContext(Protocol):
+    async def __aenter__(self) -> SqlTx:
+        ...
+
+    async def __aexit__(self, *exc: object) -> bool | None:
+        ...

@@ -1,0 +1,1 @@
+"""Event subscriptions delivered as signed webhooks (grows in the event-feed issue)."""
