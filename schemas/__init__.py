@@ -2,8 +2,8 @@
 
 from schemas.envelope import (
     COMMAND_DECODER,
-    EVENT_DECODER,
     ENCODER,
+    EVENT_DECODER,
     CommandEnvelope,
     EventEnvelope,
     NewEvent,

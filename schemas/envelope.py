@@ -48,7 +48,9 @@ class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
     user_id: str | None = None
 
 
-class EventEnvelope(msgspec.Struct, frozen=True, kw_only=True, tag_field="envelope", tag="event"):
+class EventEnvelope(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="envelope", tag="event"
+):
     """An event as committed to the log and as published on the bus."""
 
     event_id: uuid.UUID
@@ -68,7 +70,9 @@ class EventEnvelope(msgspec.Struct, frozen=True, kw_only=True, tag_field="envelo
         return routing_key(self.stream, self.type)
 
 
-class CommandEnvelope(msgspec.Struct, frozen=True, kw_only=True, tag_field="envelope", tag="command"):
+class CommandEnvelope(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="envelope", tag="command"
+):
     """A command to one actor (or to a host): routed to the shard that owns the actor.
 
     ``body`` is the JSON encoding of the command Struct (tag ``type``). ``deadline`` is
@@ -88,7 +92,9 @@ class CommandEnvelope(msgspec.Struct, frozen=True, kw_only=True, tag_field="enve
     user_id: str | None = None
 
 
-class Reply(msgspec.Struct, frozen=True, kw_only=True, tag_field="envelope", tag="reply"):
+class Reply(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="envelope", tag="reply"
+):
     """The answer to a call: either events appended (their last position) or an error."""
 
     command_id: str
