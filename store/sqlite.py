@@ -1,0 +1,475 @@
+"""The embedded event log: SQLite on one writer thread, for single-process deployments."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
+import structlog
+
+from schemas import EventEnvelope, NewEvent
+from store.errors import ConcurrencyError, InvalidEvent, StoreUnavailable
+from store.protocol import ANY_VERSION, AppendResult, Snapshot
+from store.registry import EventTypes
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+#: Numbered migrations; each runs once, in order, recorded in schema_migrations.
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (1, (
+        """CREATE TABLE events (
+            position INTEGER PRIMARY KEY AUTOINCREMENT,
+            event_id TEXT NOT NULL UNIQUE,
+            stream TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            type TEXT NOT NULL,
+            data BLOB NOT NULL,
+            occurred_at TEXT NOT NULL,
+            correlation_id TEXT,
+            causation_id TEXT,
+            project_id TEXT,
+            user_id TEXT,
+            UNIQUE (stream, version)
+        )""",
+        """CREATE TABLE reactions (
+            stream TEXT NOT NULL,
+            cause TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            position INTEGER NOT NULL,
+            PRIMARY KEY (stream, cause)
+        )""",
+        """CREATE TABLE snapshots (
+            stream TEXT PRIMARY KEY,
+            version INTEGER NOT NULL,
+            type TEXT NOT NULL,
+            data BLOB NOT NULL
+        )""",
+        """CREATE TABLE projection_checkpoints (
+            name TEXT PRIMARY KEY,
+            position INTEGER NOT NULL
+        )""",
+    )),
+)
+
+_COLUMNS = (
+    "position, event_id, stream, version, type, data, occurred_at,"
+    " correlation_id, causation_id, project_id, user_id"
+)
+_INSERT = (
+    "INSERT INTO events (event_id, stream, version, type, data, occurred_at,"
+    " correlation_id, causation_id, project_id, user_id)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SAVE_SNAPSHOT = (
+    "INSERT INTO snapshots (stream, version, type, data) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (stream) DO UPDATE SET version = excluded.version,"
+    " type = excluded.type, data = excluded.data WHERE excluded.version >= snapshots.version"
+)
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+
+
+def to_sqlite_params(sql: str) -> str:
+    """Rewrite PostgreSQL ``$1`` placeholders as SQLite's numbered ``?1``."""
+    return _PLACEHOLDER.sub(r"?\1", sql)
+
+
+def _utc_text(when: dt.datetime) -> str:
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.astimezone(dt.UTC).isoformat()
+
+
+def _envelope(row: tuple[Any, ...]) -> EventEnvelope:
+    return EventEnvelope(
+        position=row[0], event_id=uuid.UUID(row[1]), stream=row[2], version=row[3],
+        type=row[4], data=msgspec.Raw(bytes(row[5])),
+        occurred_at=dt.datetime.fromisoformat(row[6]), correlation_id=row[7],
+        causation_id=row[8], project_id=row[9], user_id=row[10],
+    )
+
+
+def _row(stream: str, version: int, e: NewEvent) -> tuple[object, ...]:
+    return (
+        str(e.event_id), stream, version, e.type, bytes(e.data), _utc_text(e.occurred_at),
+        e.correlation_id, e.causation_id, e.project_id, e.user_id,
+    )
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> list[int]:
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations"
+        " (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+    )
+    applied = []
+    for number, statements in MIGRATIONS:
+        with _transaction(conn):
+            done = conn.execute(
+                "SELECT 1 FROM schema_migrations WHERE version = ?", (number,)
+            ).fetchone()
+            if done:
+                continue
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                (number, _utc_text(dt.datetime.now(dt.UTC))),
+            )
+            applied.append(number)
+    return applied
+
+
+class _transaction:
+    """BEGIN IMMEDIATE … COMMIT on a connection, ROLLBACK on any error."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._conn.execute("BEGIN IMMEDIATE")
+        return self._conn
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self._conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+def _current_version(conn: sqlite3.Connection, stream: str) -> int:
+    row = conn.execute(
+        "SELECT COALESCE(MAX(version), 0) FROM events WHERE stream = ?", (stream,)
+    ).fetchone()
+    return int(row[0])
+
+
+def _append_sync(
+    conn: sqlite3.Connection, stream: str, events: Sequence[NewEvent],
+    expected: int, cause: str | None,
+) -> AppendResult:
+    with _transaction(conn):
+        if cause is not None:
+            seen = conn.execute(
+                "SELECT version, position FROM reactions WHERE stream = ? AND cause = ?",
+                (stream, cause),
+            ).fetchone()
+            if seen is not None:
+                return AppendResult(
+                    stream=stream, version=seen[0], position=seen[1], duplicate=True
+                )
+        current = _current_version(conn, stream)
+        if expected != ANY_VERSION and expected != current:
+            raise ConcurrencyError(stream, expected, current)
+        position = 0
+        for offset, event in enumerate(events, start=1):
+            position = int(conn.execute(_INSERT, _row(stream, current + offset, event)).lastrowid
+                           or 0)
+        version = current + len(events)
+        if not events:
+            position = int(conn.execute(
+                "SELECT COALESCE(MAX(position), 0) FROM events WHERE stream = ?", (stream,)
+            ).fetchone()[0])
+        if cause is not None:
+            conn.execute(
+                "INSERT INTO reactions (stream, cause, version, position) VALUES (?, ?, ?, ?)",
+                (stream, cause, version, position),
+            )
+        return AppendResult(stream=stream, version=version, position=position)
+
+
+class SqliteEventStore:
+    """EventStore and ProjectionStore on one SQLite file (or ``":memory:"``).
+
+    All writes go through one connection on one dedicated thread, so commit order is
+    position order and the log is gap-free; a second connection on its own thread serves
+    reads (WAL lets it read while the writer writes). Subscribers are woken in-process
+    when an append commits.
+    """
+
+    def __init__(
+        self, path: str, types: EventTypes, writer: sqlite3.Connection,
+        reader: sqlite3.Connection | None, *, timeout: float,
+    ) -> None:
+        self._path = path
+        self._types = types
+        self._timeout = timeout
+        self._writer_conn = writer
+        self._reader_conn = reader or writer
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="orrery-sqlite-w")
+        self._reader = (
+            ThreadPoolExecutor(1, thread_name_prefix="orrery-sqlite-r") if reader else self._writer
+        )
+        #: held by every write and for the whole of a projection transaction
+        self._write_lock = asyncio.Lock()
+        self._committed = asyncio.Condition()
+        self._head = 0
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls, path: str | Path, types: EventTypes, *, op_timeout: float = 30.0
+    ) -> SqliteEventStore:
+        """Open (creating and migrating if needed) the log at ``path``."""
+        name = str(path)
+        memory = name == ":memory:"
+        writer = await asyncio.wait_for(asyncio.to_thread(_connect, name), op_timeout)
+        try:
+            applied = await asyncio.wait_for(asyncio.to_thread(_migrate, writer), op_timeout)
+            reader = None if memory else await asyncio.wait_for(
+                asyncio.to_thread(_connect, name), op_timeout
+            )
+        except BaseException:
+            writer.close()
+            raise
+        store = cls(name, types, writer, reader, timeout=op_timeout)
+        store._head = await store.head()
+        log.info("sqlite_store_opened", path=name, migrations=applied, head=store._head)
+        return store
+
+    async def _run(self, executor: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
+        if self._closed:
+            raise StoreUnavailable("the SQLite event store is closed")
+        future = asyncio.get_running_loop().run_in_executor(executor, fn)
+        try:
+            return await asyncio.wait_for(future, self._timeout)
+        except TimeoutError as exc:
+            raise StoreUnavailable(f"SQLite did not answer within {self._timeout}s") from exc
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        async with self._write_lock:
+            return await self._run(self._writer, lambda: fn(self._writer_conn))
+
+    async def _read(self, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        conn = self._reader_conn
+        return await self._run(self._reader, lambda: conn.execute(sql, args).fetchall())
+
+    # -- EventStore --------------------------------------------------------------------
+
+    async def append(
+        self, stream: str, events: Sequence[NewEvent], expected_version: int,
+        *, cause: str | None = None,
+    ) -> AppendResult:
+        if expected_version < ANY_VERSION:
+            raise ValueError(f"expected_version must be >= {ANY_VERSION}")
+        for event in events:
+            self._types.validate(event.type, event.data)
+        events = list(events)
+        try:
+            result = await self._write(
+                lambda c: _append_sync(c, stream, events, expected_version, cause)
+            )
+        except sqlite3.IntegrityError as exc:
+            raise InvalidEvent(events[0].type, f"duplicate event_id: {exc}") from exc
+        if events and not result.duplicate:
+            await self._publish_head(result.position)
+        return result
+
+    async def _publish_head(self, position: int) -> None:
+        async with self._committed:
+            if position > self._head:
+                self._head = position
+                self._committed.notify_all()
+
+    async def read_stream(
+        self, stream: str, from_version: int = 1, limit: int | None = None
+    ) -> list[EventEnvelope]:
+        rows = await self._read(
+            f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND version >= ?"
+            " ORDER BY version LIMIT ?",
+            (stream, from_version, -1 if limit is None else limit),
+        )
+        return [_envelope(r) for r in rows]
+
+    async def stream_version(self, stream: str) -> int:
+        rows = await self._read(
+            "SELECT COALESCE(MAX(version), 0) FROM events WHERE stream = ?", (stream,)
+        )
+        return int(rows[0][0])
+
+    async def read_all(self, after: int = 0, limit: int = 1000) -> list[EventEnvelope]:
+        rows = await self._read(
+            f"SELECT {_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
+            (after, limit),
+        )
+        return [_envelope(r) for r in rows]
+
+    async def subscribe(
+        self, after: int = 0, batch: int = 1000
+    ) -> AsyncIterator[list[EventEnvelope]]:
+        position = after
+        while True:
+            events = await self.read_all(position, batch)
+            if events:
+                position = events[-1].position
+                yield events
+            elif not await self._wait_past(position):
+                return
+
+    async def _wait_past(self, position: int) -> bool:
+        """Wait until an append commits past ``position``; False once the store closes."""
+        async with self._committed:
+            await self._committed.wait_for(lambda: self._closed or self._head > position)
+        return not self._closed
+
+    async def head(self) -> int:
+        rows = await self._read("SELECT COALESCE(MAX(position), 0) FROM events", ())
+        return int(rows[0][0])
+
+    async def save_snapshot(self, snapshot: Snapshot) -> None:
+        args = (snapshot.stream, snapshot.version, snapshot.type, bytes(snapshot.data))
+        await self._write(lambda c: c.execute(_SAVE_SNAPSHOT, args))
+
+    async def load_snapshot(self, stream: str) -> Snapshot | None:
+        rows = await self._read(
+            "SELECT stream, version, type, data FROM snapshots WHERE stream = ?", (stream,)
+        )
+        if not rows:
+            return None
+        s, version, type_, data = rows[0]
+        return Snapshot(stream=s, version=version, type=type_, data=bytes(data))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        async with self._write_lock:
+            async with self._committed:
+                self._closed = True
+                self._committed.notify_all()
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._writer, self._writer_conn.close)
+            if self._reader is not self._writer:
+                await loop.run_in_executor(self._reader, self._reader_conn.close)
+                self._reader.shutdown(wait=False)
+            self._writer.shutdown(wait=False)
+        log.info("sqlite_store_closed", path=self._path)
+
+    # -- ProjectionStore ---------------------------------------------------------------
+
+    async def projection_checkpoint(self, name: str) -> int:
+        rows = await self._read(
+            "SELECT position FROM projection_checkpoints WHERE name = ?", (name,)
+        )
+        return int(rows[0][0]) if rows else 0
+
+    def projection_tx(self, name: str, expected: int, new: int) -> SqliteProjectionTx:
+        return SqliteProjectionTx(self, name, expected, new)
+
+    async def reset_projection(self, name: str, ddl_drop: Sequence[str]) -> None:
+        def reset(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                for statement in ddl_drop:
+                    conn.execute(statement)
+                conn.execute("DELETE FROM projection_checkpoints WHERE name = ?", (name,))
+
+        await self._write(reset)
+        log.info("projection_reset", projection=name)
+
+    async def run_ddl(self, ddl: Sequence[str]) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                for statement in ddl:
+                    conn.execute(statement)
+
+        await self._write(run)
+
+
+class SqliteProjectionTx:
+    """One projection transaction: holds the writer for its whole life.
+
+    Jobs go to the single writer thread in submission order, so the ROLLBACK or the
+    checkpoint-and-COMMIT always runs after every statement of the transaction, even
+    when the awaiting task is cancelled.
+    """
+
+    def __init__(self, store: SqliteEventStore, name: str, expected: int, new: int) -> None:
+        self._store = store
+        self._name = name
+        self._expected = expected
+        self._new = new
+
+    async def __aenter__(self) -> SqliteProjectionTx:
+        await self._store._write_lock.acquire()
+        try:
+            await self._store._run(self._store._writer, self._begin)
+        except BaseException:
+            self._store._write_lock.release()
+            raise
+        return self
+
+    def _begin(self) -> None:
+        conn = self._store._writer_conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute(
+                "SELECT position FROM projection_checkpoints WHERE name = ?", (self._name,)
+            ).fetchone()
+            current = int(row[0]) if row else 0
+            if current != self._expected:
+                raise ConcurrencyError(f"projection:{self._name}", self._expected, current)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _commit(self) -> None:
+        conn = self._store._writer_conn
+        try:
+            conn.execute(
+                "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+                (self._name, self._new),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        conn = self._store._writer_conn
+        if conn.in_transaction:  # some errors already rolled SQLite back
+            conn.execute("ROLLBACK")
+
+    async def __aexit__(self, *exc: object) -> bool | None:
+        try:
+            if exc[0] is None:
+                await self._store._run(self._store._writer, self._commit)
+            else:
+                loop = asyncio.get_running_loop()
+                # submitted now, so it runs next on the writer thread even if we are cancelled
+                await asyncio.shield(loop.run_in_executor(self._store._writer, self._rollback))
+        finally:
+            self._store._write_lock.release()
+        return None
+
+    async def execute(self, sql: str, *args: object) -> None:
+        conn = self._store._writer_conn
+        statement = to_sqlite_params(sql)
+        await self._store._run(self._store._writer, lambda: conn.execute(statement, args))
+
+    async def fetch(self, sql: str, *args: object) -> list[tuple[object, ...]]:
+        conn = self._store._writer_conn
+        statement = to_sqlite_params(sql)
+        return await self._store._run(
+            self._store._writer, lambda: conn.execute(statement, args).fetchall()
+        )
+
+
+if TYPE_CHECKING:
+    from store.protocol import EventStore, ProjectionStore
+
+    def _conforms(store: SqliteEventStore) -> tuple[EventStore, ProjectionStore]:
+        return store, store
