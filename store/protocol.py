@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -128,6 +128,11 @@ class ProjectionStore(Protocol):
 
     async def run_ddl(self, ddl: Sequence[str]) -> None:
         """Run idempotent DDL (``CREATE TABLE IF NOT EXISTS …``)."""
+        ...
+
+    async def query(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
+        """A read-only query on the projections' tables (``$1`` placeholders): how the
+        gateway and services read what projections folded."""
         ...
 
 
