@@ -1,0 +1,42 @@
+-- The event log: events by global position, stream versions, idempotent reactions,
+-- snapshots and projection checkpoints.
+
+CREATE TABLE events (
+    position       bigint PRIMARY KEY,   -- (xid << 20) + ordinal within the transaction
+    stream         text NOT NULL,
+    version        int NOT NULL,
+    type           text NOT NULL,
+    data           jsonb NOT NULL,
+    event_id       uuid NOT NULL UNIQUE,
+    occurred_at    timestamptz NOT NULL,
+    correlation_id text,
+    causation_id   text,
+    project_id     text,
+    user_id        text,
+    UNIQUE (stream, version)
+);
+
+CREATE TABLE streams (
+    stream  text PRIMARY KEY,
+    version int NOT NULL
+);
+
+CREATE TABLE reactions (
+    stream   text NOT NULL,
+    cause    text NOT NULL,
+    version  int NOT NULL,
+    position bigint NOT NULL,
+    PRIMARY KEY (stream, cause)
+);
+
+CREATE TABLE snapshots (
+    stream  text PRIMARY KEY,
+    version int NOT NULL,
+    type    text NOT NULL,
+    data    bytea NOT NULL
+);
+
+CREATE TABLE projection_checkpoints (
+    name     text PRIMARY KEY,
+    position bigint NOT NULL
+);

@@ -1,0 +1,552 @@
+"""The PostgreSQL event log: group-commit appends, gap-free reads by position, projections.
+
+Appends are validated, queued and written by a few writer tasks, each of which sends
+everything queued (up to ``max_batch_events``) to ``orrery_append`` in one statement,
+hence one transaction. Positions are ``(xid << 20) + ordinal``; readers only read below
+``snapshot xmin << 20``, where no transaction can still commit (see 002_append_function.sql).
+Live subscribers share one LISTEN connection; they poll only while committed events wait
+behind an open transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import msgspec
+import structlog
+
+from schemas import EventEnvelope, NewEvent
+from store.errors import ConcurrencyError, InvalidEvent, StoreError, StoreUnavailable
+from store.metrics import APPEND_SECONDS, APPENDED_EVENTS, BATCH_EVENTS
+from store.migrations import migrate
+from store.protocol import AppendResult, Snapshot
+from store.registry import EventTypes
+
+log = structlog.get_logger(__name__)
+
+EVENTS_CHANNEL = "orrery_events"
+PROJECTIONS_CHANNEL = "orrery_projections"
+_HORIZON = "(pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)"
+_COLUMNS = ("position, stream, version, type, data, event_id, occurred_at,"
+            " correlation_id, causation_id, project_id, user_id")
+APPEND_SQL = "SELECT * FROM orrery_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+_READ_FOLLOW = (
+    f"WITH h AS MATERIALIZED (SELECT {_HORIZON} AS horizon,"
+    " (SELECT max(position) FROM events) AS top)"
+    " SELECT h.horizon, h.top, e.* FROM h LEFT JOIN LATERAL"
+    f" (SELECT {_COLUMNS} FROM events WHERE position > $1 AND position < h.horizon"
+    " ORDER BY position LIMIT $2) AS e ON true")
+_READ_STREAM = (f"SELECT {_COLUMNS} FROM events WHERE stream = $1 AND version >= $2"
+                " ORDER BY version LIMIT $3")
+_HEAD = (f"SELECT coalesce((SELECT max(position) FROM events WHERE position < {_HORIZON}), 0),"
+         " coalesce((SELECT max(position) FROM events), 0)")
+_SAVE_SNAPSHOT = (
+    "INSERT INTO snapshots (stream, version, type, data) VALUES ($1, $2, $3, $4)"
+    " ON CONFLICT (stream) DO UPDATE SET version = excluded.version, type = excluded.type,"
+    " data = excluded.data WHERE snapshots.version <= excluded.version")
+_CONN_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+_MAX_SCAN = 2000  # queued appends a writer looks at when it skips repeated streams
+
+
+async def _init_conn(conn: Any) -> None:
+    """jsonb travels in binary form (b'\\x01' + JSON bytes): never re-parsed in Python."""
+    await conn.set_type_codec("jsonb", schema="pg_catalog", format="binary",
+                              encoder=_jsonb_out, decoder=_jsonb_in)
+
+
+def _jsonb_out(data: bytes) -> bytes:
+    return b"\x01" + data
+
+
+def _jsonb_in(data: bytes) -> bytes:
+    return data[1:]
+
+
+@contextlib.contextmanager
+def _mapped() -> Iterator[None]:
+    """Map lost connections and timeouts to StoreUnavailable (retryable)."""
+    try:
+        yield
+    except _CONN_ERRORS as exc:
+        raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _envelope(r: Any, o: int = 0) -> EventEnvelope:
+    """An EventEnvelope from a row of _COLUMNS starting at column ``o``."""
+    return EventEnvelope(
+        position=r[o], stream=r[o + 1], version=r[o + 2], type=r[o + 3],
+        data=msgspec.Raw(r[o + 4]), event_id=r[o + 5], occurred_at=r[o + 6],
+        correlation_id=r[o + 7], causation_id=r[o + 8], project_id=r[o + 9],
+        user_id=r[o + 10])
+
+
+@dataclass(slots=True)
+class _Append:
+    """One caller's append waiting for a writer."""
+
+    stream: str
+    expected: int
+    cause: str | None
+    events: Sequence[NewEvent]
+    future: asyncio.Future[AppendResult] = field(repr=False)
+
+
+def _batch_args(batch: list[_Append]) -> list[list[Any]]:
+    """The twelve array arguments of orrery_append for ``batch``."""
+    args: list[list[Any]] = [[] for _ in range(12)]
+    streams, expected, causes, index, types, data, ids, at, corr, caus, proj, user = args
+    for i, item in enumerate(batch, start=1):
+        streams.append(item.stream)
+        expected.append(item.expected)
+        causes.append(item.cause)
+        for ev in item.events:
+            index.append(i)
+            types.append(ev.type)
+            data.append(ev.data)
+            ids.append(ev.event_id)
+            at.append(ev.occurred_at)
+            corr.append(ev.correlation_id)
+            caus.append(ev.causation_id)
+            proj.append(ev.project_id)
+            user.append(ev.user_id)
+    return args
+
+
+def _resolve(item: _Append, status: str, version: int, position: int) -> None:
+    if item.future.done():
+        return
+    if status == "conflict":
+        item.future.set_exception(ConcurrencyError(item.stream, item.expected, version))
+        return
+    item.future.set_result(AppendResult(stream=item.stream, version=version,
+                                        position=position, duplicate=status == "duplicate"))
+
+
+def _fail(item: _Append, exc: BaseException) -> None:
+    if not item.future.done():
+        item.future.set_exception(exc)
+
+
+class _GroupCommit:
+    """Queued appends and the writer tasks that commit them, one batch per transaction."""
+
+    def __init__(self, pool: Any, writers: int, max_events: int, timeout: float) -> None:
+        self._pool = pool
+        self._max_events = max_events
+        self._timeout = timeout
+        self._queue: deque[_Append] = deque()
+        self._work = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._busy = 0
+        self._tasks = [asyncio.create_task(self._run(), name=f"pg-writer-{n}")
+                       for n in range(writers)]
+
+    def submit(self, item: _Append) -> None:
+        self._queue.append(item)
+        self._idle.clear()
+        self._work.set()
+
+    async def close(self, drain_timeout: float) -> None:
+        """Let queued appends commit (up to ``drain_timeout``), then stop the writers."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(drain_timeout):
+                await self._idle.wait()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        while self._queue:
+            _fail(self._queue.popleft(), StoreUnavailable("event store closed"))
+
+    async def _run(self) -> None:
+        while True:
+            while not self._queue:
+                self._work.clear()
+                await self._work.wait()
+            batch = self._take()
+            if not batch:
+                if not self._busy and not self._queue:
+                    self._idle.set()
+                continue
+            self._busy += 1
+            try:
+                await self._commit(batch)
+            except Exception as exc:  # a bug: fail this batch, keep the writer alive
+                log.exception("append_writer_error")
+                for item in batch:
+                    _fail(item, StoreUnavailable(f"append failed: {exc!r}"))
+            except BaseException:
+                for item in batch:
+                    _fail(item, StoreUnavailable("event store closed during the append"))
+                raise
+            finally:
+                self._busy -= 1
+                if not self._busy and not self._queue:
+                    self._idle.set()
+
+    def _take(self) -> list[_Append]:
+        """Everything queued now, up to max_events, each stream at most once."""
+        batch: list[_Append] = []
+        seen: set[str] = set()
+        skipped: list[_Append] = []
+        count = 0
+        while self._queue and count < self._max_events and len(skipped) < _MAX_SCAN:
+            item = self._queue.popleft()
+            if item.future.done():  # the caller was cancelled before we got to it
+                continue
+            if item.stream in seen:
+                skipped.append(item)
+                continue
+            seen.add(item.stream)
+            batch.append(item)
+            count += len(item.events)
+        self._queue.extendleft(reversed(skipped))
+        return batch
+
+    async def _commit(self, batch: list[_Append]) -> None:
+        try:
+            with _mapped():
+                async with self._pool.acquire(timeout=self._timeout) as conn:
+                    rows = await conn.fetch(APPEND_SQL, *_batch_args(batch),
+                                            timeout=self._timeout)
+        except StoreUnavailable as exc:
+            log.warning("append_batch_failed", appends=len(batch), error=str(exc))
+            for item in batch:
+                _fail(item, exc)
+            return
+        except asyncpg.PostgresError as exc:
+            await self._one_by_one(batch, exc)
+            return
+        written = 0
+        for item, row in zip(batch, rows, strict=True):
+            if row[0] == "ok":
+                written += len(item.events)
+            _resolve(item, row[0], row[1], row[2])
+        BATCH_EVENTS.observe(written)
+        APPENDED_EVENTS.inc(written)
+
+    async def _one_by_one(self, batch: list[_Append], exc: asyncpg.PostgresError) -> None:
+        """A batch failed on a data error: retry its appends alone so only the culprit fails."""
+        if len(batch) == 1:
+            item = batch[0]
+            kind = item.events[0].type if item.events else "?"
+            _fail(item, InvalidEvent(kind, f"{type(exc).__name__}: {exc}"))
+            return
+        log.info("append_batch_split", appends=len(batch), error=type(exc).__name__)
+        for item in batch:
+            await self._commit([item])
+
+
+class _Listener:
+    """One LISTEN connection per store; every subscriber waits on its wake-up event."""
+
+    def __init__(self, dsn: str, timeout: float) -> None:
+        self._dsn = dsn
+        self._timeout = timeout
+        self._conn: Any = None
+        self._lock = asyncio.Lock()
+        self.wake = asyncio.Event()
+
+    async def ensure(self) -> None:
+        """Connect and LISTEN if not already; after a reconnect, wake every subscriber."""
+        if self._conn is not None and not self._conn.is_closed():
+            return
+        async with self._lock:
+            if self._conn is not None and not self._conn.is_closed():
+                return
+            with _mapped():
+                conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
+                await conn.add_listener(EVENTS_CHANNEL, self._on_notify)
+            conn.add_termination_listener(self._on_lost)
+            self._conn = conn
+            self._fire()
+
+    def _on_notify(self, *_: object) -> None:
+        self._fire()
+
+    def _on_lost(self, conn: object) -> None:
+        if conn is not self._conn:  # closed by us
+            return
+        log.warning("listen_connection_lost")
+        self._conn = None
+        self._fire()
+
+    def _fire(self) -> None:
+        old, self.wake = self.wake, asyncio.Event()
+        old.set()
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close(timeout=self._timeout)
+        self._fire()
+
+
+class _PgTx:
+    """SqlTx over one asyncpg connection inside an open transaction."""
+
+    def __init__(self, conn: Any, timeout: float) -> None:
+        self._conn = conn
+        self._timeout = timeout
+
+    async def execute(self, sql: str, *args: object) -> None:
+        with _mapped():
+            await self._conn.execute(sql, *args, timeout=self._timeout)
+
+    async def fetch(self, sql: str, *args: object) -> list[tuple[object, ...]]:
+        with _mapped():
+            rows = await self._conn.fetch(sql, *args, timeout=self._timeout)
+        return [tuple(r) for r in rows]
+
+
+class _ProjectionTx:
+    """The transaction of projection_tx: checkpoint locked on enter, moved on clean exit."""
+
+    def __init__(self, pool: Any, name: str, expected: int, new: int, timeout: float) -> None:
+        self._pool, self._name, self._timeout = pool, name, timeout
+        self._expected, self._new = expected, new
+        self._conn: Any = None
+        self._tx: Any = None
+
+    async def __aenter__(self) -> _PgTx:
+        with _mapped():
+            self._conn = await self._pool.acquire(timeout=self._timeout)
+        try:
+            with _mapped():
+                self._tx = self._conn.transaction()
+                await self._tx.start()
+                await self._conn.execute(
+                    "INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0)"
+                    " ON CONFLICT (name) DO NOTHING", self._name, timeout=self._timeout)
+                current = await self._conn.fetchval(
+                    "SELECT position FROM projection_checkpoints WHERE name = $1 FOR UPDATE",
+                    self._name, timeout=self._timeout)
+            if current != self._expected:
+                raise ConcurrencyError(self._name, self._expected, current)
+        except BaseException:
+            await self._finish(commit=False)
+            raise
+        return _PgTx(self._conn, self._timeout)
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        await self._finish(commit=exc_type is None)
+
+    async def _finish(self, commit: bool) -> None:
+        conn, self._conn = self._conn, None
+        try:
+            with _mapped():
+                if commit:
+                    await conn.execute(
+                        "UPDATE projection_checkpoints SET position = $2 WHERE name = $1;",
+                        self._name, self._new, timeout=self._timeout)
+                    await conn.execute("SELECT pg_notify($1, $2)", PROJECTIONS_CHANNEL,
+                                       self._name, timeout=self._timeout)
+                    await self._tx.commit()
+                elif self._tx is not None and not conn.is_closed():
+                    await self._tx.rollback()
+        except BaseException:
+            if commit and not conn.is_closed():
+                await self._tx.rollback()
+            raise
+        finally:
+            await self._pool.release(conn, timeout=self._timeout)
+
+
+class PostgresEventStore:
+    """EventStore and ProjectionStore on PostgreSQL 15 (asyncpg)."""
+
+    def __init__(self, dsn: str, types: EventTypes, pool: Any, append_pool: Any,
+                 writers: int, max_batch_events: int, timeout: float,
+                 settle_timeout: float) -> None:
+        self._dsn = dsn
+        self._settle_timeout = settle_timeout
+        self._types = types
+        self._pool = pool
+        self._append_pool = append_pool
+        self._timeout = timeout
+        self._closed = False
+        self._writer = _GroupCommit(append_pool, writers, max_batch_events, timeout)
+        self._listener = _Listener(dsn, timeout)
+
+    @classmethod
+    async def connect(cls, dsn: str, types: EventTypes, *, writers: int = 3,
+                      max_batch_events: int = 500, read_pool_size: int = 4,
+                      timeout: float = 30.0, settle_timeout: float = 2.0
+                      ) -> PostgresEventStore:
+        """Apply pending migrations and open the pools (``writers`` append connections).
+
+        ``timeout`` bounds every database call; ``settle_timeout`` how long read_all and
+        head wait for an open transaction that holds committed events behind the horizon.
+        """
+        with _mapped():
+            conn = await asyncpg.connect(dsn, timeout=timeout)
+            try:
+                await migrate(conn, timeout=timeout)
+            finally:
+                await conn.close(timeout=timeout)
+            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=read_pool_size,
+                                             init=_init_conn, timeout=timeout)
+            append_pool = await asyncpg.create_pool(dsn, min_size=writers, max_size=writers,
+                                                    init=_init_conn, timeout=timeout)
+        log.info("event_store_connected", writers=writers, max_batch_events=max_batch_events)
+        return cls(dsn, types, pool, append_pool, writers, max_batch_events, timeout,
+                   settle_timeout)
+
+    async def close(self) -> None:
+        """Commit what is queued, stop the writers and close every connection. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._writer.close(drain_timeout=self._timeout)
+        await self._listener.close()
+        await self._append_pool.close()
+        await self._pool.close()
+
+    async def append(self, stream: str, events: Sequence[NewEvent], expected_version: int,
+                     *, cause: str | None = None) -> AppendResult:
+        for ev in events:
+            self._types.validate(ev.type, ev.data)
+        if self._closed:
+            raise StoreUnavailable("event store closed")
+        started = time.perf_counter()
+        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        self._writer.submit(_Append(stream, expected_version, cause, events, future))
+        try:
+            return await future
+        finally:
+            APPEND_SECONDS.observe(time.perf_counter() - started)
+
+    async def read_stream(self, stream: str, from_version: int = 1,
+                          limit: int | None = None) -> list[EventEnvelope]:
+        with _mapped():
+            rows = await self._pool.fetch(_READ_STREAM, stream, from_version, limit,
+                                          timeout=self._timeout)
+        return [_envelope(r) for r in rows]
+
+    async def stream_version(self, stream: str) -> int:
+        with _mapped():
+            version = await self._pool.fetchval(
+                "SELECT version FROM streams WHERE stream = $1", stream, timeout=self._timeout)
+        return int(version or 0)
+
+    async def read_all(self, after: int = 0, limit: int = 1000) -> list[EventEnvelope]:
+        """Events below the horizon. When committed events wait behind a transaction that
+        is still open (anywhere in the cluster), re-read for up to ``settle_timeout`` so a
+        reader sees what was committed before it asked (read-your-writes)."""
+        backoff, deadline = 0.0, time.monotonic() + self._settle_timeout
+        while True:
+            events, _, top = await self._read_follow(after, limit)
+            last = events[-1].position if events else after
+            if len(events) == limit or top <= last or time.monotonic() >= deadline:
+                return events
+            backoff = min(max(backoff * 2, 0.002), 0.1)
+            await asyncio.sleep(backoff)
+
+    async def _read_follow(self, after: int, limit: int) -> tuple[list[EventEnvelope], int, int]:
+        """A batch after ``after`` plus the horizon and the newest visible position."""
+        with _mapped():
+            rows = await self._pool.fetch(_READ_FOLLOW, after, limit, timeout=self._timeout)
+        horizon, top = rows[0][0], rows[0][1] or 0
+        if rows[0][2] is None:
+            return [], horizon, top
+        return [_envelope(r, 2) for r in rows], horizon, top
+
+    async def subscribe(self, after: int = 0,
+                        batch: int = 1000) -> AsyncIterator[list[EventEnvelope]]:
+        backoff = 0.0
+        while not self._closed:
+            await self._listener.ensure()
+            wake = self._listener.wake
+            events, horizon, top = await self._read_follow(after, batch)
+            if events:
+                yield events
+                after = events[-1].position
+                if len(events) == batch:
+                    continue
+            if top > after and top >= horizon:
+                # Committed events wait behind an open transaction: the only polling.
+                backoff = min(max(backoff * 2, 0.002), 0.1)
+                await asyncio.sleep(backoff)
+                continue
+            backoff = 0.0
+            if top <= after:
+                await wake.wait()
+
+    async def head(self) -> int:
+        """The newest position below the horizon (settling like read_all)."""
+        backoff, deadline = 0.0, time.monotonic() + self._settle_timeout
+        while True:
+            with _mapped():
+                visible, top = await self._pool.fetchrow(_HEAD, timeout=self._timeout)
+            if visible == top or time.monotonic() >= deadline:
+                return int(visible)
+            backoff = min(max(backoff * 2, 0.002), 0.1)
+            await asyncio.sleep(backoff)
+
+    async def save_snapshot(self, snapshot: Snapshot) -> None:
+        with _mapped():
+            await self._pool.execute(_SAVE_SNAPSHOT, snapshot.stream, snapshot.version,
+                                     snapshot.type, snapshot.data, timeout=self._timeout)
+
+    async def load_snapshot(self, stream: str) -> Snapshot | None:
+        with _mapped():
+            row = await self._pool.fetchrow(
+                "SELECT version, type, data FROM snapshots WHERE stream = $1", stream,
+                timeout=self._timeout)
+        if row is None:
+            return None
+        return Snapshot(stream=stream, version=row[0], type=row[1], data=bytes(row[2]))
+
+    async def projection_checkpoint(self, name: str) -> int:
+        with _mapped():
+            position = await self._pool.fetchval(
+                "SELECT position FROM projection_checkpoints WHERE name = $1", name,
+                timeout=self._timeout)
+        return int(position or 0)
+
+    def projection_tx(self, name: str, expected: int, new: int) -> _ProjectionTx:
+        return _ProjectionTx(self._pool, name, expected, new, self._timeout)
+
+    async def reset_projection(self, name: str, ddl_drop: Sequence[str]) -> None:
+        await self._in_tx([*((sql, ()) for sql in ddl_drop),
+                           ("DELETE FROM projection_checkpoints WHERE name = $1", (name,))])
+
+    async def run_ddl(self, ddl: Sequence[str]) -> None:
+        await self._in_tx([(sql, ()) for sql in ddl])
+
+    async def _in_tx(self, statements: list[tuple[str, tuple[object, ...]]]) -> None:
+        with _mapped():
+            async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
+                for sql, args in statements:
+                    await conn.execute(sql, *args, timeout=self._timeout)
+
+    @contextlib.asynccontextmanager
+    async def try_leadership(self, name: str) -> AsyncIterator[bool]:
+        """Yield True while this process holds the cluster-wide leadership ``name``.
+
+        A session advisory lock on a dedicated connection, released when the block
+        exits (or the connection dies: callers re-check by re-entering).
+        """
+        with _mapped():
+            conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
+        try:
+            with _mapped():
+                got = await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                                          name, timeout=self._timeout)
+            yield bool(got)
+        finally:
+            try:
+                await conn.close(timeout=self._timeout)  # ends the session: lock released
+            except BaseException:
+                conn.terminate()
+                raise
+
+
+__all__ = ["EVENTS_CHANNEL", "PROJECTIONS_CHANNEL", "PostgresEventStore", "StoreError"]
