@@ -56,17 +56,14 @@ _MAX_SCAN = 2000  # queued appends a writer looks at when it skips repeated stre
 
 
 async def _init_conn(conn: Any) -> None:
-    """jsonb travels in binary form (b'\\x01' + JSON bytes): never re-parsed in Python."""
-    await conn.set_type_codec("jsonb", schema="pg_catalog", format="binary",
-                              encoder=_jsonb_out, decoder=_jsonb_in)
+    """Event data is ``json`` (kept byte for byte, unlike jsonb) sent and read in binary
+    form, which for json is the text itself: the bytes are never re-parsed in Python."""
+    await conn.set_type_codec("json", schema="pg_catalog", format="binary",
+                              encoder=_same_bytes, decoder=_same_bytes)
 
 
-def _jsonb_out(data: bytes) -> bytes:
-    return b"\x01" + data
-
-
-def _jsonb_in(data: bytes) -> bytes:
-    return data[1:]
+def _same_bytes(data: bytes) -> bytes:
+    return data
 
 
 @contextlib.contextmanager
@@ -517,6 +514,12 @@ class PostgresEventStore:
     async def reset_projection(self, name: str, ddl_drop: Sequence[str]) -> None:
         await self._in_tx([*((sql, ()) for sql in ddl_drop),
                            ("DELETE FROM projection_checkpoints WHERE name = $1", (name,))])
+
+    async def query(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
+        """A read-only query on projection tables (``$1`` placeholders)."""
+        with _mapped():
+            rows = await self._pool.fetch(sql, *args, timeout=self._timeout)
+        return [tuple(r) for r in rows]
 
     async def run_ddl(self, ddl: Sequence[str]) -> None:
         await self._in_tx([(sql, ()) for sql in ddl])

@@ -6,7 +6,7 @@ CREATE TABLE events (
     stream         text NOT NULL,
     version        int NOT NULL,
     type           text NOT NULL,
-    data           jsonb NOT NULL,
+    data           json NOT NULL,        -- json, not jsonb: the bytes read back exactly as sent
     event_id       uuid NOT NULL UNIQUE,
     occurred_at    timestamptz NOT NULL,
     correlation_id text,

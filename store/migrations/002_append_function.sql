@@ -14,7 +14,7 @@
 
 CREATE FUNCTION orrery_append(
     a_stream text[], a_expected int[], a_cause text[],
-    e_append int[], e_type text[], e_data jsonb[], e_event_id uuid[],
+    e_append int[], e_type text[], e_data json[], e_event_id uuid[],
     e_occurred_at timestamptz[], e_correlation_id text[], e_causation_id text[],
     e_project_id text[], e_user_id text[])
 RETURNS TABLE (out_status text, out_version int, out_position bigint)
