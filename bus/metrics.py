@@ -1,0 +1,56 @@
+"""Prometheus metrics of the bus: published, handled by outcome, dead letters, in flight."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+from bus.routing import Names
+
+PUBLISHED = Counter(
+    "orrery_bus_published_total",
+    "Messages published and confirmed by the broker.",
+    ["kind"],
+)
+HANDLED = Counter(
+    "orrery_bus_handled_total",
+    "Deliveries handled, by queue kind and outcome (ack, retry, dead).",
+    ["queue_kind", "outcome"],
+)
+DEAD_LETTERS = Counter(
+    "orrery_dead_letters_total",
+    "Messages moved to the dead-letter queue.",
+)
+INFLIGHT = Gauge(
+    "orrery_bus_inflight",
+    "Deliveries being handled right now (a proxy for mailbox depth).",
+    ["queue_kind"],
+)
+
+#: the queue kinds used as label values; never a queue name
+EVENT, COMMAND, HOST, REPLY = "event", "command", "host", "reply"
+
+PUBLISHED_EVENT = PUBLISHED.labels(kind="event")
+PUBLISHED_COMMAND = PUBLISHED.labels(kind="command")
+PUBLISHED_REPLY = PUBLISHED.labels(kind="reply")
+
+
+class QueueMetrics:
+    """The label children of one queue kind, resolved once so the hot path only counts."""
+
+    def __init__(self, queue_kind: str) -> None:
+        self.queue_kind = queue_kind
+        self.ack = HANDLED.labels(queue_kind=queue_kind, outcome="ack")
+        self.retry = HANDLED.labels(queue_kind=queue_kind, outcome="retry")
+        self.dead = HANDLED.labels(queue_kind=queue_kind, outcome="dead")
+        self.inflight = INFLIGHT.labels(queue_kind=queue_kind)
+
+
+def queue_kind_of(names: Names, queue: str) -> str:
+    """The label value for a queue name (small, fixed set)."""
+    if queue.startswith(names.prefix + ".ev."):
+        return EVENT
+    if queue.startswith(names.prefix + ".cmd."):
+        return COMMAND
+    if queue.startswith(names.prefix + ".compute."):
+        return HOST
+    return REPLY
