@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -456,7 +456,7 @@ class PostgresEventStore:
         return [_envelope(r, 2) for r in rows], horizon, top
 
     async def subscribe(self, after: int = 0,
-                        batch: int = 1000) -> AsyncIterator[list[EventEnvelope]]:
+                        batch: int = 1000) -> AsyncGenerator[list[EventEnvelope], None]:
         backoff = 0.0
         while not self._closed:
             await self._listener.ensure()
