@@ -36,7 +36,8 @@ PROJECTIONS_CHANNEL = "orrery_projections"
 _HORIZON = "(pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)"
 _COLUMNS = ("position, stream, version, type, data, event_id, occurred_at,"
             " correlation_id, causation_id, project_id, user_id")
-APPEND_SQL = "SELECT * FROM orrery_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+APPEND_SQL = ("SELECT * FROM orrery_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
+              " $13)")
 _READ_FOLLOW = (
     f"WITH h AS MATERIALIZED (SELECT {_HORIZON} AS horizon,"
     " (SELECT max(position) FROM events) AS top)"
@@ -95,14 +96,21 @@ class _Append:
     future: asyncio.Future[AppendResult] = field(repr=False)
 
 
-def _batch_args(batch: list[_Append]) -> list[list[Any]]:
-    """The twelve array arguments of orrery_append for ``batch``."""
-    args: list[list[Any]] = [[] for _ in range(12)]
-    streams, expected, causes, index, types, data, ids, at, corr, caus, proj, user = args
+def _batch_args(batch: list[_Append]) -> list[list[Any] | None]:
+    """The thirteen array arguments of orrery_append for ``batch``.
+
+    Arrays that would hold only NULLs are sent as NULL: asyncpg's per-element encoding is
+    the writer's main cost, and unnest pads a NULL array with NULLs.
+    """
+    streams, expected, causes, counts = [], [], [], []
+    index, types, data, ids, at = [], [], [], [], []
+    meta: list[list[str | None]] = [[], [], [], []]
+    corr, caus, proj, user = meta
     for i, item in enumerate(batch, start=1):
         streams.append(item.stream)
         expected.append(item.expected)
         causes.append(item.cause)
+        counts.append(len(item.events))
         for ev in item.events:
             index.append(i)
             types.append(ev.type)
@@ -113,7 +121,12 @@ def _batch_args(batch: list[_Append]) -> list[list[Any]]:
             caus.append(ev.causation_id)
             proj.append(ev.project_id)
             user.append(ev.user_id)
-    return args
+    return [streams, expected, _or_null(causes), counts, index, types, data, ids, at,
+            *(_or_null(m) for m in meta)]
+
+
+def _or_null(values: list[str | None]) -> list[str | None] | None:
+    return values if any(v is not None for v in values) else None
 
 
 def _resolve(item: _Append, status: str, version: int, position: int) -> None:

@@ -29,13 +29,13 @@ def inc(amount: int) -> NewEvent:
     return new_event(Incremented(amount=amount))
 
 
-def _args(stream: str, events: Sequence[NewEvent]) -> list[list[Any]]:
+def _args(stream: str, events: Sequence[NewEvent]) -> list[list[Any] | None]:
     """orrery_append's arrays for one ANY_VERSION append of ``events`` to ``stream``."""
     now = dt.datetime.now(dt.UTC)
     n = len(events)
-    return [[stream], [-1], [None], [1] * n, [e.type for e in events],
+    return [[stream], [-1], None, [n], [1] * n, [e.type for e in events],
             [e.data for e in events], [e.event_id for e in events], [now] * n,
-            [None] * n, [None] * n, [None] * n, [None] * n]
+            None, None, None, None]
 
 
 async def _raw_conn(dsn: str) -> Any:
