@@ -18,17 +18,16 @@ import aio_pika
 import aiormq
 import msgspec
 import structlog
+from aio_pika.abc import AbstractIncomingMessage as Incoming
 from aio_pika.abc import (
-    AbstractExchange,
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
-from aio_pika.abc import AbstractIncomingMessage as Incoming
 from pamqp.common import FieldTable
 
 from bus import metrics
 from bus.amqp_consumer import OP_TIMEOUT, TEARDOWN_ERRORS, TRANSIENT, AmqpSubscription
-from bus.amqp_publish import Publisher
+from bus.amqp_publish import Outgoing, Publisher, properties
 from bus.delivery import dead_headers, make_dead_letter, retry_headers
 from bus.errors import BusUnavailable, CallTimeout, Undeliverable
 from bus.protocol import DeadLetter, Delivery, Handler
@@ -39,8 +38,6 @@ from schemas.envelope import REPLY_DECODER
 log = structlog.get_logger(__name__)
 
 SAC_ARGS: FieldTable = {"x-single-active-consumer": True}
-PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
-JSON = "application/json"
 CONNECT_ERRORS: tuple[type[BaseException], ...] = (OSError, *TRANSIENT)
 #: declares a queue that a mandatory publish found missing
 _Declare = Callable[[str], Awaitable[None]]
@@ -90,14 +87,14 @@ class AmqpBus:
         async with asyncio.timeout(OP_TIMEOUT):
             pub = await conn.channel(publisher_confirms=True)
             admin = await conn.channel(publisher_confirms=False)
-            events = await pub.declare_exchange(
+            await pub.declare_exchange(
                 names.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True)
-            commands = await pub.declare_exchange(
+            await pub.declare_exchange(
                 names.commands_exchange, aio_pika.ExchangeType.DIRECT, durable=True)
             await admin.declare_queue(names.dead_letter_queue, durable=True)
         assert isinstance(pub, AbstractRobustChannel)
         assert isinstance(admin, AbstractRobustChannel)
-        publisher = Publisher(pub, events, commands, unavailable_after)
+        publisher = Publisher(pub, unavailable_after)
         bus = cls(conn, names, max_attempts, publisher, admin)
         await bus._start_replies()
         return bus
@@ -123,24 +120,22 @@ class AmqpBus:
 
     async def publish_event(self, event: EventEnvelope) -> None:
         self._check_open()
-        await self._pub.publish(self._pub.events, event.routing_key, _event_message(event))
+        await self._pub.publish(self._event(event))
         metrics.PUBLISHED_EVENT.inc()
 
     async def publish_events(self, events: Sequence[EventEnvelope]) -> None:
         """Many confirms in flight; in order; a failed window is resent from its first gap."""
         self._check_open()
-        items = [(e.routing_key, _event_message(e)) for e in events]
-        await self._pub.publish_many(self._pub.events, items)
+        items = [self._event(e) for e in events]
+        await self._pub.publish_many(items)
         metrics.PUBLISHED_EVENT.inc(len(items))
 
     async def send(self, command: CommandEnvelope) -> None:
         self._check_open()
         queue = self.names.command_queue(command.kind, command.actor_id)
-        message = aio_pika.Message(
-            ENCODER.encode(command), delivery_mode=PERSISTENT, content_type=JSON,
-            correlation_id=command.command_id, reply_to=command.reply_to,
-        )
-        await self._to_queue(self._pub.commands, queue, message, self._declare_command_queue)
+        out = Outgoing(self.names.commands_exchange, queue, ENCODER.encode(command), properties(
+            correlation_id=command.command_id, reply_to=command.reply_to))
+        await self._to_queue(out, self._declare_command_queue)
         metrics.PUBLISHED_COMMAND.inc()
 
     async def call(self, command: CommandEnvelope, timeout: float) -> Reply:
@@ -159,23 +154,20 @@ class AmqpBus:
     async def reply(self, reply_to: str, reply: Reply) -> None:
         """Answer a call; a caller that is gone (no reply queue) is logged, not raised."""
         self._check_open()
-        message = aio_pika.Message(
-            ENCODER.encode(reply), content_type=JSON, correlation_id=reply.command_id)
-        routed = await self._pub.publish(self._pub.default, reply_to, message, mandatory=True)
+        out = Outgoing("", reply_to, ENCODER.encode(reply), properties(
+            persistent=False, correlation_id=reply.command_id))
+        routed = await self._pub.publish(out, mandatory=True)
         metrics.PUBLISHED_REPLY.inc()
         if not routed:
             log.warning("reply_undeliverable", reply_to=reply_to, command_id=reply.command_id)
 
-    async def _to_queue(
-        self, exchange: AbstractExchange, queue: str, message: aio_pika.Message,
-        declare: _Declare,
-    ) -> None:
+    async def _to_queue(self, out: Outgoing, declare: _Declare) -> None:
         """Mandatory publish; if nothing took it, declare the queue and try once more."""
-        if await self._pub.publish(exchange, queue, message, mandatory=True):
+        if await self._pub.publish(out, mandatory=True):
             return
-        await declare(queue)
-        if not await self._pub.publish(exchange, queue, message, mandatory=True):
-            raise Undeliverable(f"no queue takes {queue!r}")
+        await declare(out.key)
+        if not await self._pub.publish(out, mandatory=True):
+            raise Undeliverable(f"no queue takes {out.key!r}")
 
     async def _declare_command_queue(self, queue: str) -> None:
         """Shard and host queues: durable, single active consumer, bound by their name."""
@@ -201,18 +193,22 @@ class AmqpBus:
 
     async def republish(self, queue: str, delivery: Delivery) -> None:
         """Put a failed delivery back at the tail of its queue with attempt + 1."""
-        message = aio_pika.Message(
-            delivery.body, headers=_table(retry_headers(delivery)), delivery_mode=PERSISTENT)
-        if not await self._pub.publish(self._pub.default, queue, message, mandatory=True):
+        out = Outgoing("", queue, delivery.body, properties(
+            headers=_table(retry_headers(delivery))))
+        if not await self._pub.publish(out, mandatory=True):
             raise Undeliverable(f"queue {queue!r} is gone")
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
-        message = aio_pika.Message(
-            delivery.body, headers=_table(dead_headers(delivery, reason)), delivery_mode=PERSISTENT)
-        await self._to_queue(self._pub.default, self.names.dead_letter_queue, message,
-                             self._declare_dead_letter_queue)
+        out = Outgoing("", self.names.dead_letter_queue, delivery.body, properties(
+            headers=_table(dead_headers(delivery, reason))))
+        await self._to_queue(out, self._declare_dead_letter_queue)
         metrics.DEAD_LETTERS.inc()
         log.warning("bus_dead_lettered", queue=delivery.queue, reason=reason[:200])
+
+    def _event(self, event: EventEnvelope) -> Outgoing:
+        """Persistent, to the topic exchange; the event id is the AMQP message id."""
+        return Outgoing(self.names.events_exchange, event.routing_key, ENCODER.encode(event),
+                        properties(message_id=str(event.event_id)))
 
     def forget(self, sub: AmqpSubscription) -> None:
         self._subs.discard(sub)
@@ -300,8 +296,6 @@ class AmqpBus:
             raise BusUnavailable("bus closed")
 
 
-def _event_message(event: EventEnvelope) -> aio_pika.Message:
-    return aio_pika.Message(ENCODER.encode(event), delivery_mode=PERSISTENT, content_type=JSON)
 
 
 def _table(headers: dict[str, str]) -> FieldTable:
