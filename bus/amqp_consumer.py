@@ -108,7 +108,7 @@ class AmqpSubscription:
             log.warning("bus_settle_failed", queue=delivery.queue, error=repr(exc))
             await _nack(message)
             return
-        _count(self._metrics, outcome)
+        self._metrics.count(outcome.value)
 
     async def cancel(self) -> None:
         """Stop consuming, let in-flight deliveries finish (bounded), close the channel;
@@ -150,11 +150,3 @@ async def _nack(message: AbstractIncomingMessage) -> None:
     except TEARDOWN_ERRORS as exc:  # channel gone: the broker requeues it anyway
         log.info("bus_nack_failed", error=repr(exc))
 
-
-def _count(qm: metrics.QueueMetrics, outcome: Outcome) -> None:
-    if outcome is Outcome.ACK:
-        qm.ack.inc()
-    elif outcome is Outcome.RETRY:
-        qm.retry.inc()
-    else:
-        qm.dead.inc()

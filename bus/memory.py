@@ -294,7 +294,7 @@ class _MemorySubscription:
             outcome, reason = await run_handler(self._handler, delivery, self._bus.max_attempts)
             self._bus.settle(queue, delivery, outcome, reason)
             settled = True
-            _count(self._metrics, outcome)
+            self._metrics.count(outcome.value)
         finally:
             self._metrics.inflight.dec()
             if not settled:  # cancelled mid-handler: unacked, so back to the head
@@ -318,11 +318,3 @@ class _MemorySubscription:
             consumer.queue.pump()
         self._bus.forget(self)
 
-
-def _count(qm: metrics.QueueMetrics, outcome: Outcome) -> None:
-    if outcome is Outcome.ACK:
-        qm.ack.inc()
-    elif outcome is Outcome.RETRY:
-        qm.retry.inc()
-    else:
-        qm.dead.inc()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
-from bus.routing import Names
-
 PUBLISHED = Counter(
     "orrery_bus_published_total",
     "Messages published and confirmed by the broker.",
@@ -27,7 +25,7 @@ INFLIGHT = Gauge(
 )
 
 #: the queue kinds used as label values; never a queue name
-EVENT, COMMAND, HOST, REPLY = "event", "command", "host", "reply"
+EVENT, COMMAND, HOST = "event", "command", "host"
 
 PUBLISHED_EVENT = PUBLISHED.labels(kind="event")
 PUBLISHED_COMMAND = PUBLISHED.labels(kind="command")
@@ -43,14 +41,9 @@ class QueueMetrics:
         self.retry = HANDLED.labels(queue_kind=queue_kind, outcome="retry")
         self.dead = HANDLED.labels(queue_kind=queue_kind, outcome="dead")
         self.inflight = INFLIGHT.labels(queue_kind=queue_kind)
+        self._by_outcome = {"ack": self.ack, "retry": self.retry, "dead": self.dead}
 
+    def count(self, outcome: str) -> None:
+        """Count one settled delivery: ``ack``, ``retry`` or ``dead``."""
+        self._by_outcome[outcome].inc()
 
-def queue_kind_of(names: Names, queue: str) -> str:
-    """The label value for a queue name (small, fixed set)."""
-    if queue.startswith(names.prefix + ".ev."):
-        return EVENT
-    if queue.startswith(names.prefix + ".cmd."):
-        return COMMAND
-    if queue.startswith(names.prefix + ".compute."):
-        return HOST
-    return REPLY

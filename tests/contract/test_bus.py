@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
+from prometheus_client import REGISTRY
 
 from bus import BadMessage, Bus, CallTimeout, Names, shard_of
 from bus.protocol import Delivery
@@ -226,6 +227,40 @@ async def test_bad_message_is_dead_lettered_at_once(bus: Bus) -> None:
     [letter] = await dead_letters_eventually(bus, 1)
     assert attempts == [1]
     assert letter.attempts == 1 and "unknown counter" in letter.reason
+
+
+def handled_total(outcome: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "orrery_bus_handled_total", {"queue_kind": "event", "outcome": outcome})
+    return value or 0.0
+
+
+async def test_outcomes_are_counted_in_metrics(bus: Bus) -> None:
+    """Every settled delivery counts once under its outcome: ack, retry, dead."""
+    before = {o: handled_total(o) for o in ("ack", "retry", "dead")}
+    dead_before = REGISTRY.get_sample_value("orrery_dead_letters_total") or 0.0
+
+    async def flaky(delivery: Delivery) -> None:
+        if EVENT_DECODER.decode(delivery.body).version == 2:
+            raise BadMessage("no")
+        if delivery.attempt == 1:
+            raise RuntimeError("once")
+
+    inbox = Inbox()
+    await bus.subscribe_events("counted", ["counter.#"], flaky)
+    await bus.subscribe_events("watch", ["counter.#"], inbox.handler)
+    await bus.publish_events([event(version=1), event(version=2)])
+    await dead_letters_eventually(bus, 1)
+    await inbox.wait_for(2)
+    expected = {"ack": 3, "retry": 1, "dead": 1}
+
+    def counted() -> dict[str, float]:
+        return {o: handled_total(o) - before[o] for o in expected}
+
+    async with asyncio.timeout(10):
+        while counted() != expected:  # noqa: ASYNC110  (polling a metric)
+            await asyncio.sleep(0.01)
+    assert (REGISTRY.get_sample_value("orrery_dead_letters_total") or 0.0) - dead_before == 1
 
 
 async def test_undecodable_message_is_dead_lettered_and_consumer_keeps_going(
