@@ -149,6 +149,8 @@ class _GroupCommit:
 
     def __init__(self, pool: Any, writers: int, max_events: int, timeout: float) -> None:
         self._pool = pool
+        self._writers = writers
+        self._queued_events = 0
         self._max_events = max_events
         self._timeout = timeout
         self._queue: deque[_Append] = deque()
@@ -161,6 +163,7 @@ class _GroupCommit:
 
     def submit(self, item: _Append) -> None:
         self._queue.append(item)
+        self._queued_events += len(item.events)
         self._idle.clear()
         self._work.set()
 
@@ -202,13 +205,21 @@ class _GroupCommit:
                     self._idle.set()
 
     def _take(self) -> list[_Append]:
-        """Everything queued now, up to max_events, each stream at most once."""
+        """This writer's share of what is queued now, each stream at most once.
+
+        The share is the queued events split between the idle writers (at most
+        max_events): under load the writers' transactions then overlap, so the database
+        works on one batch while this process resolves and gathers another.
+        """
+        idle = max(1, self._writers - self._busy)
+        limit = max(1, min(self._max_events, -(-self._queued_events // idle)))
         batch: list[_Append] = []
         seen: set[str] = set()
         skipped: list[_Append] = []
         count = 0
-        while self._queue and count < self._max_events and len(skipped) < _MAX_SCAN:
+        while self._queue and count < limit and len(skipped) < _MAX_SCAN:
             item = self._queue.popleft()
+            self._queued_events -= len(item.events)
             if item.future.done():  # the caller was cancelled before we got to it
                 continue
             if item.stream in seen:
@@ -218,6 +229,7 @@ class _GroupCommit:
             batch.append(item)
             count += len(item.events)
         self._queue.extendleft(reversed(skipped))
+        self._queued_events += sum(len(item.events) for item in skipped)
         return batch
 
     async def _commit(self, batch: list[_Append]) -> None:

@@ -16,10 +16,12 @@ CREATE TABLE events (
     UNIQUE (stream, version)
 );
 
+-- Rewritten on every append: room on each page keeps its updates HOT (no index churn).
 CREATE TABLE streams (
     stream  text PRIMARY KEY,
     version int NOT NULL
-);
+) WITH (fillfactor = 30, autovacuum_vacuum_scale_factor = 0.01,
+        autovacuum_vacuum_cost_delay = 0);
 
 CREATE TABLE reactions (
     stream   text NOT NULL,

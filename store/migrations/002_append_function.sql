@@ -15,7 +15,7 @@
 
 CREATE FUNCTION orrery_append(
     a_stream text[], a_expected int[], a_cause text[], a_count int[],
-    e_append int[], e_type text[], e_data json[], e_event_id uuid[],
+    e_append int[], e_type text[], e_data bytea[], e_event_id uuid[],
     e_occurred_at timestamptz[], e_correlation_id text[], e_causation_id text[],
     e_project_id text[], e_user_id text[])
 RETURNS TABLE (out_status text, out_version int, out_position bigint)
@@ -59,7 +59,8 @@ BEGIN
     ), ins AS (
         INSERT INTO events (position, stream, version, type, data, event_id, occurred_at,
                             correlation_id, causation_id, project_id, user_id)
-        SELECT base + e.ord - 1, d.stream, d.cur + (e.ord - d.first)::int, e.type, e.data,
+        SELECT base + e.ord - 1, d.stream, d.cur + (e.ord - d.first)::int, e.type,
+               convert_from(e.data, 'UTF8')::json,
                e.event_id, e.occurred_at, e.correlation_id, e.causation_id, e.project_id,
                e.user_id
         FROM unnest(e_append, e_type, e_data, e_event_id, e_occurred_at, e_correlation_id,
