@@ -1,6 +1,7 @@
 """Append throughput and latency of PostgresEventStore at 1, 16 and 256 actors vs raw asyncpg.
 
-Usage: .venv/bin/python bench/append.py [--seconds 6] [--writers 3] [--batch 500] [--no-uvloop]
+Usage: .venv/bin/python bench/append.py [--seconds 6] [--writers 2] [--batch 500]
+           [--levels 1,16,256] [--no-uvloop]
 
 Each actor appends one ~300-byte event at a time to its own stream with its expected
 version. Ceiling, measured in the same run on the same server: plain asyncpg executemany
@@ -18,7 +19,6 @@ import uuid
 from typing import Any
 
 import asyncpg
-
 from common import (
     Payload,
     fresh_database,
@@ -28,6 +28,7 @@ from common import (
     result_line,
     run,
 )
+
 from schemas import NewEvent
 from store.postgres import PostgresEventStore
 from store.protocol import NO_STREAM
@@ -98,7 +99,7 @@ async def level(store: PostgresEventStore, actors: int, payload: bytes,
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=6.0)
-    ap.add_argument("--writers", type=int, default=3)
+    ap.add_argument("--writers", type=int, default=2)
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--levels", default="1,16,256", help="actor counts; the ratio is for the last")
     ap.add_argument("--no-uvloop", action="store_true")
@@ -123,7 +124,8 @@ async def main() -> None:
     top = max(figures)
     eps_top, p99_top = figures[top]
     print(result_line({f"append_{top}_eps": eps_top, f"p99_ms_{top}": p99_top,
-                       **{f"eps_{n}": figures[n][0] for n in sorted(figures) if n != top}},
+                       **{f"eps_{n}": figures[n][0]
+                          for n in sorted(figures, reverse=True) if n != top}},
                       ceil, eps_top / ceil))
 
 

@@ -398,7 +398,7 @@ class PostgresEventStore:
         self._listener = _Listener(dsn, timeout)
 
     @classmethod
-    async def connect(cls, dsn: str, types: EventTypes, *, writers: int = 3,
+    async def connect(cls, dsn: str, types: EventTypes, *, writers: int = 2,
                       max_batch_events: int = 500, read_pool_size: int = 4,
                       timeout: float = 30.0, settle_timeout: float = 2.0
                       ) -> PostgresEventStore:
