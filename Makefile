@@ -50,11 +50,12 @@ lint: $(DEV_STAMP)
 
 check: lint test
 
-# Runs every bench/*.py (files starting with _ are helpers), keeps going past a failure,
-# then prints each script's last `result ...` line and fails if any script failed.
+# Runs every bench/*.py script (a file with a __main__ guard; the rest are helpers), keeps
+# going past a failure, then prints each `result ...` line and fails if any script failed.
 bench: $(BENCH_STAMP)
 	@shopt -s nullglob; rm -rf $(BENCH_LOGS); mkdir -p $(BENCH_LOGS); failed=(); ran=0; \
-	for script in bench/[!_]*.py; do \
+	for script in bench/*.py; do \
+	  grep -q '^if __name__ == .__main__.:' "$$script" || continue; \
 	  ran=1; name=$$(basename "$$script" .py); echo "== $$script"; \
 	  $(BIN)/python "$$script" 2>&1 | tee "$(BENCH_LOGS)/$$name.log" || failed+=("$$script"); \
 	done; \
