@@ -18,11 +18,8 @@ import aio_pika
 import aiormq
 import msgspec
 import structlog
+from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustConnection
 from aio_pika.abc import AbstractIncomingMessage as Incoming
-from aio_pika.abc import (
-    AbstractRobustChannel,
-    AbstractRobustConnection,
-)
 from pamqp.common import FieldTable
 
 from bus import metrics
@@ -41,6 +38,7 @@ SAC_ARGS: FieldTable = {"x-single-active-consumer": True}
 CONNECT_ERRORS: tuple[type[BaseException], ...] = (OSError, *TRANSIENT)
 #: declares a queue that a mandatory publish found missing
 _Declare = Callable[[str], Awaitable[None]]
+_Setup = Callable[[AbstractChannel, AmqpSubscription], Awaitable[None]]
 
 
 class AmqpBus:
@@ -218,49 +216,60 @@ class AmqpBus:
     async def subscribe_events(
         self, queue: str, patterns: Sequence[str], handler: Handler, *, prefetch: int = 100
     ) -> AmqpSubscription:
-        self._check_open()
-        sub, channel = await self._subscription(handler, prefetch, metrics.EVENT)
-        async with asyncio.timeout(OP_TIMEOUT):
+        async def setup(channel: AbstractChannel, sub: AmqpSubscription) -> None:
             q = await channel.declare_queue(self.names.event_queue(queue), durable=True)
             for pattern in patterns:
                 await q.bind(self.names.events_exchange, routing_key=pattern)
             await sub.consume(q)
-        return sub
+
+        return await self._subscribe(handler, prefetch, metrics.EVENT, setup)
 
     async def consume_commands(
         self, kind: str, handler: Handler, *, prefetch: int = 100
     ) -> AmqpSubscription:
-        self._check_open()
         shards = [self.names.shard_queue(kind, i) for i in range(self.names.shards)]
         return await self._consume_single_active(shards, handler, prefetch, metrics.COMMAND)
 
     async def consume_host(
         self, host: str, handler: Handler, *, prefetch: int = 100
     ) -> AmqpSubscription:
-        self._check_open()
         queues = [self.names.host_queue(host)]
         return await self._consume_single_active(queues, handler, prefetch, metrics.HOST)
 
     async def _consume_single_active(
         self, queues: list[str], handler: Handler, prefetch: int, queue_kind: str
     ) -> AmqpSubscription:
-        sub, channel = await self._subscription(handler, prefetch, queue_kind)
-        async with asyncio.timeout(OP_TIMEOUT):
+        async def setup(channel: AbstractChannel, sub: AmqpSubscription) -> None:
             for name in queues:
                 q = await channel.declare_queue(name, durable=True, arguments=SAC_ARGS)
                 await q.bind(self.names.commands_exchange, routing_key=name)
                 await sub.consume(q)
-        return sub
 
-    async def _subscription(
-        self, handler: Handler, prefetch: int, queue_kind: str
-    ) -> tuple[AmqpSubscription, aio_pika.abc.AbstractChannel]:
-        async with asyncio.timeout(OP_TIMEOUT):
-            channel = await self._conn.channel(publisher_confirms=False)
-            await channel.set_qos(prefetch_count=prefetch)
+        return await self._subscribe(handler, prefetch, queue_kind, setup)
+
+    async def _subscribe(
+        self, handler: Handler, prefetch: int, queue_kind: str, setup: _Setup
+    ) -> AmqpSubscription:
+        """A channel of its own with the prefetch, then ``setup``; nothing left open if
+        that fails (the broker being away is BusUnavailable)."""
+        self._check_open()
+        try:
+            async with asyncio.timeout(OP_TIMEOUT):
+                channel = await self._conn.channel(publisher_confirms=False)
+                await channel.set_qos(prefetch_count=prefetch)
+        except TRANSIENT as exc:
+            raise BusUnavailable(f"cannot open a channel: {exc!r}") from exc
         sub = AmqpSubscription(self, channel, handler, queue_kind)
         self._subs.add(sub)
-        return sub, channel
+        try:
+            async with asyncio.timeout(OP_TIMEOUT):
+                await setup(channel, sub)
+        except BaseException as exc:
+            await sub.cancel()
+            if isinstance(exc, TRANSIENT):
+                raise BusUnavailable(f"cannot subscribe: {exc!r}") from exc
+            raise
+        return sub
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """Read and remove up to ``limit`` dead letters (each acked once read)."""
@@ -294,8 +303,6 @@ class AmqpBus:
     def _check_open(self) -> None:
         if self._closed:
             raise BusUnavailable("bus closed")
-
-
 
 
 def _table(headers: dict[str, str]) -> FieldTable:

@@ -12,14 +12,12 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from bus import metrics
-from bus.delivery import Outcome, make_delivery, run_handler
+from bus.delivery import DRAIN_TIMEOUT, Outcome, make_delivery, run_handler
 from bus.errors import BusError
 from bus.protocol import Delivery, Handler
 
 log = structlog.get_logger(__name__)
 
-#: how long cancelling a subscription lets in-flight handlers finish before cancelling them
-DRAIN_TIMEOUT = 5.0
 #: one broker round trip (declare, bind, consume, cancel, close)
 OP_TIMEOUT = 10.0
 

@@ -27,6 +27,8 @@ ROUTING_KEY = "x-orrery-routing-key"
 ATTEMPTS = "x-orrery-attempts"
 
 _REASON_LIMIT = 1000
+#: how long cancelling a subscription lets in-flight handlers finish before cancelling them
+DRAIN_TIMEOUT = 5.0
 
 
 class Outcome(enum.Enum):

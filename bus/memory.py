@@ -20,6 +20,7 @@ import structlog
 
 from bus import metrics
 from bus.delivery import (
+    DRAIN_TIMEOUT,
     Outcome,
     dead_headers,
     make_dead_letter,
@@ -35,8 +36,6 @@ from schemas.envelope import REPLY_DECODER
 
 log = structlog.get_logger(__name__)
 
-#: how long cancelling a subscription lets in-flight handlers finish before cancelling them
-DRAIN_TIMEOUT = 5.0
 
 
 @dataclass(slots=True)
