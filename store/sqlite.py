@@ -214,7 +214,8 @@ class SqliteEventStore:
         )
         #: held by every write and for the whole of a projection transaction
         self._write_lock = asyncio.Lock()
-        self._committed = asyncio.Condition()
+        #: set and replaced each time an append commits past ``_head`` (wakes subscribers)
+        self._committed = asyncio.Event()
         self._head = 0
         self._closed = False
 
@@ -225,12 +226,12 @@ class SqliteEventStore:
         """Open (creating and migrating if needed) the log at ``path``."""
         name = str(path)
         memory = name == ":memory:"
-        writer = await asyncio.wait_for(asyncio.to_thread(_connect, name), op_timeout)
+        async with asyncio.timeout(op_timeout):
+            writer = await asyncio.to_thread(_connect, name)
         try:
-            applied = await asyncio.wait_for(asyncio.to_thread(_migrate, writer), op_timeout)
-            reader = None if memory else await asyncio.wait_for(
-                asyncio.to_thread(_connect, name), op_timeout
-            )
+            async with asyncio.timeout(op_timeout):
+                applied = await asyncio.to_thread(_migrate, writer)
+                reader = None if memory else await asyncio.to_thread(_connect, name)
         except BaseException:
             writer.close()
             raise
@@ -244,7 +245,10 @@ class SqliteEventStore:
             raise StoreUnavailable("the SQLite event store is closed")
         future = asyncio.get_running_loop().run_in_executor(executor, fn)
         try:
-            return await asyncio.wait_for(future, self._timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation that
+            # arrives as the thread finishes, leaving the caller's task uncancellable.
+            async with asyncio.timeout(self._timeout):
+                return await future
         except TimeoutError as exc:
             raise StoreUnavailable(f"SQLite did not answer within {self._timeout}s") from exc
         except sqlite3.OperationalError as exc:
@@ -269,21 +273,24 @@ class SqliteEventStore:
         for event in events:
             self._types.validate(event.type, event.data)
         events = list(events)
+        loop = asyncio.get_running_loop()
+
+        def append(conn: sqlite3.Connection) -> AppendResult:
+            result = _append_sync(conn, stream, events, expected_version, cause)
+            # from the writer thread, so subscribers wake even if our caller was cancelled
+            loop.call_soon_threadsafe(self._note_commit, result.position)
+            return result
+
         try:
-            result = await self._write(
-                lambda c: _append_sync(c, stream, events, expected_version, cause)
-            )
+            return await self._write(append)
         except sqlite3.IntegrityError as exc:
             raise InvalidEvent(events[0].type, f"duplicate event_id: {exc}") from exc
-        if events and not result.duplicate:
-            await self._publish_head(result.position)
-        return result
 
-    async def _publish_head(self, position: int) -> None:
-        async with self._committed:
-            if position > self._head:
-                self._head = position
-                self._committed.notify_all()
+    def _note_commit(self, position: int) -> None:
+        if position > self._head:
+            self._head = position
+            self._committed.set()
+            self._committed = asyncio.Event()
 
     async def read_stream(
         self, stream: str, from_version: int = 1, limit: int | None = None
@@ -322,8 +329,8 @@ class SqliteEventStore:
 
     async def _wait_past(self, position: int) -> bool:
         """Wait until an append commits past ``position``; False once the store closes."""
-        async with self._committed:
-            await self._committed.wait_for(lambda: self._closed or self._head > position)
+        while not self._closed and self._head <= position:
+            await self._committed.wait()
         return not self._closed
 
     async def head(self) -> int:
@@ -347,9 +354,8 @@ class SqliteEventStore:
         if self._closed:
             return
         async with self._write_lock:
-            async with self._committed:
-                self._closed = True
-                self._committed.notify_all()
+            self._closed = True
+            self._committed.set()
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._writer, self._writer_conn.close)
             if self._reader is not self._writer:
@@ -365,6 +371,14 @@ class SqliteEventStore:
             "SELECT position FROM projection_checkpoints WHERE name = ?", (name,)
         )
         return int(rows[0][0]) if rows else 0
+
+    async def query(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
+        """Read projection tables; sees only committed projection transactions."""
+        statement = to_sqlite_params(sql)
+        if self._reader is not self._writer:
+            return await self._read(statement, args)
+        async with self._write_lock:  # ":memory:": one connection, so wait out open txs
+            return await self._read(statement, args)
 
     def projection_tx(self, name: str, expected: int, new: int) -> SqliteProjectionTx:
         return SqliteProjectionTx(self, name, expected, new)

@@ -1,0 +1,218 @@
+"""The projection contract: query tables and checkpoints move together, on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import msgspec
+import pytest
+from prometheus_client import REGISTRY
+
+from schemas import EventEnvelope
+from store.errors import ConcurrencyError
+from store.projections import ProjectionHost, ProjectionRunner
+from store.protocol import ANY_VERSION, NO_STREAM, SqlTx
+from tests.support.events import Incremented, Renamed, new_event
+
+WAIT = 10.0  # seconds a test waits for something that should happen at once
+DECODE = msgspec.json.Decoder(Incremented)
+UPSERT = (
+    "INSERT INTO counter_totals (stream, total, events) VALUES ($1, $2, 1)"
+    " ON CONFLICT (stream) DO UPDATE SET total = counter_totals.total + excluded.total,"
+    " events = counter_totals.events + 1"
+)
+
+
+class Totals:
+    """Sum and count of increments per counter stream."""
+
+    name = "counter_totals"
+    ddl = (
+        "CREATE TABLE IF NOT EXISTS counter_totals"
+        " (stream TEXT PRIMARY KEY, total BIGINT NOT NULL, events BIGINT NOT NULL)",
+    )
+    drop = ("DROP TABLE IF EXISTS counter_totals",)
+
+    async def apply(self, tx: SqlTx, events: Sequence[EventEnvelope]) -> None:
+        for event in events:
+            if event.type == "counter.incremented":
+                await tx.execute(UPSERT, event.stream, DECODE.decode(bytes(event.data)).amount)
+
+
+class FailsOn13(Totals):
+    """Totals that blow up, after writing, when it meets an increment of 13."""
+
+    async def apply(self, tx: SqlTx, events: Sequence[EventEnvelope]) -> None:
+        for event in events:
+            await super().apply(tx, [event])
+            if event.type == "counter.incremented" and DECODE.decode(event.data).amount == 13:
+                raise RuntimeError("unlucky")
+
+
+async def totals(store: ProjectionHost) -> dict[object, tuple[object, object]]:
+    """The projection's rows, as a reader (the gateway) sees them."""
+    rows = await store.query("SELECT stream, total, events FROM counter_totals ORDER BY stream")
+    return {s: (t, n) for s, t, n in rows}
+
+
+async def append_amounts(store: ProjectionHost, stream: str, *amounts: int) -> int:
+    result = await store.append(
+        stream, [new_event(Incremented(amount=a)) for a in amounts], ANY_VERSION
+    )
+    return result.position
+
+
+async def test_runner_folds_events_into_rows_and_moves_the_checkpoint(
+    store: ProjectionHost,
+) -> None:
+    """A running projection sums each stream's increments and checkpoints at the head."""
+    await append_amounts(store, "counter:a", 1, 2, 3)
+    await store.append("counter:a", [new_event(Renamed(name="ignored"))], 3)
+    head = await append_amounts(store, "counter:b", 10)
+    async with ProjectionRunner(store, Totals(), batch=2) as runner:
+        assert await runner.wait_until(head, WAIT)
+        assert await totals(store) == {"counter:a": (6, 3), "counter:b": (10, 1)}
+    assert await store.projection_checkpoint("counter_totals") == head
+
+
+async def test_projection_metrics_report_position_and_no_lag_once_caught_up(
+    store: ProjectionHost,
+) -> None:
+    """orrery_projection_position is the checkpoint and the lag is 0 when caught up."""
+    head = await append_amounts(store, "counter:a", *range(7))
+    async with ProjectionRunner(store, Totals(), batch=3) as runner:
+        assert await runner.wait_until(head, WAIT)
+        labels = {"projection": "counter_totals"}
+        assert REGISTRY.get_sample_value("orrery_projection_position", labels) == head
+        assert REGISTRY.get_sample_value("orrery_projection_lag_events", labels) == 0
+
+
+async def test_projection_tx_commits_rows_and_checkpoint_together(store: ProjectionHost) -> None:
+    """On clean exit the rows written and the new checkpoint are both there."""
+    await store.run_ddl(Totals.ddl)
+    async with store.projection_tx("counter_totals", 0, 7) as tx:
+        await tx.execute(UPSERT, "counter:a", 5)
+    assert await store.projection_checkpoint("counter_totals") == 7
+    assert await totals(store) == {"counter:a": (5, 1)}
+
+
+async def test_projection_tx_error_leaves_neither_rows_nor_checkpoint(
+    store: ProjectionHost,
+) -> None:
+    """An error inside the transaction rolls back the rows and the checkpoint stays put."""
+    await store.run_ddl(Totals.ddl)
+    with pytest.raises(RuntimeError):
+        async with store.projection_tx("counter_totals", 0, 7) as tx:
+            await tx.execute(UPSERT, "counter:a", 5)
+            raise RuntimeError("midway")
+    assert await store.projection_checkpoint("counter_totals") == 0
+    assert await totals(store) == {}
+
+
+async def test_projection_tx_with_stale_checkpoint_conflicts_and_writes_nothing(
+    store: ProjectionHost,
+) -> None:
+    """Entering with an expected checkpoint that is not the stored one raises ConcurrencyError."""
+    await store.run_ddl(Totals.ddl)
+    async with store.projection_tx("counter_totals", 0, 4):
+        pass
+    with pytest.raises(ConcurrencyError) as caught:
+        async with store.projection_tx("counter_totals", 0, 9) as tx:
+            await tx.execute(UPSERT, "counter:a", 5)
+    assert caught.value.current == 4
+    assert await store.projection_checkpoint("counter_totals") == 4
+    assert await totals(store) == {}
+
+
+async def test_failing_apply_midway_leaves_that_batch_unapplied(store: ProjectionHost) -> None:
+    """A batch whose apply raises changes neither rows nor checkpoint; earlier batches stay."""
+    await append_amounts(store, "counter:a", 1, 2)
+    first_batch_end = (await store.read_all())[1].position
+    await append_amounts(store, "counter:a", 13, 4)
+    runner = ProjectionRunner(store, FailsOn13(), batch=2)
+    with pytest.raises(RuntimeError, match="unlucky"):
+        await asyncio.wait_for(runner.run(), WAIT)
+    assert await store.projection_checkpoint("counter_totals") == first_batch_end
+    assert await totals(store) == {"counter:a": (3, 2)}
+
+
+async def test_rebuild_from_zero_reproduces_the_same_table(store: ProjectionHost) -> None:
+    """rebuild() drops, recreates and refolds: the table equals the one folded live."""
+    await append_amounts(store, "counter:a", 1, 2, 3)
+    head = await append_amounts(store, "counter:b", 4, 5)
+    runner = ProjectionRunner(store, Totals(), batch=2)
+    async with runner:
+        assert await runner.wait_until(head, WAIT)
+    folded = await totals(store)
+    checkpoint = await store.projection_checkpoint("counter_totals")
+    async with store.projection_tx("counter_totals", checkpoint, checkpoint) as tx:
+        await tx.execute("UPDATE counter_totals SET total = 999")
+    assert await runner.rebuild() == head
+    assert await totals(store) == folded
+    assert await store.projection_checkpoint("counter_totals") == head
+
+
+async def test_reset_projection_drops_its_tables_and_checkpoint(store: ProjectionHost) -> None:
+    """After reset_projection the checkpoint is 0 and the DDL builds an empty table again."""
+    head = await append_amounts(store, "counter:a", 1)
+    async with ProjectionRunner(store, Totals()) as runner:
+        assert await runner.wait_until(head, WAIT)
+    await store.reset_projection("counter_totals", Totals.drop)
+    assert await store.projection_checkpoint("counter_totals") == 0
+    await store.run_ddl(Totals.ddl)
+    assert await totals(store) == {}
+
+
+async def test_wait_until_returns_true_once_a_fresh_append_is_folded(
+    store: ProjectionHost,
+) -> None:
+    """Read-your-writes: after an append, wait_until(its position) means the row is there."""
+    async with ProjectionRunner(store, Totals()) as runner:
+        await asyncio.sleep(0)
+        position = await append_amounts(store, "counter:a", 41)
+        assert await runner.wait_until(position, WAIT)
+        assert await totals(store) == {"counter:a": (41, 1)}
+        position = await append_amounts(store, "counter:a", 1)
+        assert await runner.wait_until(position, WAIT)
+        assert await totals(store) == {"counter:a": (42, 2)}
+
+
+async def test_wait_until_returns_false_on_timeout_for_a_position_never_reached(
+    store: ProjectionHost,
+) -> None:
+    """wait_until gives up with False when the checkpoint does not get there in time."""
+    head = await append_amounts(store, "counter:a", 1)
+    async with ProjectionRunner(store, Totals()) as runner:
+        assert await runner.wait_until(head, WAIT)
+        assert not await runner.wait_until(head + 1000, 0.2)
+
+
+async def test_two_runners_on_one_projection_never_double_apply(store: ProjectionHost) -> None:
+    """Two runners racing over the same log: every increment is counted exactly once."""
+    streams = [f"counter:r{i}" for i in range(4)]
+    for stream in streams:
+        await store.append(stream, [new_event(Incremented(amount=1))], NO_STREAM)
+    one = ProjectionRunner(store, Totals(), batch=3)
+    two = ProjectionRunner(store, Totals(), batch=2)
+    async with one, two:
+        for round_ in range(6):
+            await asyncio.gather(
+                *(append_amounts(store, s, round_ + 2, 1) for s in streams)
+            )
+        head = await store.head()
+        assert await one.wait_until(head, WAIT)
+        assert await two.wait_until(head, WAIT)
+    expected_total = 1 + sum(r + 2 + 1 for r in range(6))
+    assert await totals(store) == {s: (expected_total, 13) for s in streams}
+
+
+async def test_restarted_runner_continues_from_its_checkpoint(store: ProjectionHost) -> None:
+    """A new runner picks up at the stored checkpoint: nothing refolded, nothing missed."""
+    head = await append_amounts(store, "counter:a", 1, 2)
+    async with ProjectionRunner(store, Totals()) as runner:
+        assert await runner.wait_until(head, WAIT)
+    head = await append_amounts(store, "counter:a", 3)
+    async with ProjectionRunner(store, Totals()) as runner:
+        assert await runner.wait_until(head, WAIT)
+    assert await totals(store) == {"counter:a": (6, 3)}
