@@ -66,6 +66,7 @@ class ProjectionRunner:
         self._head_seen = 0
         self._moved = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
+        self._failure: Exception | None = None
         self._log = log.bind(projection=projection.name)
 
     @property
@@ -78,7 +79,21 @@ class ProjectionRunner:
         return self._position
 
     async def run(self) -> None:
-        """Follow the log from the checkpoint until the store's subscription ends."""
+        """Follow the log from the checkpoint until the store's subscription ends.
+
+        A failing ``apply`` (or store) ends the run with its exception, the failing
+        batch unapplied; waiters in ``wait_until`` are released with False at once.
+        """
+        self._failure = None
+        try:
+            await self._run()
+        except Exception as exc:
+            self._log.error("projection_failed", checkpoint=self._position, error=repr(exc))
+            self._failure = exc
+            await self._advance(self._position)
+            raise
+
+    async def _run(self) -> None:
         await self._store.run_ddl(self._projection.ddl)
         while True:
             checkpoint = await self._store.projection_checkpoint(self.name)
@@ -126,17 +141,20 @@ class ProjectionRunner:
             self._moved.notify_all()
 
     async def wait_until(self, position: int, timeout: float) -> bool:
-        """True once the checkpoint has reached ``position``; False after ``timeout`` s.
+        """True once the checkpoint has reached ``position``; False after ``timeout`` s
+        (or at once if the run has failed).
 
         The gateway calls this between a write and the read that must see it; the
         timeout is part of the call's contract, hence the parameter.
         """
         try:
             async with asyncio.timeout(timeout), self._moved:
-                await self._moved.wait_for(lambda: self._position >= position)
+                await self._moved.wait_for(
+                    lambda: self._position >= position or self._failure is not None
+                )
         except TimeoutError:
             return False
-        return True
+        return self._position >= position
 
     async def rebuild(self) -> int:
         """Drop the tables and checkpoint, recreate, and fold the log up to its head."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -42,3 +42,21 @@ async def store(backend: tuple[str, str], event_types: EventTypes) -> AsyncItera
         yield opened
     finally:
         await opened.close()
+
+
+@pytest.fixture
+async def open_another(
+    backend: tuple[str, str], event_types: EventTypes
+) -> AsyncIterator[Callable[[], Awaitable[ProjectionHost]]]:
+    """Opens more stores on the same log as ``store`` (a restart, another process)."""
+    opened: list[ProjectionHost] = []
+
+    async def open_one() -> ProjectionHost:
+        opened.append(await open_store(backend, event_types))
+        return opened[-1]
+
+    try:
+        yield open_one
+    finally:
+        for one in opened:
+            await one.close()

@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 import itertools
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 
 import msgspec
@@ -331,6 +331,23 @@ async def test_other_event_types_round_trip_their_data(store: ProjectionHost) ->
     await store.append("counter:a", sent, NO_STREAM)
     got = await store.read_stream("counter:a")
     assert [(e.type, bytes(e.data)) for e in got] == [(e.type, e.data) for e in sent]
+
+
+async def test_reopened_log_keeps_every_event_and_snapshot(
+    store: ProjectionHost, open_another: Callable[[], Awaitable[ProjectionHost]]
+) -> None:
+    """A second store opened on the same log (a restart) sees all of it and appends on."""
+    await store.append("counter:a", [inc(1), inc(2)], NO_STREAM, cause="evt-1")
+    snap = Snapshot(stream="counter:a", version=2, type="counter.state", data=b"{}")
+    await store.save_snapshot(snap)
+    written = await store.read_all()
+    again = await open_another()
+    assert await again.read_all() == written
+    assert await again.head() == written[-1].position
+    assert await again.load_snapshot("counter:a") == snap
+    assert (await again.append("counter:a", [inc(9)], NO_STREAM, cause="evt-1")).duplicate
+    result = await again.append("counter:a", [inc(3)], 2)
+    assert result.version == 3 and result.position > written[-1].position
 
 
 EXPECTATIONS = ["right", "stale", "ahead", "any", "no_stream"]

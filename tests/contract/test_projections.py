@@ -110,6 +110,18 @@ async def test_projection_tx_error_leaves_neither_rows_nor_checkpoint(
     assert await totals(store) == {}
 
 
+async def test_query_never_sees_an_open_projection_transaction(store: ProjectionHost) -> None:
+    """Readers see committed projection rows only: none while the transaction is open."""
+    await store.run_ddl(Totals.ddl)
+    async with store.projection_tx("counter_totals", 0, 1) as tx:
+        await tx.execute(UPSERT, "counter:a", 5)
+        assert await tx.fetch("SELECT total FROM counter_totals") == [(5,)]
+        assert await totals(store) == {}
+    assert await totals(store) == {"counter:a": (5, 1)}
+    rows = await store.query("SELECT total FROM counter_totals WHERE stream = $1", "counter:a")
+    assert rows == [(5,)]
+
+
 async def test_projection_tx_with_stale_checkpoint_conflicts_and_writes_nothing(
     store: ProjectionHost,
 ) -> None:
@@ -132,9 +144,11 @@ async def test_failing_apply_midway_leaves_that_batch_unapplied(store: Projectio
     await append_amounts(store, "counter:a", 13, 4)
     runner = ProjectionRunner(store, FailsOn13(), batch=2)
     with pytest.raises(RuntimeError, match="unlucky"):
-        await asyncio.wait_for(runner.run(), WAIT)
+        async with asyncio.timeout(WAIT):
+            await runner.run()
     assert await store.projection_checkpoint("counter_totals") == first_batch_end
     assert await totals(store) == {"counter:a": (3, 2)}
+    assert not await runner.wait_until(await store.head(), WAIT)  # failed: False, not a hang
 
 
 async def test_rebuild_from_zero_reproduces_the_same_table(store: ProjectionHost) -> None:
@@ -151,6 +165,19 @@ async def test_rebuild_from_zero_reproduces_the_same_table(store: ProjectionHost
     assert await runner.rebuild() == head
     assert await totals(store) == folded
     assert await store.projection_checkpoint("counter_totals") == head
+
+
+async def test_rebuild_while_a_runner_is_live_ends_exact(store: ProjectionHost) -> None:
+    """Rebuilding under a running runner: the two hand over and nothing is counted twice."""
+    head = await append_amounts(store, "counter:a", *range(1, 21))
+    live = ProjectionRunner(store, Totals(), batch=4)
+    async with live:
+        assert await live.wait_until(head, WAIT)
+        await ProjectionRunner(store, Totals(), batch=3).rebuild()
+        head = await append_amounts(store, "counter:a", 100)
+        assert await live.wait_until(head, WAIT)
+        assert await store.projection_checkpoint("counter_totals") == head
+    assert await totals(store) == {"counter:a": (310, 21)}
 
 
 async def test_reset_projection_drops_its_tables_and_checkpoint(store: ProjectionHost) -> None:
