@@ -9,6 +9,7 @@ import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -16,7 +17,7 @@ import msgspec
 import structlog
 
 from schemas import EventEnvelope, NewEvent
-from store.errors import ConcurrencyError, InvalidEvent, StoreUnavailable
+from store.errors import ConcurrencyError, InvalidEvent, StoreError, StoreUnavailable
 from store.protocol import ANY_VERSION, AppendResult, Snapshot
 from store.registry import EventTypes
 
@@ -75,6 +76,8 @@ _SAVE_SNAPSHOT = (
     " ON CONFLICT (stream) DO UPDATE SET version = excluded.version,"
     " type = excluded.type, data = excluded.data WHERE excluded.version >= snapshots.version"
 )
+#: at most this many appends share one transaction
+MAX_GROUP = 256
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 
 
@@ -156,38 +159,81 @@ def _current_version(conn: sqlite3.Connection, stream: str) -> int:
     return int(row[0])
 
 
-def _append_sync(
-    conn: sqlite3.Connection, stream: str, events: Sequence[NewEvent],
-    expected: int, cause: str | None,
-) -> AppendResult:
+@dataclass(eq=False)
+class _Pending:
+    """One append waiting for the next group commit."""
+
+    stream: str
+    events: list[NewEvent]
+    expected: int
+    cause: str | None
+    outcome: asyncio.Future[AppendResult]
+
+
+def _append_one(conn: sqlite3.Connection, p: _Pending) -> AppendResult:
+    if p.cause is not None:
+        seen = conn.execute(
+            "SELECT version, position FROM reactions WHERE stream = ? AND cause = ?",
+            (p.stream, p.cause),
+        ).fetchone()
+        if seen is not None:
+            return AppendResult(stream=p.stream, version=seen[0], position=seen[1], duplicate=True)
+    current = _current_version(conn, p.stream)
+    if p.expected != ANY_VERSION and p.expected != current:
+        raise ConcurrencyError(p.stream, p.expected, current)
+    position = 0
+    for offset, event in enumerate(p.events, start=1):
+        position = conn.execute(_INSERT, _row(p.stream, current + offset, event)).lastrowid or 0
+    if not p.events:
+        position = conn.execute(
+            "SELECT COALESCE(MAX(position), 0) FROM events WHERE stream = ?", (p.stream,)
+        ).fetchone()[0]
+    version = current + len(p.events)
+    if p.cause is not None:
+        conn.execute(
+            "INSERT INTO reactions (stream, cause, version, position) VALUES (?, ?, ?, ?)",
+            (p.stream, p.cause, version, position),
+        )
+    return AppendResult(stream=p.stream, version=version, position=position)
+
+
+def _append_group(
+    conn: sqlite3.Connection, group: Sequence[_Pending]
+) -> list[AppendResult | StoreError]:
+    """Commit many appends in one transaction; each refused one is rolled back alone."""
+    outcomes: list[AppendResult | StoreError] = []
     with _transaction(conn):
-        if cause is not None:
-            seen = conn.execute(
-                "SELECT version, position FROM reactions WHERE stream = ? AND cause = ?",
-                (stream, cause),
-            ).fetchone()
-            if seen is not None:
-                return AppendResult(
-                    stream=stream, version=seen[0], position=seen[1], duplicate=True
-                )
-        current = _current_version(conn, stream)
-        if expected != ANY_VERSION and expected != current:
-            raise ConcurrencyError(stream, expected, current)
-        position = 0
-        for offset, event in enumerate(events, start=1):
-            position = int(conn.execute(_INSERT, _row(stream, current + offset, event)).lastrowid
-                           or 0)
-        version = current + len(events)
-        if not events:
-            position = int(conn.execute(
-                "SELECT COALESCE(MAX(position), 0) FROM events WHERE stream = ?", (stream,)
-            ).fetchone()[0])
-        if cause is not None:
-            conn.execute(
-                "INSERT INTO reactions (stream, cause, version, position) VALUES (?, ?, ?, ?)",
-                (stream, cause, version, position),
-            )
-        return AppendResult(stream=stream, version=version, position=position)
+        for p in group:
+            conn.execute("SAVEPOINT one_append")
+            try:
+                outcomes.append(_append_one(conn, p))
+            except ConcurrencyError as exc:
+                outcomes.append(exc)
+                conn.execute("ROLLBACK TO one_append")
+            except sqlite3.IntegrityError as exc:
+                outcomes.append(InvalidEvent(p.events[0].type, f"duplicate event_id: {exc}"))
+                conn.execute("ROLLBACK TO one_append")
+            conn.execute("RELEASE one_append")
+    return outcomes
+
+
+def _settle(
+    group: Sequence[_Pending], job: asyncio.Future[list[AppendResult | StoreError]]
+) -> None:
+    """Hand each waiting append its outcome once the group's thread job is done."""
+    failure: BaseException | None = None
+    if job.cancelled():
+        failure = StoreUnavailable("the SQLite writer was stopped")
+    elif (error := job.exception()) is not None:
+        failure = StoreUnavailable(str(error)) if isinstance(error, sqlite3.Error) else error
+    for index, p in enumerate(group):
+        if p.outcome.done():
+            continue
+        outcome = failure or job.result()[index]
+        if isinstance(outcome, BaseException):
+            p.outcome.set_exception(outcome)
+        else:
+            p.outcome.set_result(outcome)
 
 
 class SqliteEventStore:
@@ -218,6 +264,7 @@ class SqliteEventStore:
         self._committed = asyncio.Event()
         self._head = 0
         self._closed = False
+        self._queue: list[_Pending] = []
 
     @classmethod
     async def open(
@@ -272,19 +319,42 @@ class SqliteEventStore:
             raise ValueError(f"expected_version must be >= {ANY_VERSION}")
         for event in events:
             self._types.validate(event.type, event.data)
-        events = list(events)
-        loop = asyncio.get_running_loop()
-
-        def append(conn: sqlite3.Connection) -> AppendResult:
-            result = _append_sync(conn, stream, events, expected_version, cause)
-            # from the writer thread, so subscribers wake even if our caller was cancelled
-            loop.call_soon_threadsafe(self._note_commit, result.position)
-            return result
-
+        outcome: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        pending = _Pending(stream, list(events), expected_version, cause, outcome)
+        self._queue.append(pending)
         try:
-            return await self._write(append)
-        except sqlite3.IntegrityError as exc:
-            raise InvalidEvent(events[0].type, f"duplicate event_id: {exc}") from exc
+            async with asyncio.timeout(self._timeout):
+                while not outcome.done():
+                    async with self._write_lock:
+                        if not outcome.done():  # lead: commit everyone queued so far
+                            await self._commit_group()
+                return await outcome
+        except TimeoutError as exc:
+            raise StoreUnavailable(f"SQLite did not commit within {self._timeout}s") from exc
+        finally:
+            if pending in self._queue:  # gave up before it was taken: never appended
+                self._queue.remove(pending)
+            outcome.cancel()
+
+    async def _commit_group(self) -> None:
+        """Run one group commit of the queued appends (write lock held)."""
+        if self._closed:
+            raise StoreUnavailable("the SQLite event store is closed")
+        group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
+        loop = asyncio.get_running_loop()
+        conn = self._writer_conn
+
+        def commit() -> list[AppendResult | StoreError]:
+            outcomes = _append_group(conn, group)
+            positions = [o.position for o in outcomes if isinstance(o, AppendResult)]
+            if positions:
+                loop.call_soon_threadsafe(self._note_commit, max(positions))
+            return outcomes
+
+        job = loop.run_in_executor(self._writer, commit)
+        job.add_done_callback(lambda done: _settle(group, done))
+        # outcomes reach every waiter through _settle, even if this leader is cancelled
+        await asyncio.wait([job])
 
     def _note_commit(self, position: int) -> None:
         if position > self._head:

@@ -18,6 +18,8 @@ from schemas import EventEnvelope, NewEvent
 from store.errors import ConcurrencyError, InvalidEvent
 from store.projections import ProjectionHost
 from store.protocol import ANY_VERSION, NO_STREAM, Snapshot
+from store.registry import EventTypes
+from store.sqlite import SqliteEventStore
 from tests.support.events import Incremented, Noted, Renamed, new_event
 
 WAIT = 10.0  # seconds a test waits for something that should happen at once
@@ -348,6 +350,32 @@ async def test_reopened_log_keeps_every_event_and_snapshot(
     assert (await again.append("counter:a", [inc(9)], NO_STREAM, cause="evt-1")).duplicate
     result = await again.append("counter:a", [inc(3)], 2)
     assert result.version == 3 and result.position > written[-1].position
+
+
+async def test_sqlite_in_memory_log_appends_reads_and_follows(event_types: EventTypes) -> None:
+    """SQLite's ":memory:" log (one connection) appends, reads, follows live and closes."""
+    memory = await SqliteEventStore.open(":memory:", event_types)
+    try:
+        await memory.append("counter:a", [inc(1)], NO_STREAM)
+        async with aclosing(memory.subscribe()) as batches:
+            assert amounts(await take(batches, 1)) == [1]
+            await memory.append("counter:a", [inc(2)], 1)
+            assert amounts(await take(batches, 1)) == [2]
+        assert amounts(await memory.read_stream("counter:a")) == [1, 2]
+    finally:
+        await memory.close()
+
+
+async def test_sqlite_subscription_ends_when_the_store_closes(event_types: EventTypes) -> None:
+    """Closing the SQLite log ends a waiting subscriber instead of leaving it hanging."""
+    log = await SqliteEventStore.open(":memory:", event_types)
+    batches = log.subscribe()
+    waiting = asyncio.create_task(anext(batches))
+    await asyncio.sleep(0.05)
+    await log.close()
+    with pytest.raises(StopAsyncIteration):
+        async with asyncio.timeout(WAIT):
+            await waiting
 
 
 EXPECTATIONS = ["right", "stale", "ahead", "any", "no_stream"]

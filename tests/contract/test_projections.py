@@ -122,6 +122,23 @@ async def test_query_never_sees_an_open_projection_transaction(store: Projection
     assert rows == [(5,)]
 
 
+async def test_append_during_a_projection_tx_survives_its_rollback(
+    store: ProjectionHost,
+) -> None:
+    """An append made while a projection transaction is open is not part of it."""
+    await store.run_ddl(Totals.ddl)
+    with pytest.raises(RuntimeError):
+        async with store.projection_tx("counter_totals", 0, 1) as tx:
+            await tx.execute(UPSERT, "counter:a", 5)
+            appending = asyncio.create_task(append_amounts(store, "counter:a", 7))
+            await asyncio.sleep(0.05)
+            raise RuntimeError("midway")
+    async with asyncio.timeout(WAIT):
+        position = await appending
+    assert [e.position for e in await store.read_all()] == [position]
+    assert await store.projection_checkpoint("counter_totals") == 0
+
+
 async def test_projection_tx_with_stale_checkpoint_conflicts_and_writes_nothing(
     store: ProjectionHost,
 ) -> None:
