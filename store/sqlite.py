@@ -149,7 +149,10 @@ class _transaction:
         return self._conn
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
-        self._conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        if exc_type is None:
+            self._conn.execute("COMMIT")
+        elif self._conn.in_transaction:  # some errors already rolled SQLite back
+            self._conn.execute("ROLLBACK")
 
 
 def _current_version(conn: sqlite3.Connection, stream: str) -> int:
