@@ -11,6 +11,7 @@ from schemas.envelope import ENCODER
 class Incremented(msgspec.Struct, frozen=True, kw_only=True, tag="counter.incremented"):
     amount: int
     command_id: str = ""
+    forward_to: str | None = None
 
 
 class Renamed(msgspec.Struct, frozen=True, kw_only=True, tag="counter.renamed"):

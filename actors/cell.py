@@ -1,0 +1,173 @@
+"""One live actor: its folded state, its version, and how it handles one message."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import structlog
+
+from actors import metrics
+from actors.codec import CellSnapshot, KindCodec, to_new_event
+from actors.kind import Context, Rejected
+from bus.errors import BadMessage
+from schemas import (
+    EVENT_DECODER,
+    CommandEnvelope,
+    EventEnvelope,
+    Reply,
+    TimerCancelled,
+    TimerFired,
+    TimerSet,
+    stream_name,
+)
+from schemas.envelope import ENCODER
+from store.errors import ConcurrencyError
+from store.protocol import EventStore, Snapshot
+
+log = structlog.get_logger(__name__)
+
+REACT = "react"
+TIMER_FIRE = "timer.fire"
+CONFLICT_RETRIES = 5
+_FIRED = msgspec.json.Decoder(TimerFired)
+
+
+class ActorCell:
+    """An activated actor. Callers serialise access with ``lock`` (one message at a time)."""
+
+    def __init__(self, codec: KindCodec, actor_id: str, store: EventStore) -> None:
+        self.codec = codec
+        self.kind = codec.kind
+        self.actor_id = actor_id
+        self.stream = stream_name(self.kind.name, actor_id)
+        self.store = store
+        self.lock = asyncio.Lock()
+        self.waiting = 0
+        self.last_used = time.monotonic()
+        self.loaded = False
+        self.state: Any = None
+        self.version = 0
+        self.timers: dict[str, str] = {}
+        self._snapshot_version = 0
+
+    # -- state ---------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Activate: the latest snapshot, then the tail of the stream after it."""
+        self.state, self.version, self.timers = self.kind.initial(self.actor_id), 0, {}
+        snap = await self.store.load_snapshot(self.stream)
+        if snap is not None:
+            saved = self.codec.snapshot.decode(snap.data)
+            self.state = self.codec.state.decode(saved.state)
+            self.timers = dict(saved.timers)
+            self.version = self._snapshot_version = snap.version
+        tail = await self.store.read_stream(self.stream, self.version + 1)
+        for env in tail:
+            self._evolve(self.codec.events.decode(env.data))
+            self.version = env.version
+        self.loaded = True
+        metrics.ACTIVATIONS.labels(self.kind.name).inc()
+
+    def invalidate(self) -> None:
+        """Forget the folded state; the next message reloads it from the log."""
+        self.loaded = False
+
+    def _evolve(self, event: msgspec.Struct) -> None:
+        match event:
+            case TimerSet(timer_id=tid, name=name):
+                self.timers[tid] = name
+            case TimerFired(timer_id=tid) | TimerCancelled(timer_id=tid):
+                self.timers.pop(tid, None)
+        self.state = self.kind.evolve(self.state, event)
+
+    async def _maybe_snapshot(self) -> None:
+        every = self.kind.snapshot_every
+        if every <= 0 or self.version - self._snapshot_version < every:
+            return
+        data = ENCODER.encode(
+            CellSnapshot(state=msgspec.Raw(ENCODER.encode(self.state)), timers=self.timers)
+        )
+        await self.store.save_snapshot(
+            Snapshot(stream=self.stream, version=self.version, type=self.kind.name, data=data)
+        )
+        self._snapshot_version = self.version
+
+    # -- messages ------------------------------------------------------------------------
+
+    async def handle(self, msg: CommandEnvelope, now: dt.datetime) -> Reply:
+        """Decide on ``msg`` and append what it decides; retried from fresh state on conflict."""
+        for _ in range(CONFLICT_RETRIES):
+            if not self.loaded:
+                await self.load()
+            try:
+                payloads, cause, meta = self._decide(msg, now)
+            except Rejected as exc:
+                return Reply(command_id=msg.command_id, ok=False, error=exc.message,
+                             error_type=exc.code, version=self.version)
+            if not payloads:
+                return Reply(command_id=msg.command_id, ok=True, version=self.version)
+            events = [to_new_event(p, **meta) for p in payloads]
+            try:
+                result = await self.store.append(self.stream, events, self.version, cause=cause)
+            except ConcurrencyError:
+                metrics.CONFLICTS.labels(self.kind.name).inc()
+                self.invalidate()
+                continue
+            if result.duplicate:
+                self.invalidate()  # someone (an earlier delivery) already recorded it
+            else:
+                for p in payloads:
+                    self._evolve(p)
+                self.version = result.version
+                await self._maybe_snapshot()
+            return Reply(command_id=msg.command_id, ok=True, version=result.version,
+                         position=result.position)
+        raise ConcurrencyError(self.stream, self.version, -1)
+
+    def _decide(
+        self, msg: CommandEnvelope, now: dt.datetime
+    ) -> tuple[Sequence[msgspec.Struct], str, dict[str, str | None]]:
+        meta: dict[str, str | None] = {
+            "correlation_id": msg.correlation_id,
+            "causation_id": msg.command_id,
+            "project_id": msg.project_id,
+            "user_id": msg.user_id,
+        }
+        ctx = Context(actor_id=self.actor_id, message_id=msg.command_id,
+                      correlation_id=msg.correlation_id, now=now,
+                      project_id=msg.project_id, user_id=msg.user_id)
+        if msg.type in self.codec.command_tags:
+            command = _decode(self.codec.commands, msg.body, msg.type)
+            return self.kind.decide(self.state, command, ctx), msg.command_id, meta
+        if msg.type == REACT:
+            return self._decide_reaction(msg, ctx, meta)
+        if msg.type == TIMER_FIRE:
+            fired = _decode(_FIRED, msg.body, msg.type)
+            if fired.timer_id not in self.timers or self.kind.on_timer is None:
+                return [], f"timer:{fired.timer_id}", meta
+            events = [*self.kind.on_timer(self.state, fired, ctx), fired]
+            return events, f"timer:{fired.timer_id}", meta
+        raise BadMessage(f"{self.kind.name} has no command {msg.type!r}")
+
+    def _decide_reaction(
+        self, msg: CommandEnvelope, ctx: Context, meta: dict[str, str | None]
+    ) -> tuple[Sequence[msgspec.Struct], str, dict[str, str | None]]:
+        event: EventEnvelope = _decode(EVENT_DECODER, msg.body, REACT)
+        if self.codec.reactions is None or self.kind.react is None:
+            raise BadMessage(f"{self.kind.name} reacts to nothing")
+        payload = _decode(self.codec.reactions, event.data, event.type)
+        meta["causation_id"] = str(event.event_id)
+        meta["correlation_id"] = event.correlation_id or msg.correlation_id
+        return self.kind.react(self.state, payload, ctx), str(event.event_id), meta
+
+
+def _decode(decoder: msgspec.json.Decoder[Any], data: bytes | msgspec.Raw, what: str) -> Any:
+    try:
+        return decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise BadMessage(f"{what}: {exc}") from exc

@@ -1,0 +1,97 @@
+"""How an actor kind is declared: pure decide/evolve, its commands, events and reactions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from schemas import TimerFired
+
+S = TypeVar("S")
+
+#: Events a decision returns: payload Structs with explicit tags.
+Events = Sequence[msgspec.Struct]
+
+
+class Rejected(Exception):
+    """A command the actor refuses: an answer to the caller, never retried, no event.
+
+    ``code`` is a short machine name (``conflict``, ``not_found``, ``bad_request``) that the
+    gateway maps to each service's error body.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Everything outside the state a decision may depend on, taken from the message."""
+
+    actor_id: str
+    message_id: str
+    correlation_id: str
+    now: dt.datetime
+    project_id: str | None = None
+    user_id: str | None = None
+
+    def derive_id(self, n: int = 0) -> str:
+        """A new id that is the same every time this message is decided (replay-safe)."""
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.message_id}/{n}"))
+
+
+Decide = Callable[[Any, Any, Context], Events]
+Evolve = Callable[[Any, Any], Any]
+#: From an event another actor recorded, the id of the actor of this kind that reacts
+#: (None: not for us).
+FindId = Callable[[Any], str | None]
+
+
+@dataclass(frozen=True)
+class ActorKind(Generic[S]):
+    """One kind of actor.
+
+    ``decide(state, command, ctx)`` returns events or raises Rejected; ``evolve(state,
+    event)`` folds one event (system timer events included). ``react(state, event, ctx)``
+    decides on another actor's event, routed to the id ``reactions[event_tag](event)``
+    finds. ``on_timer(state, fired, ctx)`` decides when a timer the actor set goes off.
+    """
+
+    name: str
+    state_type: type[S]
+    initial: Callable[[str], S]
+    decide: Decide
+    evolve: Evolve
+    commands: Sequence[type[msgspec.Struct]]
+    events: Sequence[type[msgspec.Struct]]
+    reactions: Mapping[str, FindId] = field(default_factory=dict)
+    react: Decide | None = None
+    on_timer: Callable[[Any, TimerFired, Context], Events] | None = None
+    reaction_events: Sequence[type[msgspec.Struct]] = ()
+    snapshot_every: int = 100
+
+    def __post_init__(self) -> None:
+        if self.reactions and self.react is None:
+            raise TypeError(f"kind {self.name}: reactions declared without react()")
+        missing = set(self.reactions) - {_tag(t) for t in self.reaction_events}
+        if missing:
+            raise TypeError(f"kind {self.name}: no Struct given for reactions {sorted(missing)}")
+
+
+def _tag(t: type[msgspec.Struct]) -> str:
+    tag = t.__struct_config__.tag
+    if not isinstance(tag, str):
+        raise TypeError(f"{t.__name__} needs an explicit string tag")
+    return tag
+
+
+def tag_of(t: type[msgspec.Struct]) -> str:
+    """The stable tag of a message Struct."""
+    return _tag(t)

@@ -1,0 +1,20 @@
+"""Prometheus metrics of the actor runtime."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+HANDLED = Counter(
+    "orrery_actor_messages_total", "Messages handled by actors", ["kind", "outcome"]
+)
+MAILBOX = Gauge("orrery_actor_mailbox_depth", "Messages waiting for a busy actor", ["kind"])
+ACTIVE = Gauge("orrery_actor_active", "Actors activated in this process", ["kind"])
+ACTIVATIONS = Counter("orrery_actor_activations_total", "Actor activations", ["kind"])
+PASSIVATIONS = Counter("orrery_actor_passivations_total", "Idle actors passivated", ["kind"])
+CONFLICTS = Counter(
+    "orrery_actor_conflicts_total", "Appends retried after a version conflict", ["kind"]
+)
+HANDLE_SECONDS = Histogram(
+    "orrery_actor_handle_seconds", "Time to handle one message, lock wait excluded", ["kind"]
+)
+TIMERS_FIRED = Counter("orrery_timers_sent_total", "Due timers sent to their actors")

@@ -1,0 +1,201 @@
+"""The actor runtime: routes messages to actors, one at a time each, and passivates idle ones."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import structlog
+
+from actors import metrics
+from actors.cell import REACT, ActorCell
+from actors.codec import KindCodec
+from actors.kind import ActorKind
+from bus.errors import BadMessage
+from bus.protocol import Bus, Delivery, Subscription
+from schemas import COMMAND_DECODER, EVENT_DECODER, CommandEnvelope, Reply
+from store.protocol import EventStore
+
+log = structlog.get_logger(__name__)
+
+#: how long a reaction message may wait in a shard queue before it is stale
+REACTION_DEADLINE = dt.timedelta(days=7)
+
+
+class ActorRuntime:
+    """Hosts every actor of the given kinds that this process's shards own.
+
+    ``start()`` begins consuming; ``shutdown()`` (idempotent) stops consuming and drops
+    the cells. Use ``async with`` to own it.
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        bus: Bus,
+        kinds: Sequence[ActorKind[Any]],
+        *,
+        passivate_after: float = 60.0,
+        prefetch: int = 200,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.codecs = {k.name: KindCodec(k) for k in kinds}
+        self.passivate_after = passivate_after
+        self.prefetch = prefetch
+        self.cells: dict[tuple[str, str], ActorCell] = {}
+        self._subs: list[Subscription] = []
+        self._janitor: asyncio.Task[None] | None = None
+
+    def event_types(self) -> list[type[msgspec.Struct]]:
+        """Every event Struct these kinds record (for the store's registry)."""
+        return [t for c in self.codecs.values() for t in c.event_types()]
+
+    async def __aenter__(self) -> ActorRuntime:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+    async def start(self) -> None:
+        for name, codec in self.codecs.items():
+            self._subs.append(
+                await self.bus.consume_commands(name, self._on_command, prefetch=self.prefetch)
+            )
+            if codec.kind.reactions:
+                self._subs.append(
+                    await self.bus.subscribe_events(
+                        f"react.{name}", sorted(codec.kind.reactions), _Router(self.bus, codec),
+                        prefetch=self.prefetch,
+                    )
+                )
+        self._janitor = asyncio.create_task(self._passivate_loop(), name="passivate")
+        log.info("runtime_started", kinds=sorted(self.codecs))
+
+    async def shutdown(self) -> None:
+        subs, self._subs = self._subs, []
+        for sub in subs:
+            await sub.cancel()
+        if self._janitor is not None:
+            self._janitor.cancel()
+            await asyncio.gather(self._janitor, return_exceptions=True)
+            self._janitor = None
+        for kind, _ in self.cells:
+            metrics.ACTIVE.labels(kind).dec()
+        self.cells.clear()
+
+    # -- delivery ------------------------------------------------------------------------
+
+    async def _on_command(self, delivery: Delivery) -> None:
+        try:
+            msg = COMMAND_DECODER.decode(delivery.body)
+        except msgspec.DecodeError as exc:
+            raise BadMessage(f"undecodable command: {exc}") from exc
+        codec = self.codecs.get(msg.kind)
+        if codec is None:
+            raise BadMessage(f"no actor kind {msg.kind!r} in this runtime")
+        structlog.contextvars.bind_contextvars(
+            correlation_id=msg.correlation_id, actor=f"{msg.kind}:{msg.actor_id}"
+        )
+        try:
+            reply = await self.handle(codec, msg)
+        finally:
+            structlog.contextvars.unbind_contextvars("correlation_id", "actor")
+        if msg.reply_to:
+            await self.bus.reply(msg.reply_to, reply)
+
+    async def handle(self, codec: KindCodec, msg: CommandEnvelope) -> Reply:
+        """Process one message for one actor, after any earlier message for it."""
+        kind = codec.kind.name
+        now = dt.datetime.now(dt.UTC)
+        if now > msg.deadline:
+            metrics.HANDLED.labels(kind, "expired").inc()
+            log.warning("command_expired", type=msg.type, deadline=msg.deadline.isoformat())
+            return Reply(command_id=msg.command_id, ok=False, error_type="deadline_exceeded",
+                         error=f"command {msg.command_id} arrived after its deadline")
+        key = (kind, msg.actor_id)
+        cell = self.cells.get(key)
+        if cell is None:
+            cell = self.cells[key] = ActorCell(codec, msg.actor_id, self.store)
+            metrics.ACTIVE.labels(kind).inc()
+        cell.waiting += 1
+        metrics.MAILBOX.labels(kind).inc()
+        try:
+            await cell.lock.acquire()
+        finally:
+            cell.waiting -= 1
+            metrics.MAILBOX.labels(kind).dec()
+        started = time.perf_counter()
+        try:
+            reply = await cell.handle(msg, now)
+        except BaseException:
+            cell.invalidate()
+            metrics.HANDLED.labels(kind, "failed").inc()
+            raise
+        finally:
+            cell.last_used = time.monotonic()
+            cell.lock.release()
+        metrics.HANDLE_SECONDS.labels(kind).observe(time.perf_counter() - started)
+        metrics.HANDLED.labels(kind, "ok" if reply.ok else "rejected").inc()
+        return reply
+
+    # -- passivation ---------------------------------------------------------------------
+
+    async def _passivate_loop(self) -> None:
+        period = max(self.passivate_after / 2, 0.05)
+        while True:
+            await asyncio.sleep(period)
+            self.passivate_idle()
+
+    def passivate_idle(self) -> int:
+        """Drop every actor idle for longer than ``passivate_after``; returns how many."""
+        cutoff = time.monotonic() - self.passivate_after
+        idle = [
+            key for key, cell in self.cells.items()
+            if cell.last_used < cutoff and cell.waiting == 0 and not cell.lock.locked()
+        ]
+        for key in idle:
+            del self.cells[key]
+            metrics.ACTIVE.labels(key[0]).dec()
+            metrics.PASSIVATIONS.labels(key[0]).inc()
+        return len(idle)
+
+
+class _Router:
+    """Turns another actor's event into a reaction message on the reacting actor's shard,
+    so that reactions, like commands, reach each actor through its single writer."""
+
+    def __init__(self, bus: Bus, codec: KindCodec) -> None:
+        self.bus = bus
+        self.codec = codec
+
+    async def __call__(self, delivery: Delivery) -> None:
+        try:
+            event = EVENT_DECODER.decode(delivery.body)
+            find = self.codec.kind.reactions.get(event.type)
+            if find is None or self.codec.reactions is None:
+                return
+            target = find(self.codec.reactions.decode(event.data))
+        except msgspec.DecodeError as exc:
+            raise BadMessage(f"undecodable event: {exc}") from exc
+        if target is None:
+            return
+        await self.bus.send(
+            CommandEnvelope(
+                command_id=str(event.event_id),
+                kind=self.codec.kind.name,
+                actor_id=target,
+                type=REACT,
+                body=msgspec.Raw(delivery.body),
+                correlation_id=event.correlation_id or str(event.event_id),
+                causation_id=str(event.event_id),
+                deadline=dt.datetime.now(dt.UTC) + REACTION_DEADLINE,
+                project_id=event.project_id,
+                user_id=event.user_id,
+            )
+        )

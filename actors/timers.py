@@ -1,0 +1,171 @@
+"""Durable timers: a deadline an actor sets is an event; this service fires it when due.
+
+The ``timer.set`` / ``timer.fired`` / ``timer.cancelled`` events fold into a projection
+table of pending timers, so after any restart the pending set is read back from the log.
+Firing sends a ``timer.fire`` message to the actor's shard; the actor records
+``timer.fired`` with the timer as its cause, so a timer sent twice still fires once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
+from typing import Any, Protocol
+
+import msgspec
+import structlog
+
+from actors import metrics
+from actors.cell import TIMER_FIRE
+from bus.protocol import Bus
+from schemas import CommandEnvelope, EventEnvelope, TimerFired, TimerSet
+from schemas.envelope import ENCODER
+from store.projections import ProjectionRunner
+from store.protocol import EventStore, ProjectionStore, SqlTx
+
+log = structlog.get_logger(__name__)
+
+
+
+class _TimerRef(msgspec.Struct):
+    """The one field timer.fired and timer.cancelled share."""
+
+    timer_id: str
+
+
+_SET = msgspec.json.Decoder(TimerSet)
+_REF = msgspec.json.Decoder(_TimerRef)
+FIRE_DEADLINE = dt.timedelta(days=1)
+
+
+def _micros(t: dt.datetime) -> int:
+    return int(t.timestamp() * 1_000_000)
+
+
+class TimerStore(EventStore, ProjectionStore, Protocol):
+    async def query(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
+        ...
+
+
+class TimerProjection:
+    """Pending timers by id, folded from the log."""
+
+    name = "timers"
+    ddl: Sequence[str] = (
+        "CREATE TABLE IF NOT EXISTS orrery_timers (timer_id TEXT PRIMARY KEY, kind TEXT NOT NULL,"
+        " actor_id TEXT NOT NULL, name TEXT NOT NULL, fire_at BIGINT NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS orrery_timers_due ON orrery_timers (fire_at)",
+    )
+    drop: Sequence[str] = ("DROP TABLE IF EXISTS orrery_timers",)
+
+    def __init__(self, on_change: Callable[[int], None]) -> None:
+        self.on_change = on_change
+
+    async def apply(self, tx: SqlTx, events: Sequence[EventEnvelope]) -> None:
+        earliest: int | None = None
+        for ev in events:
+            if ev.type == "timer.set":
+                t = _SET.decode(ev.data)
+                kind, _, actor_id = ev.stream.partition(":")
+                at = _micros(t.fire_at)
+                await tx.execute(
+                    "INSERT INTO orrery_timers (timer_id, kind, actor_id, name, fire_at)"
+                    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (timer_id) DO NOTHING",
+                    t.timer_id, kind, actor_id, t.name, at,
+                )
+                earliest = at if earliest is None else min(earliest, at)
+            elif ev.type in ("timer.fired", "timer.cancelled"):
+                ref = _REF.decode(ev.data)
+                await tx.execute("DELETE FROM orrery_timers WHERE timer_id = $1", ref.timer_id)
+        if earliest is not None:
+            self.on_change(earliest)
+
+
+class TimerService:
+    """Keeps the pending-timer projection and sends each due timer to its actor."""
+
+    def __init__(self, store: TimerStore, bus: Bus, *, resend_after: float = 30.0) -> None:
+        self.store = store
+        self.bus = bus
+        self.resend_after = resend_after
+        self._wake = asyncio.Event()
+        self._sent: dict[str, float] = {}
+        self.projection = TimerProjection(self._changed)
+        self.runner = ProjectionRunner(store, self.projection)
+
+    def _changed(self, _earliest: int) -> None:
+        self._wake.set()
+
+    def _leadership(self) -> AbstractAsyncContextManager[bool]:
+        lead = getattr(self.store, "try_leadership", None)
+        if lead is None:
+            return nullcontext(True)
+        cm: AbstractAsyncContextManager[bool] = lead("timers")
+        return cm
+
+    async def run(self) -> None:
+        """Fire timers until cancelled (standing by while another process leads)."""
+        while True:
+            async with self._leadership() as leader:
+                if not leader:
+                    await asyncio.sleep(1.0)
+                    continue
+                await self.store.run_ddl(self.projection.ddl)
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self.runner.run(), name="timer-projection")
+                    tg.create_task(self._fire_loop(), name="timer-fire")
+
+    async def _fire_loop(self) -> None:
+        while True:
+            self._wake.clear()
+            next_at = await self.fire_due()
+            delay = self.resend_after
+            if next_at is not None:
+                delay = min(delay, max(0.0, next_at / 1_000_000 - time.time()))
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
+            # that lands as the wait completes, and this loop must stop when told.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+
+    async def fire_due(self) -> int | None:
+        """Send every due timer not sent recently; returns when the next one is due."""
+        now_us = _micros(dt.datetime.now(dt.UTC))
+        rows = await self.store.query(
+            "SELECT timer_id, kind, actor_id, name FROM orrery_timers WHERE fire_at <= $1"
+            " ORDER BY fire_at LIMIT 500",
+            now_us,
+        )
+        mono = time.monotonic()
+        for timer_id, kind, actor_id, name in rows:
+            sent = self._sent.get(timer_id)
+            if sent is not None and mono - sent < self.resend_after:
+                continue
+            await self.bus.send(_fire_message(timer_id, kind, actor_id, name))
+            self._sent[timer_id] = mono
+            metrics.TIMERS_FIRED.inc()
+            log.info("timer_due", timer_id=timer_id, actor=f"{kind}:{actor_id}", name=name)
+        pending = {r[0] for r in rows}
+        self._sent = {k: v for k, v in self._sent.items() if k in pending}
+        nxt = await self.store.query(
+            "SELECT MIN(fire_at) FROM orrery_timers WHERE fire_at > $1", now_us
+        )
+        value = nxt[0][0] if nxt else None
+        return int(value) if value is not None else None
+
+
+def _fire_message(timer_id: str, kind: str, actor_id: str, name: str) -> CommandEnvelope:
+    return CommandEnvelope(
+        command_id=f"timer:{timer_id}",
+        kind=kind,
+        actor_id=actor_id,
+        type=TIMER_FIRE,
+        body=msgspec.Raw(ENCODER.encode(TimerFired(timer_id=timer_id, name=name))),
+        correlation_id=f"timer:{timer_id}",
+        deadline=dt.datetime.now(dt.UTC) + FIRE_DEADLINE,
+    )
+

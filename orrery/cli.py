@@ -1,0 +1,117 @@
+"""The ``orrery`` command: ``up`` (all-in-one), ``worker``, ``relay`` and ``api``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+
+import structlog
+from aiohttp import web
+from prometheus_client import start_http_server
+
+from actors.runtime import ActorRuntime
+from actors.timers import TimerService
+from gateway.app import make_app
+from orrery.config import Config, ConfigError, load_config
+from orrery.logging import configure_logging
+from orrery.wiring import event_types, load_kinds, open_bus, open_store
+from store.relay import Relay
+
+log = structlog.get_logger("orrery")
+
+
+async def _serve_http(cfg: Config) -> None:
+    runner = web.AppRunner(make_app())
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.api_host, cfg.api_port)
+    await site.start()
+    log.info("http_listening", host=cfg.api_host, port=cfg.api_port)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+async def run_processes(cfg: Config, kinds_spec: Sequence[str], *, worker: bool, relay: bool,
+                        http: bool) -> None:
+    """Open the backends and run the chosen roles until cancelled."""
+    kinds = load_kinds(kinds_spec)
+    store = await open_store(cfg, event_types(kinds))
+    bus = await open_bus(cfg)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            if relay:
+                tg.create_task(Relay(store, bus).run(), name="relay")
+            if worker:
+                runtime = ActorRuntime(store, bus, kinds, passivate_after=cfg.passivate_after)
+                await runtime.start()
+                tg.create_task(TimerService(store, bus).run(), name="timers")
+            if http:
+                tg.create_task(_serve_http(cfg), name="http")
+            log.info("orrery_started", worker=worker, relay=relay, http=http,
+                     kinds=[k.name for k in kinds], config=cfg.redacted())
+            await asyncio.Event().wait()
+    finally:
+        if worker:
+            with contextlib.suppress(NameError):
+                await runtime.shutdown()
+        await bus.close()
+        await store.close()
+
+
+def _run(main: Callable[[], Awaitable[None]]) -> int:
+    async def guarded() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await main()
+
+    try:
+        import uvloop
+
+        uvloop.run(guarded())
+    except ImportError:
+        asyncio.run(guarded())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="orrery", description=__doc__)
+    parser.add_argument("--config", help="TOML file (else $ORRERY_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("up", "everything in one process (embedded defaults)"),
+        ("worker", "the actor runtime and durable timers"),
+        ("relay", "publish committed events to the bus"),
+        ("api", "the HTTP gateway"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--kind", action="append", default=[],
+                       help="extra actor kind as module:attribute (repeatable)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(path=args.config)
+    except ConfigError as exc:
+        print(f"orrery: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(cfg.log_level, cfg.log_format)
+    if cfg.metrics_port and args.command != "up":
+        start_http_server(cfg.metrics_port, addr=cfg.api_host)
+    roles = {
+        "up": dict(worker=True, relay=True, http=True),
+        "worker": dict(worker=True, relay=False, http=False),
+        "relay": dict(worker=False, relay=True, http=False),
+        "api": dict(worker=False, relay=False, http=True),
+    }[args.command]
+    return _run(lambda: run_processes(cfg, args.kind, **roles))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Wiring: builds the store, the bus and the actor kinds a process runs from its Config."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from actors.codec import KindCodec
+from actors.kind import ActorKind
+from bus.protocol import Bus
+from bus.routing import Names
+from orrery.config import Config
+from schemas import SYSTEM_EVENTS
+from store.registry import EventTypes
+
+#: the resource kinds every worker runs (they arrive with the compute, network, … issues)
+DEFAULT_KINDS: tuple[str, ...] = ()
+KINDS_ENV = "ORRERY_KINDS"
+
+
+def load_kinds(extra: Iterable[str] = ()) -> list[ActorKind[Any]]:
+    """The default kinds plus ``module:attribute`` specs (from --kind or $ORRERY_KINDS)."""
+    specs = [*DEFAULT_KINDS, *extra]
+    specs += [s for s in os.environ.get(KINDS_ENV, "").split(",") if s.strip()]
+    kinds: dict[str, ActorKind[Any]] = {}
+    for spec in specs:
+        module, _, attr = spec.strip().partition(":")
+        kind = getattr(importlib.import_module(module), attr)
+        if not isinstance(kind, ActorKind):
+            raise TypeError(f"{spec} is not an ActorKind")
+        kinds[kind.name] = kind
+    return list(kinds.values())
+
+
+def event_types(kinds: Iterable[ActorKind[Any]]) -> EventTypes:
+    """The registry the log validates appends against: every kind's events and the system's."""
+    types = EventTypes(SYSTEM_EVENTS)
+    for kind in kinds:
+        types.register(*KindCodec(kind).event_types())
+    return types
+
+
+async def open_store(cfg: Config, types: EventTypes) -> Any:
+    """The configured event log: SQLite (embedded) or PostgreSQL."""
+    if cfg.embedded_store:
+        from store.sqlite import SqliteEventStore
+
+        path = cfg.sqlite_path
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return await SqliteEventStore.open(path, types)
+    from store.postgres import PostgresEventStore
+
+    return await PostgresEventStore.connect(cfg.database_url, types)
+
+
+async def open_bus(cfg: Config) -> Bus:
+    """The configured bus: in-process (embedded) or RabbitMQ."""
+    names = Names(prefix=cfg.bus_prefix, shards=cfg.shards)
+    if cfg.embedded_bus:
+        from bus.memory import MemoryBus
+
+        return MemoryBus(names, max_attempts=cfg.command_max_attempts)
+    from bus.amqp import AmqpBus
+
+    return await AmqpBus.connect(cfg.amqp_url, names, max_attempts=cfg.command_max_attempts)

@@ -1,0 +1,96 @@
+"""The relay: publishes every committed event to the bus, in log order, at least once."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
+from typing import Protocol
+
+import structlog
+from prometheus_client import Counter, Gauge
+
+from schemas import EventEnvelope
+from store.protocol import EventStore, ProjectionStore
+
+log = structlog.get_logger(__name__)
+
+PUBLISHED = Counter("orrery_relay_published_total", "Events the relay published")
+LAG = Gauge("orrery_relay_lag_seconds", "Age of the newest event the relay has published")
+POSITION = Gauge("orrery_relay_position", "The relay's durable checkpoint")
+OUTAGES = Counter("orrery_relay_outages_total", "Publish failures the relay backed off from")
+
+
+class Publisher(Protocol):
+    """The part of the Bus the relay needs (store/ does not import bus/)."""
+
+    async def publish_events(self, events: Sequence[EventEnvelope]) -> None:
+        ...
+
+
+class RelayStore(EventStore, ProjectionStore, Protocol):
+    pass
+
+
+class Relay:
+    """Follows the log from its durable checkpoint and publishes each batch, confirmed,
+    before moving the checkpoint. A crash republishes at most the last batch; a broker
+    outage makes it back off and resume from the checkpoint, losing nothing.
+
+    Only one relay publishes at a time when the store offers leadership (PostgreSQL
+    advisory lock); the others stand by.
+    """
+
+    def __init__(
+        self, store: RelayStore, bus: Publisher, *, name: str = "relay", batch: int = 500,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.name = name
+        self.batch = batch
+        self.max_backoff = max_backoff
+        self.published = 0
+
+    def _leadership(self) -> AbstractAsyncContextManager[bool]:
+        lead = getattr(self.store, "try_leadership", None)
+        if lead is None:
+            return nullcontext(True)
+        cm: AbstractAsyncContextManager[bool] = lead(self.name)
+        return cm
+
+    async def run(self) -> None:
+        """Publish until cancelled."""
+        backoff = 0.05
+        while True:
+            async with self._leadership() as leader:
+                if not leader:
+                    await asyncio.sleep(1.0)
+                    continue
+                try:
+                    await self._follow()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    OUTAGES.inc()
+                    log.warning("relay_backoff", error=repr(exc), backoff=backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self.max_backoff)
+                    continue
+            backoff = 0.05
+
+    async def _follow(self) -> None:
+        checkpoint = await self.store.projection_checkpoint(self.name)
+        POSITION.set(checkpoint)
+        log.info("relay_following", after=checkpoint)
+        async for events in self.store.subscribe(after=checkpoint, batch=self.batch):
+            await self.bus.publish_events(events)
+            last = events[-1].position
+            async with self.store.projection_tx(self.name, checkpoint, last):
+                pass
+            checkpoint = last
+            self.published += len(events)
+            PUBLISHED.inc(len(events))
+            POSITION.set(last)
+            LAG.set((dt.datetime.now(dt.UTC) - events[-1].occurred_at).total_seconds())

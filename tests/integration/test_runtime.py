@@ -1,0 +1,203 @@
+"""The actor runtime on both sets of backends: embedded (SQLite + memory) and real
+(PostgreSQL + RabbitMQ), with the test-only counter kind."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from actors.client import ActorClient, command_envelope
+from actors.runtime import ActorRuntime
+from actors.timers import TimerService
+from bus.protocol import Bus
+from bus.routing import Names
+from schemas import stream_name
+from store.registry import EventTypes
+from store.relay import Relay
+from tests.support.backends import eventually, open_backends
+from tests.support.counter import (
+    COUNTER,
+    CancelTimer,
+    CounterState,
+    Explode,
+    Increment,
+    Refuse,
+    StartTimer,
+)
+from tests.support.events import Incremented, new_event
+
+
+class Harness(msgspec.Struct, kw_only=True):
+    store: Any
+    bus: Bus
+    runtime: ActorRuntime
+    client: ActorClient
+
+    async def stream(self, actor_id: str) -> list[Any]:
+        return list(await self.store.read_stream(stream_name("counter", actor_id)))
+
+    async def types_of(self, actor_id: str) -> list[str]:
+        return [e.type for e in await self.stream(actor_id)]
+
+
+@pytest.fixture(params=["embedded", "real"])
+def backends(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+    """Which backends, and for the real ones a fresh database and broker names."""
+    if request.param == "embedded":
+        return "embedded", {}
+    request.getfixturevalue("amqp_cleanup")
+    return "real", {"pg_dsn": request.getfixturevalue("pg_dsn"),
+                    "amqp_url": request.getfixturevalue("amqp_url")}
+
+
+@pytest.fixture
+async def harness(
+    backends: tuple[str, dict[str, Any]], event_types: EventTypes, bus_names: Names,
+    tmp_path: Path,
+) -> AsyncIterator[Harness]:
+    which, extra = backends
+    async with open_backends(which, types=event_types, names=bus_names,
+                             tmp_path=tmp_path, **extra) as (store, bus):
+        runtime = ActorRuntime(store, bus, [COUNTER], passivate_after=60)
+        async with runtime:
+            tasks = [asyncio.create_task(Relay(store, bus).run()),
+                     asyncio.create_task(TimerService(store, bus, resend_after=2).run())]
+            try:
+                yield Harness(store=store, bus=bus, runtime=runtime,
+                              client=ActorClient(bus, timeout=15))
+            finally:
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    try:
+                        await task
+                    except asyncio.CancelledError:
+                        pass
+
+
+async def test_command_appends_its_events_and_replies_with_the_new_version(h: Harness) -> None:
+    """A call is decided, appended at the next version, and answered with that version."""
+    first = await h.client.call("counter", "a", Increment(amount=2))
+    second = await h.client.call("counter", "a", Increment(amount=3))
+    assert (first.ok, first.version, second.version) == (True, 1, 2)
+    assert second.position > first.position
+    events = await h.stream("a")
+    assert [msgspec.json.decode(e.data)["amount"] for e in events] == [2, 3]
+
+
+async def test_rejected_command_appends_nothing_and_says_why(h: Harness) -> None:
+    """A rejection is an answer with a code; the stream is untouched."""
+    reply = await h.client.call("counter", "r", Refuse())
+    assert not reply.ok and reply.error_type == "conflict"
+    assert "refuses" in (reply.error or "")
+    assert await h.stream("r") == []
+
+
+async def test_redelivered_command_takes_effect_once(h: Harness) -> None:
+    """The same command id delivered twice (at-least-once) is recorded once."""
+    env = command_envelope("counter", "dup", Increment(amount=5), command_id="cmd-dup-1")
+    await h.bus.send(env)
+    await h.bus.send(env)
+    await h.client.call("counter", "dup", Increment(amount=1))
+    await eventually(lambda: _has_n(h, "dup", 2), what="two increments")
+    await asyncio.sleep(0.2)
+    events = await h.stream("dup")
+    assert [msgspec.json.decode(e.data)["amount"] for e in events] == [5, 1]
+
+
+async def test_conflict_is_retried_from_fresh_state(h: Harness) -> None:
+    """When another writer appended behind the actor's back, it reloads and decides again:
+    versions stay contiguous and nothing is overwritten."""
+    await h.client.call("counter", "c", Increment(amount=1))
+    await h.store.append(stream_name("counter", "c"), [new_event(Incremented(amount=10))], 1)
+    reply = await h.client.call("counter", "c", Increment(amount=100))
+    assert reply.ok and reply.version == 3
+    events = await h.stream("c")
+    assert [e.version for e in events] == [1, 2, 3]
+    cell = h.runtime.cells[("counter", "c")]
+    assert isinstance(cell.state, CounterState) and cell.state.total == 111
+
+
+async def test_failing_handler_is_dead_lettered_and_siblings_go_on(h: Harness) -> None:
+    """A handler that raises is retried a bounded number of times, then dead-lettered with
+    the reason, while the same actor and others keep working."""
+    await h.client.cast("counter", "boom", Explode())
+    ok = await h.client.call("counter", "sibling", Increment(amount=1))
+    assert ok.ok
+
+    async def dead() -> bool:
+        dead.letters += await h.bus.dead_letters()  # type: ignore[attr-defined]
+        return bool(dead.letters)  # type: ignore[attr-defined]
+
+    dead.letters = []  # type: ignore[attr-defined]
+    await eventually(dead, what="a dead letter")
+    letter = dead.letters[0]  # type: ignore[attr-defined]
+    assert "exploded" in letter.reason and letter.attempts == 3
+    again = await h.client.call("counter", "boom", Increment(amount=1))
+    assert again.ok and again.version == 1
+
+
+async def test_expired_command_has_no_effect(h: Harness) -> None:
+    """A command that arrives after its deadline is answered as expired, with no event."""
+    env = command_envelope("counter", "late", Increment(amount=1), timeout=-1)
+    await h.bus.send(env)
+    await h.client.call("counter", "late-marker", Increment(amount=1))
+    await asyncio.sleep(0.3)
+    assert await h.stream("late") == []
+
+
+async def test_reaction_reaches_the_other_actor_through_the_relay(h: Harness) -> None:
+    """command -> event -> relay -> reacting actor -> event, caused by the first event."""
+    reply = await h.client.call("counter", "src", Increment(amount=7, forward_to="dst"))
+    assert reply.ok
+    await eventually(lambda: _has_n(h, "dst", 1), what="the reaction")
+    (src,) = await h.stream("src")
+    (dst,) = await h.stream("dst")
+    assert dst.causation_id == str(src.event_id)
+    assert dst.correlation_id == src.correlation_id
+    assert msgspec.json.decode(dst.data)["amount"] == 7
+
+
+async def test_passivated_actor_comes_back_with_the_same_state(h: Harness) -> None:
+    """An idle actor leaves memory; its next message folds snapshot + tail to the same state."""
+    for _ in range(60):  # past snapshot_every=50
+        await h.client.call("counter", "p", Increment(amount=1))
+    assert await h.store.load_snapshot(stream_name("counter", "p")) is not None
+    h.runtime.passivate_after = 0
+    assert h.runtime.passivate_idle() >= 1
+    assert ("counter", "p") not in h.runtime.cells
+    reply = await h.client.call("counter", "p", Increment(amount=1))
+    assert reply.version == 61
+    assert h.runtime.cells[("counter", "p")].state.total == 61
+
+
+async def test_timer_fires_once_and_a_cancelled_one_never(h: Harness) -> None:
+    """A timer set by decide fires once, recorded as timer.fired; a cancelled one does not."""
+    await h.client.call("counter", "t", StartTimer(name="ring", delay=0.3))
+    await h.client.call("counter", "t", StartTimer(name="mute", delay=0.6))
+    await h.client.call("counter", "t", CancelTimer(name="mute"))
+    await eventually(lambda: _has_type(h, "t", "timer.fired"), what="the timer")
+    await asyncio.sleep(1.0)
+    types = await h.types_of("t")
+    assert types.count("timer.fired") == 1
+    assert types.count("counter.noted") == 1
+    assert h.runtime.cells[("counter", "t")].state.fired == ["ring"]
+
+
+async def _has_n(h: Harness, actor_id: str, n: int) -> bool:
+    return len(await h.stream(actor_id)) >= n
+
+
+async def _has_type(h: Harness, actor_id: str, t: str) -> bool:
+    return t in await h.types_of(actor_id)
+
+
+@pytest.fixture
+def h(harness: Harness) -> Harness:
+    return harness
+
