@@ -141,7 +141,12 @@ class ActorRuntime:
             cell.last_used = time.monotonic()
             cell.lock.release()
         metrics.HANDLE_SECONDS.labels(kind).observe(time.perf_counter() - started)
-        metrics.HANDLED.labels(kind, "ok" if reply.ok else "rejected").inc()
+        if reply.ok:
+            metrics.HANDLED.labels(kind, "ok").inc()
+        else:
+            metrics.HANDLED.labels(kind, "rejected").inc()
+            log.info("command_rejected", type=msg.type, code=reply.error_type,
+                     reason=reply.error)
         return reply
 
     # -- passivation ---------------------------------------------------------------------

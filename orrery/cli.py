@@ -102,8 +102,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"orrery: {exc}", file=sys.stderr)
         return 2
     configure_logging(cfg.log_level, cfg.log_format)
-    if cfg.metrics_port and args.command != "up":
-        start_http_server(cfg.metrics_port, addr=cfg.api_host)
+    if args.command in ("worker", "relay"):
+        # processes without an HTTP API still expose /metrics: on metrics_port, or on a
+        # free port (logged) so that several workers can share one machine
+        server, _thread = start_http_server(cfg.metrics_port, addr=cfg.api_host)
+        log.info("metrics_listening", host=cfg.api_host, port=server.server_port)
     roles = {
         "up": dict(worker=True, relay=True, http=True),
         "worker": dict(worker=True, relay=False, http=False),

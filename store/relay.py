@@ -44,14 +44,17 @@ class Relay:
 
     def __init__(
         self, store: RelayStore, bus: Publisher, *, name: str = "relay", batch: int = 500,
-        max_backoff: float = 5.0,
+        max_backoff: float = 5.0, checkpoint_every: float = 0.2,
     ) -> None:
         self.store = store
         self.bus = bus
         self.name = name
         self.batch = batch
         self.max_backoff = max_backoff
+        self.checkpoint_every = checkpoint_every
         self.published = 0
+        self._saved = 0
+        self._published = 0
 
     def _leadership(self) -> AbstractAsyncContextManager[bool]:
         lead = getattr(self.store, "try_leadership", None)
@@ -81,16 +84,38 @@ class Relay:
             backoff = 0.05
 
     async def _follow(self) -> None:
-        checkpoint = await self.store.projection_checkpoint(self.name)
-        POSITION.set(checkpoint)
-        log.info("relay_following", after=checkpoint)
-        async for events in self.store.subscribe(after=checkpoint, batch=self.batch):
+        self._saved = self._published = await self.store.projection_checkpoint(self.name)
+        POSITION.set(self._saved)
+        log.info("relay_following", after=self._saved)
+        async with asyncio.TaskGroup() as tg:
+            flusher = tg.create_task(self._flush_loop(), name="relay-checkpoint")
+            try:
+                await self._publish_loop()
+            finally:
+                flusher.cancel()
+
+    async def _publish_loop(self) -> None:
+        async for events in self.store.subscribe(after=self._published, batch=self.batch):
             await self.bus.publish_events(events)
-            last = events[-1].position
-            async with self.store.projection_tx(self.name, checkpoint, last):
-                pass
-            checkpoint = last
+            self._published = events[-1].position
             self.published += len(events)
             PUBLISHED.inc(len(events))
-            POSITION.set(last)
             LAG.set((dt.datetime.now(dt.UTC) - events[-1].occurred_at).total_seconds())
+
+    async def _flush_loop(self) -> None:
+        """Move the durable checkpoint to what the broker has confirmed, at most every
+        ``checkpoint_every`` seconds: a commit per batch would double the relay's database
+        work, and a crash only republishes what the last interval published."""
+        while True:
+            await asyncio.sleep(self.checkpoint_every)
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Save the checkpoint now if the relay has published past it."""
+        target = self._published
+        if target <= self._saved:
+            return
+        async with self.store.projection_tx(self.name, self._saved, target):
+            pass
+        self._saved = target
+        POSITION.set(target)

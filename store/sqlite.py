@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import re
 import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,7 @@ import structlog
 
 from schemas import EventEnvelope, NewEvent
 from store.errors import ConcurrencyError, InvalidEvent, StoreError, StoreUnavailable
+from store.metrics import APPEND_SECONDS, APPENDED_EVENTS, BATCH_EVENTS
 from store.protocol import ANY_VERSION, AppendResult, Snapshot
 from store.registry import EventTypes
 
@@ -325,13 +327,16 @@ class SqliteEventStore:
         outcome: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
         pending = _Pending(stream, list(events), expected_version, cause, outcome)
         self._queue.append(pending)
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout):
                 while not outcome.done():
                     async with self._write_lock:
                         if not outcome.done():  # lead: commit everyone queued so far
                             await self._commit_group()
-                return await outcome
+                result = await outcome
+                APPEND_SECONDS.observe(time.perf_counter() - started)
+                return result
         except TimeoutError as exc:
             raise StoreUnavailable(f"SQLite did not commit within {self._timeout}s") from exc
         finally:
@@ -349,6 +354,10 @@ class SqliteEventStore:
 
         def commit() -> list[AppendResult | StoreError]:
             outcomes = _append_group(conn, group)
+            written = sum(len(p.events) for p, o in zip(group, outcomes, strict=True)
+                          if isinstance(o, AppendResult) and not o.duplicate)
+            BATCH_EVENTS.observe(written)
+            APPENDED_EVENTS.inc(written)
             positions = [o.position for o in outcomes if isinstance(o, AppendResult)]
             if positions:
                 loop.call_soon_threadsafe(self._note_commit, max(positions))

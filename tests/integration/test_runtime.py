@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 import pytest
+import structlog
 
 from actors.client import ActorClient, command_envelope
 from actors.runtime import ActorRuntime
@@ -96,6 +97,18 @@ async def test_rejected_command_appends_nothing_and_says_why(h: Harness) -> None
     assert not reply.ok and reply.error_type == "conflict"
     assert "refuses" in (reply.error or "")
     assert await h.stream("r") == []
+
+
+async def test_log_lines_carry_the_correlation_id_of_the_message(h: Harness) -> None:
+    """What an actor logs while handling a message names the request that caused it."""
+    with structlog.testing.capture_logs(
+        processors=[structlog.contextvars.merge_contextvars]
+    ) as logs:
+        reply = await h.client.call("counter", "log", Refuse(), correlation_id="req-abc")
+    assert not reply.ok
+    (line,) = [x for x in logs if x["event"] == "command_rejected"]
+    assert line["correlation_id"] == "req-abc"
+    assert line["actor"] == "counter:log" and line["code"] == "conflict"
 
 
 async def test_redelivered_command_takes_effect_once(h: Harness) -> None:
