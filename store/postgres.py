@@ -53,6 +53,7 @@ _SAVE_SNAPSHOT = (
     " ON CONFLICT (stream) DO UPDATE SET version = excluded.version, type = excluded.type,"
     " data = excluded.data WHERE snapshots.version <= excluded.version")
 _CONN_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+DDL_LOCK_KEY = 0x6F72_7265_7279_01  # held (per transaction) while projection DDL runs
 _MAX_SCAN = 2000  # queued appends a writer looks at when it skips repeated streams
 
 
@@ -550,8 +551,12 @@ class PostgresEventStore:
         await self._in_tx([(sql, ()) for sql in ddl])
 
     async def _in_tx(self, statements: list[tuple[str, tuple[object, ...]]]) -> None:
+        """Run DDL in one transaction, serialised cluster-wide: concurrent ``CREATE TABLE
+        IF NOT EXISTS`` of the same table can otherwise fail on pg_type's unique index."""
         with _mapped():
             async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", DDL_LOCK_KEY,
+                                   timeout=self._timeout)
                 for sql, args in statements:
                     await conn.execute(sql, *args, timeout=self._timeout)
 
