@@ -53,6 +53,9 @@ _SAVE_SNAPSHOT = (
     " ON CONFLICT (stream) DO UPDATE SET version = excluded.version, type = excluded.type,"
     " data = excluded.data WHERE snapshots.version <= excluded.version")
 _CONN_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+#: server errors worth retrying (deadlock/serialization, out of resources, shutdown)
+_TRANSIENT = (asyncpg.TransactionRollbackError, asyncpg.InsufficientResourcesError,
+              asyncpg.OperatorInterventionError)
 DDL_LOCK_KEY = 0x6F72_7265_7279_01  # held (per transaction) while projection DDL runs
 _MAX_SCAN = 2000  # queued appends a writer looks at when it skips repeated streams
 
@@ -259,6 +262,9 @@ class _GroupCommit:
         """A batch failed on a data error: retry its appends alone so only the culprit fails."""
         if len(batch) == 1:
             item = batch[0]
+            if isinstance(exc, _TRANSIENT):
+                _fail(item, StoreUnavailable(f"{type(exc).__name__}: {exc}"))
+                return
             kind = item.events[0].type if item.events else "?"
             _fail(item, InvalidEvent(kind, f"{type(exc).__name__}: {exc}"))
             return
