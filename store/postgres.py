@@ -1,8 +1,8 @@
 """The PostgreSQL event log: group-commit appends, gap-free reads by position, projections.
 
-Appends are validated, queued and written by a few writer tasks, each of which sends
-everything queued (up to ``max_batch_events``) to ``orrery_append`` in one statement,
-hence one transaction. Positions are ``(xid << 20) + ordinal``; readers only read below
+Appends are validated, queued and written by a few writer tasks, each of which sends its
+share of what is queued (up to ``max_batch_events``) to ``orrery_append`` in one
+statement, hence one transaction. Positions are ``(xid << 20) + ordinal``; readers only read below
 ``snapshot xmin << 20``, where no transaction can still commit (see 002_append_function.sql).
 Live subscribers share one LISTEN connection; they poll only while committed events wait
 behind an open transaction.
@@ -422,8 +422,12 @@ class PostgresEventStore:
                 await conn.close(timeout=timeout)
             pool = await asyncpg.create_pool(dsn, min_size=1, max_size=read_pool_size,
                                              init=_init_conn, timeout=timeout)
-            append_pool = await asyncpg.create_pool(dsn, min_size=writers, max_size=writers,
-                                                    init=_init_conn, timeout=timeout)
+            try:
+                append_pool = await asyncpg.create_pool(
+                    dsn, min_size=writers, max_size=writers, init=_init_conn, timeout=timeout)
+            except BaseException:
+                await pool.close()
+                raise
         log.info("event_store_connected", writers=writers, max_batch_events=max_batch_events)
         return cls(dsn, types, pool, append_pool, writers, max_batch_events, timeout,
                    settle_timeout)

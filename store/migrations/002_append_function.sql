@@ -2,9 +2,11 @@
 --
 -- Each append i has a_stream[i], a_expected[i] (-1 = any version, 0 = must not exist),
 -- a_cause[i] (NULL = not a reaction) and a_count[i] events. Events are flattened in
--- order: e_append[j] is the 1-based index of the append event j belongs to. An array
--- that would hold only NULLs may be passed as NULL (unnest pads it with NULLs). A stream appears at most
--- once per batch (the caller queues a second append of a stream for the next batch).
+-- order: e_append[j] is the 1-based index of the append event j belongs to; e_data[j]
+-- is the event's UTF-8 JSON as bytea (cheaper to send than json[]), stored as json. An
+-- array that would hold only NULLs may be passed as NULL (unnest pads it with NULLs).
+-- A stream appears at most once per batch (the caller queues a second append of a
+-- stream for the next batch).
 -- Returns one row per append, in order: status 'ok' | 'conflict' | 'duplicate', the
 -- stream's version (new, current, or the recorded one) and the last event's position.
 -- A conflicting append does not affect the others of its batch.
