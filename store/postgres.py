@@ -370,22 +370,35 @@ class _ProjectionTx:
     async def _finish(self, commit: bool) -> None:
         conn, self._conn = self._conn, None
         try:
-            with _mapped():
-                if commit:
+            if commit:
+                with _mapped():
                     await conn.execute(
-                        "UPDATE projection_checkpoints SET position = $2 WHERE name = $1;",
+                        "UPDATE projection_checkpoints SET position = $2 WHERE name = $1",
                         self._name, self._new, timeout=self._timeout)
                     await conn.execute("SELECT pg_notify($1, $2)", PROJECTIONS_CHANNEL,
                                        self._name, timeout=self._timeout)
                     await self._tx.commit()
-                elif self._tx is not None and not conn.is_closed():
-                    await self._tx.rollback()
+            else:
+                await self._rollback(conn)
         except BaseException:
-            if commit and not conn.is_closed():
-                await self._tx.rollback()
+            await self._rollback(conn)
             raise
         finally:
             await self._pool.release(conn, timeout=self._timeout)
+
+    async def _rollback(self, conn: Any) -> None:
+        """Roll back if the transaction still allows it; never mask the error in flight.
+
+        A transaction that failed mid-commit (or was cancelled) is rolled back by the
+        pool's reset when the connection is released.
+        """
+        if self._tx is None or conn.is_closed():
+            return
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._tx.rollback()
+        except (asyncpg.InterfaceError, asyncpg.PostgresError, OSError) as exc:
+            log.info("projection_tx_rollback_skipped", projection=self._name, error=repr(exc))
 
 
 class PostgresEventStore:
