@@ -517,9 +517,13 @@ class PostgresEventStore:
                 if len(events) == batch:
                     continue
             if top > after and top >= horizon:
-                # Committed events wait behind an open transaction: the only polling.
+                # Committed events wait behind an open transaction. Its commit notifies,
+                # which wakes us at once; only an abort is silent, so that case alone is
+                # caught by a timed re-read (the only polling, and only while a gap is open).
                 backoff = min(max(backoff * 2, 0.002), 0.1)
-                await asyncio.sleep(backoff)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(backoff):
+                        await wake.wait()
                 continue
             backoff = 0.0
             if top <= after:
