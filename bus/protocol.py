@@ -84,7 +84,9 @@ class Bus(Protocol):
         """Consume every shard queue of ``kind``; each shard is active on one consumer."""
         ...
 
-    async def consume_host(self, host: str, handler: Handler, *, prefetch: int = 100) -> Subscription:
+    async def consume_host(
+        self, host: str, handler: Handler, *, prefetch: int = 100
+    ) -> Subscription:
         """Consume the ``compute.<host>`` queue."""
         ...
 

@@ -116,7 +116,7 @@ class ProjectionStore(Protocol):
         """The position a projection has folded up to (0 if never run)."""
         ...
 
-    def projection_tx(self, name: str, expected: int, new: int) -> "ProjectionTxContext":
+    def projection_tx(self, name: str, expected: int, new: int) -> ProjectionTxContext:
         """Open a transaction that moves ``name``'s checkpoint from ``expected`` to ``new``
         on commit. Raises ConcurrencyError on enter if the checkpoint is not ``expected``
         (another runner got there first); nothing is written then."""
