@@ -66,7 +66,7 @@ class TimerProjection:
         self.on_change = on_change
 
     async def apply(self, tx: SqlTx, events: Sequence[EventEnvelope]) -> None:
-        earliest: int | None = None
+        added = False
         for ev in events:
             if ev.type == "timer.set":
                 t = _SET.decode(ev.data)
@@ -77,12 +77,14 @@ class TimerProjection:
                     " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (timer_id) DO NOTHING",
                     t.timer_id, kind, actor_id, t.name, at,
                 )
-                earliest = at if earliest is None else min(earliest, at)
+                added = True
             elif ev.type in ("timer.fired", "timer.cancelled"):
                 ref = _REF.decode(ev.data)
                 await tx.execute("DELETE FROM orrery_timers WHERE timer_id = $1", ref.timer_id)
-        if earliest is not None:
-            self.on_change(earliest)
+        if added:
+            # called inside the projection's transaction: the rows are not visible to
+            # other connections until the checkpoint reaches this position
+            self.on_change(events[-1].position)
 
 
 class TimerService:
@@ -93,11 +95,13 @@ class TimerService:
         self.bus = bus
         self.resend_after = resend_after
         self._wake = asyncio.Event()
+        self._added_at = 0
         self._sent: dict[str, float] = {}
         self.projection = TimerProjection(self._changed)
         self.runner = ProjectionRunner(store, self.projection)
 
-    def _changed(self, _earliest: int) -> None:
+    def _changed(self, position: int) -> None:
+        self._added_at = max(self._added_at, position)
         self._wake.set()
 
     def _leadership(self) -> AbstractAsyncContextManager[bool]:
@@ -122,6 +126,11 @@ class TimerService:
     async def _fire_loop(self) -> None:
         while True:
             self._wake.clear()
+            added = self._added_at
+            if added:  # new timers: wait until their rows are committed
+                await self.runner.wait_until(added, timeout=5.0)
+                if self._added_at == added:
+                    self._added_at = 0
             next_at = await self.fire_due()
             delay = self.resend_after
             if next_at is not None:

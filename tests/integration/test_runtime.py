@@ -67,7 +67,7 @@ async def harness(
         runtime = ActorRuntime(store, bus, [COUNTER], passivate_after=60)
         async with runtime:
             tasks = [asyncio.create_task(Relay(store, bus).run()),
-                     asyncio.create_task(TimerService(store, bus, resend_after=2).run())]
+                     asyncio.create_task(TimerService(store, bus, resend_after=120).run())]
             try:
                 yield Harness(store=store, bus=bus, runtime=runtime,
                               client=ActorClient(bus, timeout=15))
@@ -190,7 +190,10 @@ async def test_passivated_actor_comes_back_with_the_same_state(h: Harness) -> No
 
 
 async def test_timer_fires_once_and_a_cancelled_one_never(h: Harness) -> None:
-    """A timer set by decide fires once, recorded as timer.fired; a cancelled one does not."""
+    """A timer set by decide fires once, recorded as timer.fired; a cancelled one does not.
+
+    Regression: the service once woke inside the projection's transaction, saw no row,
+    and slept until its resend interval (120 s here), so the timer fired far too late."""
     await h.client.call("counter", "t", StartTimer(name="ring", delay=0.3))
     await h.client.call("counter", "t", StartTimer(name="mute", delay=0.6))
     await h.client.call("counter", "t", CancelTimer(name="mute"))
