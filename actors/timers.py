@@ -13,7 +13,6 @@ import contextlib
 import datetime as dt
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any, Protocol
 
 import msgspec
@@ -24,6 +23,7 @@ from actors.cell import TIMER_FIRE
 from bus.protocol import Bus
 from schemas import CommandEnvelope, EventEnvelope, TimerFired, TimerSet
 from schemas.envelope import ENCODER
+from store.leadership import STANDBY_SECONDS, leadership
 from store.projections import ProjectionRunner
 from store.protocol import EventStore, ProjectionStore, SqlTx
 
@@ -104,19 +104,12 @@ class TimerService:
         self._added_at = max(self._added_at, position)
         self._wake.set()
 
-    def _leadership(self) -> AbstractAsyncContextManager[bool]:
-        lead = getattr(self.store, "try_leadership", None)
-        if lead is None:
-            return nullcontext(True)
-        cm: AbstractAsyncContextManager[bool] = lead("timers")
-        return cm
-
     async def run(self) -> None:
         """Fire timers until cancelled (standing by while another process leads)."""
         while True:
-            async with self._leadership() as leader:
+            async with leadership(self.store, "timers") as leader:
                 if not leader:
-                    await asyncio.sleep(1.0)
+                    await asyncio.sleep(STANDBY_SECONDS)
                     continue
                 await self.store.run_ddl(self.projection.ddl)
                 async with asyncio.TaskGroup() as tg:

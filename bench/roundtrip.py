@@ -76,6 +76,15 @@ async def drive(n: int, conc: int, start_one) -> tuple[float, list[float]]:  # t
     return n / (time.perf_counter() - t0), lat
 
 
+async def phases(n: int, conc: int, start_one) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Warm up, then ``n // 4`` round trips one at a time and ``n`` with ``conc`` in flight."""
+    await drive(50, 8, lambda i: start_one(i, "w"))
+    rate1, lat1 = await drive(n // 4, 1, lambda i: start_one(i, "s"))
+    rate, lat = await drive(n, conc, lambda i: start_one(i, "c"))
+    return {"seq_rate": rate1, "p50": pct(lat1, 0.5), "p99": pct(lat1, 0.99),
+            "rate": rate, "conc_p50": pct(lat, 0.5), "conc_p99": pct(lat, 0.99)}
+
+
 async def ours(n: int, conc: int) -> dict[str, float]:
     db = f"bench_rt_{uuid.uuid4().hex[:8]}"
     dsn = await fresh_db(db)
@@ -105,9 +114,7 @@ async def ours(n: int, conc: int) -> dict[str, float]:
         await asyncio.wait_for(fut, 30)
 
     try:
-        await drive(50, 8, lambda i: start_one(i, "w"))
-        rate1, lat1 = await drive(n // 4, 1, lambda i: start_one(i, "s"))
-        rate, lat = await drive(n, conc, lambda i: start_one(i, "c"))
+        figures = await phases(n, conc, start_one)
     finally:
         relay.cancel()
         await asyncio.gather(relay, return_exceptions=True)
@@ -115,8 +122,7 @@ async def ours(n: int, conc: int) -> dict[str, float]:
         await bus.close()
         await store.close()
         await drop_db(db)
-    return {"seq_rate": rate1, "p50": pct(lat1, 0.5), "p99": pct(lat1, 0.99),
-            "rate": rate, "conc_p50": pct(lat, 0.5), "conc_p99": pct(lat, 0.99)}
+    return figures
 
 
 async def raw(n: int, conc: int) -> dict[str, float]:
@@ -168,15 +174,12 @@ async def raw(n: int, conc: int) -> dict[str, float]:
         await asyncio.wait_for(fut, 30)
 
     try:
-        await drive(50, 8, lambda i: start_one(i, "w"))
-        rate1, lat1 = await drive(n // 4, 1, lambda i: start_one(i, "s"))
-        rate, lat = await drive(n, conc, lambda i: start_one(i, "c"))
+        figures = await phases(n, conc, start_one)
     finally:
         await conn.close()
         await pool.close()
         await drop_db(db)
-    return {"seq_rate": rate1, "p50": pct(lat1, 0.5), "p99": pct(lat1, 0.99),
-            "rate": rate, "conc_p50": pct(lat, 0.5), "conc_p99": pct(lat, 0.99)}
+    return figures
 
 
 async def main(a: argparse.Namespace) -> None:

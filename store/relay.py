@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Protocol
 
 import structlog
 from prometheus_client import Counter, Gauge
 
 from schemas import EventEnvelope
+from store.leadership import STANDBY_SECONDS, leadership
 from store.protocol import EventStore, ProjectionStore
 
 log = structlog.get_logger(__name__)
@@ -56,20 +56,13 @@ class Relay:
         self._saved = 0
         self._published = 0
 
-    def _leadership(self) -> AbstractAsyncContextManager[bool]:
-        lead = getattr(self.store, "try_leadership", None)
-        if lead is None:
-            return nullcontext(True)
-        cm: AbstractAsyncContextManager[bool] = lead(self.name)
-        return cm
-
     async def run(self) -> None:
         """Publish until cancelled."""
         backoff = 0.05
         while True:
-            async with self._leadership() as leader:
+            async with leadership(self.store, self.name) as leader:
                 if not leader:
-                    await asyncio.sleep(1.0)
+                    await asyncio.sleep(STANDBY_SECONDS)
                     continue
                 try:
                     await self._follow()
