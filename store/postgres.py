@@ -282,6 +282,7 @@ class _Listener:
         self._conn: Any = None
         self._lock = asyncio.Lock()
         self.wake = asyncio.Event()
+        self.projection_moved = asyncio.Event()
 
     async def ensure(self) -> None:
         """Connect and LISTEN if not already; after a reconnect, wake every subscriber."""
@@ -293,12 +294,18 @@ class _Listener:
             with _mapped():
                 conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
                 await conn.add_listener(EVENTS_CHANNEL, self._on_notify)
+                await conn.add_listener(PROJECTIONS_CHANNEL, self._on_projection)
             conn.add_termination_listener(self._on_lost)
             self._conn = conn
-            self._fire()
+            self._fire()  # notifications may have been missed while not listening
+            self._on_projection()
 
     def _on_notify(self, *_: object) -> None:
         self._fire()
+
+    def _on_projection(self, *_: object) -> None:
+        moved, self.projection_moved = self.projection_moved, asyncio.Event()
+        moved.set()
 
     def _on_lost(self, conn: object) -> None:
         if conn is not self._conn:  # closed by us
@@ -560,6 +567,20 @@ class PostgresEventStore:
                 "SELECT position FROM projection_checkpoints WHERE name = $1", name,
                 timeout=self._timeout)
         return int(position or 0)
+
+    async def wait_for_projection(self, name: str, position: int, timeout: float) -> bool:
+        """True once ``name``'s checkpoint reaches ``position``, whichever process runs the
+        projection (its commits notify); False after ``timeout`` seconds."""
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    await self._listener.ensure()
+                    moved = self._listener.projection_moved
+                    if await self.projection_checkpoint(name) >= position:
+                        return True
+                    await moved.wait()
+        except TimeoutError:
+            return False
 
     def projection_tx(self, name: str, expected: int, new: int) -> _ProjectionTx:
         return _ProjectionTx(self._pool, name, expected, new, self._timeout)

@@ -130,6 +130,11 @@ class ProjectionStore(Protocol):
         """Run idempotent DDL (``CREATE TABLE IF NOT EXISTS …``)."""
         ...
 
+    async def wait_for_projection(self, name: str, position: int, timeout: float) -> bool:
+        """Read-your-writes from any process: True once projection ``name`` has folded up
+        to ``position`` (woken by its commits, no polling), False after ``timeout`` s."""
+        ...
+
     async def query(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
         """A read-only query on the projections' tables (``$1`` placeholders): how the
         gateway and services read what projections folded."""

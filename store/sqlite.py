@@ -267,6 +267,7 @@ class SqliteEventStore:
         self._write_lock = asyncio.Lock()
         #: set and replaced each time an append commits past ``_head`` (wakes subscribers)
         self._committed = asyncio.Event()
+        self._moved = asyncio.Event()
         self._head = 0
         self._closed = False
         self._queue: list[_Pending] = []
@@ -465,6 +466,23 @@ class SqliteEventStore:
     def projection_tx(self, name: str, expected: int, new: int) -> SqliteProjectionTx:
         return SqliteProjectionTx(self, name, expected, new)
 
+    def _projection_moved(self) -> None:
+        moved, self._moved = self._moved, asyncio.Event()
+        moved.set()
+
+    async def wait_for_projection(self, name: str, position: int, timeout: float) -> bool:
+        """True once ``name``'s checkpoint reaches ``position`` (woken by each projection
+        commit in this process, the only writer); False after ``timeout`` seconds."""
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    moved = self._moved
+                    if await self.projection_checkpoint(name) >= position:
+                        return True
+                    await moved.wait()
+        except TimeoutError:
+            return False
+
     async def reset_projection(self, name: str, ddl_drop: Sequence[str]) -> None:
         def reset(conn: sqlite3.Connection) -> None:
             with _transaction(conn):
@@ -543,6 +561,7 @@ class SqliteProjectionTx:
         try:
             if exc[0] is None:
                 await self._store._run(self._store._writer, self._commit)
+                self._store._projection_moved()
             else:
                 loop = asyncio.get_running_loop()
                 # submitted now, so it runs next on the writer thread even if we are cancelled

@@ -13,6 +13,8 @@ from schemas import EventEnvelope
 from store.errors import ConcurrencyError
 from store.projections import ProjectionHost, ProjectionRunner
 from store.protocol import ANY_VERSION, NO_STREAM, SqlTx
+from store.registry import EventTypes
+from tests.contract.conftest import open_store
 from tests.support.events import Incremented, Renamed, new_event
 
 WAIT = 10.0  # seconds a test waits for something that should happen at once
@@ -260,3 +262,26 @@ async def test_restarted_runner_continues_from_its_checkpoint(store: ProjectionH
     async with ProjectionRunner(store, Totals()) as runner:
         assert await runner.wait_until(head, WAIT)
     assert await totals(store) == {"counter:a": (6, 3)}
+
+
+async def test_another_store_on_the_same_log_waits_for_a_projection_position(
+    backend: tuple[str, str], event_types: EventTypes
+) -> None:
+    """Read-your-writes across processes: a second store (as a gateway in another process
+    would hold) waits until the runner's checkpoint passes a position, woken by the
+    projection's commit; a position never reached times out with False."""
+    writer = await open_store(backend, event_types)
+    reader = await open_store(backend, event_types) if backend[0] == "postgres" else writer
+    try:
+        runner = ProjectionRunner(writer, Totals())
+        async with runner:
+            result = await writer.append("counter:w", [new_event(Incremented(amount=3))], 0)
+            assert await reader.wait_for_projection(Totals.name, result.position, timeout=10)
+            assert await reader.projection_checkpoint(Totals.name) >= result.position
+            assert not await reader.wait_for_projection(
+                Totals.name, result.position + 10**12, timeout=0.3
+            )
+    finally:
+        if reader is not writer:
+            await reader.close()
+        await writer.close()
