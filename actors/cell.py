@@ -60,13 +60,12 @@ class ActorCell:
     async def load(self) -> None:
         """Activate: the latest snapshot, then the tail of the stream after it."""
         self.state, self.version, self.timers = self.kind.initial(self.actor_id), 0, {}
-        snap = await self.store.load_snapshot(self.stream)
+        snap, tail = await self.store.load(self.stream)
         if snap is not None:
             saved = self.codec.snapshot.decode(snap.data)
             self.state = self.codec.state.decode(saved.state)
             self.timers = dict(saved.timers)
             self.version = self._snapshot_version = snap.version
-        tail = await self.store.read_stream(self.stream, self.version + 1)
         for env in tail:
             self._evolve(self.codec.events.decode(env.data))
             self.version = env.version

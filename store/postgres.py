@@ -46,6 +46,11 @@ _READ_FOLLOW = (
     " ORDER BY position LIMIT $2) AS e ON true")
 _READ_STREAM = (f"SELECT {_COLUMNS} FROM events WHERE stream = $1 AND version >= $2"
                 " ORDER BY version LIMIT $3")
+_LOAD = (
+    "WITH s AS MATERIALIZED (SELECT version, type, data FROM snapshots WHERE stream = $1)"
+    " SELECT s.version, s.type, s.data, e.* FROM (SELECT 1) AS one LEFT JOIN s ON true"
+    f" LEFT JOIN LATERAL (SELECT {_COLUMNS} FROM events WHERE stream = $1"
+    " AND version > coalesce(s.version, 0) ORDER BY version) AS e ON true")
 _HEAD = (f"SELECT coalesce((SELECT max(position) FROM events WHERE position < {_HORIZON}), 0),"
          " coalesce((SELECT max(position) FROM events), 0)")
 _SAVE_SNAPSHOT = (
@@ -482,6 +487,15 @@ class PostgresEventStore:
             rows = await self._pool.fetch(_READ_STREAM, stream, from_version, limit,
                                           timeout=self._timeout)
         return [_envelope(r) for r in rows]
+
+    async def load(self, stream: str) -> tuple[Snapshot | None, list[EventEnvelope]]:
+        """The latest snapshot and the events after it, in one round trip."""
+        with _mapped():
+            rows = await self._pool.fetch(_LOAD, stream, timeout=self._timeout)
+        first = rows[0]
+        snapshot = None if first[0] is None else Snapshot(
+            stream=stream, version=first[0], type=first[1], data=bytes(first[2]))
+        return snapshot, [_envelope(r, 3) for r in rows if r[3] is not None]
 
     async def stream_version(self, stream: str) -> int:
         with _mapped():

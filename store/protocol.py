@@ -67,6 +67,11 @@ class EventStore(Protocol):
         """Events of one stream with version >= ``from_version``, in version order."""
         ...
 
+    async def load(self, stream: str) -> tuple[Snapshot | None, list[EventEnvelope]]:
+        """What activating an actor needs: the stream's latest snapshot (if any) and every
+        event after it, in version order, in as few round trips as the backend allows."""
+        ...
+
     async def stream_version(self, stream: str) -> int:
         """The current version of a stream (0 if it has no events)."""
         ...

@@ -463,6 +463,12 @@ class SqliteEventStore:
         async with self._write_lock:  # ":memory:": one connection, so wait out open txs
             return await self._read(statement, args)
 
+    async def load(self, stream: str) -> tuple[Snapshot | None, list[EventEnvelope]]:
+        """The latest snapshot and the events after it (two local reads)."""
+        snapshot = await self.load_snapshot(stream)
+        after = snapshot.version if snapshot is not None else 0
+        return snapshot, await self.read_stream(stream, after + 1)
+
     def projection_tx(self, name: str, expected: int, new: int) -> SqliteProjectionTx:
         return SqliteProjectionTx(self, name, expected, new)
 

@@ -423,3 +423,23 @@ async def test_random_appends_leave_streams_equal_to_a_simple_model(
         assert amounts(events) == expected_amounts
         assert [e.version for e in events] == list(range(1, len(expected_amounts) + 1))
         assert await store.stream_version(stream) == len(expected_amounts)
+
+
+async def test_load_returns_latest_snapshot_and_only_the_events_after_it(
+    store: ProjectionHost,
+) -> None:
+    """Activation reads the newest snapshot and the tail after its version; with no
+    snapshot, the whole stream; an unknown stream gives nothing."""
+    stream = "counter:load"
+    for v in range(5):
+        await store.append(stream, [new_event(Incremented(amount=v))], v)
+    assert await store.load("counter:none") == (None, [])
+    snap, tail = await store.load(stream)
+    assert snap is None and [e.version for e in tail] == [1, 2, 3, 4, 5]
+    await store.save_snapshot(Snapshot(stream=stream, version=3, type="t", data=b"s3"))
+    snap, tail = await store.load(stream)
+    assert snap is not None and (snap.version, snap.data) == (3, b"s3")
+    assert [e.version for e in tail] == [4, 5]
+    await store.save_snapshot(Snapshot(stream=stream, version=5, type="t", data=b"s5"))
+    snap, tail = await store.load(stream)
+    assert snap is not None and snap.version == 5 and tail == []
