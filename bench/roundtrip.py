@@ -1,7 +1,7 @@
 """Actor round trip on real PostgreSQL + RabbitMQ: command -> event -> relay -> reacting
 actor -> event, observed on the exchange; against a raw chain of the same hops.
 
-Usage: .venv/bin/python bench/roundtrip.py [--n 1000] [--conc 32] [--uvloop]
+Usage: .venv/bin/python bench/roundtrip.py [--n 1000] [--conc 32] [--no-uvloop]
 
 Ours: ActorClient.cast(Increment(forward_to=B)) to actor A; A's event is committed,
 relayed, routed to B's shard, B appends its reaction, the relay publishes it, and an
@@ -24,7 +24,11 @@ from pathlib import Path
 import aio_pika
 import asyncpg
 
+# the repository first: bench/bus.py would otherwise shadow the bus package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(1, str(Path(__file__).resolve().parent))
+
+from common import fresh_database, percentile, result_line, run
 
 from actors.client import ActorClient
 from actors.runtime import ActorRuntime
@@ -37,27 +41,12 @@ from store.postgres import PostgresEventStore
 from store.relay import Relay
 from tests.support.counter import COUNTER, Increment
 
-PG = os.environ.get("PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 AMQP = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
 
 def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(len(values) * p))] * 1000
-
-
-async def fresh_db(name: str) -> str:
-    conn = await asyncpg.connect(PG)
-    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    return PG.rsplit("/", 1)[0] + "/" + name
-
-
-async def drop_db(name: str) -> None:
-    conn = await asyncpg.connect(PG)
-    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await conn.close()
+    """Percentile ``p`` (0-1) in milliseconds."""
+    return percentile(values, p * 100) * 1000
 
 
 async def drive(n: int, conc: int, start_one) -> tuple[float, list[float]]:  # type: ignore[no-untyped-def]
@@ -86,8 +75,11 @@ async def phases(n: int, conc: int, start_one) -> dict[str, float]:  # type: ign
 
 
 async def ours(n: int, conc: int) -> dict[str, float]:
-    db = f"bench_rt_{uuid.uuid4().hex[:8]}"
-    dsn = await fresh_db(db)
+    async with fresh_database("rt") as dsn:
+        return await _ours(dsn, n, conc)
+
+
+async def _ours(dsn: str, n: int, conc: int) -> dict[str, float]:
     names = Names(prefix=f"bench{uuid.uuid4().hex[:6]}", shards=8)
     store = await PostgresEventStore.connect(dsn, event_types([COUNTER]))
     bus = await AmqpBus.connect(AMQP, names)
@@ -121,14 +113,16 @@ async def ours(n: int, conc: int) -> dict[str, float]:
         await runtime.shutdown()
         await bus.close()
         await store.close()
-        await drop_db(db)
     return figures
 
 
 async def raw(n: int, conc: int) -> dict[str, float]:
     """The same hops with plain libraries: no store protocol, actors, relay or routing."""
-    db = f"bench_rtraw_{uuid.uuid4().hex[:8]}"
-    dsn = await fresh_db(db)
+    async with fresh_database("rtraw") as dsn:
+        return await _raw(dsn, n, conc)
+
+
+async def _raw(dsn: str, n: int, conc: int) -> dict[str, float]:
     pool = await asyncpg.create_pool(dsn, min_size=4, max_size=8)
     await pool.execute("CREATE TABLE ev (id bigserial primary key, stream text, data bytea)")
     conn = await aio_pika.connect(AMQP)
@@ -178,7 +172,6 @@ async def raw(n: int, conc: int) -> dict[str, float]:
     finally:
         await conn.close()
         await pool.close()
-        await drop_db(db)
     return figures
 
 
@@ -192,19 +185,14 @@ async def main(a: argparse.Namespace) -> None:
         print(f"{label:10s} sequential {f['seq_rate']:7.0f}/s p50 {f['p50']:6.2f} ms "
               f"p99 {f['p99']:6.2f} ms | {a.conc} concurrent {f['rate']:7.0f}/s "
               f"p50 {f['conc_p50']:6.2f} ms p99 {f['conc_p99']:6.2f} ms")
-    ratio = o["rate"] / r["rate"]
-    print(f"result roundtrips_per_s={o['rate']:.0f} p50_ms={o['p50']:.2f} p99_ms={o['p99']:.2f} "
-          f"conc_p99_ms={o['conc_p99']:.2f} ceiling={r['rate']:.0f} ratio={ratio:.2f}")
+    figures = {"roundtrips_per_s": o["rate"], "p50_ms": o["p50"], "p99_ms": o["p99"],
+               "conc_p99_ms": o["conc_p99"]}
+    print(result_line(figures, r["rate"], o["rate"] / r["rate"]))
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--conc", type=int, default=32)
-    ap.add_argument("--uvloop", action="store_true")
-    args = ap.parse_args()
-    if args.uvloop:
-        import uvloop
-
-        uvloop.install()
-    asyncio.run(main(args))
+    ap.add_argument("--no-uvloop", action="store_true")
+    run(main(ap.parse_args()))
