@@ -34,9 +34,11 @@ class RelayStore(EventStore, ProjectionStore, Protocol):
 
 
 class Relay:
-    """Follows the log from its durable checkpoint and publishes each batch, confirmed,
-    before moving the checkpoint. A crash republishes at most the last batch; a broker
-    outage makes it back off and resume from the checkpoint, losing nothing.
+    """Follows the log from its durable checkpoint and publishes each batch; the checkpoint
+    only ever moves to what the broker has confirmed, and is saved every
+    ``checkpoint_every`` seconds. A crash republishes what was published since the last
+    save (at least once, never lost); a broker outage makes it back off and resume from
+    the checkpoint.
 
     Only one relay publishes at a time when the store offers leadership (PostgreSQL
     advisory lock); the others stand by.
