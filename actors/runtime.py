@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +17,7 @@ from actors import metrics
 from actors.cell import REACT, ActorCell
 from actors.codec import KindCodec
 from actors.kind import ActorKind
+from actors.shards import ShardBalancer
 from bus.errors import BadMessage
 from bus.protocol import Bus, Delivery, Subscription
 from schemas import COMMAND_DECODER, EVENT_DECODER, CommandEnvelope, Reply
@@ -41,6 +44,7 @@ class ActorRuntime:
         *,
         passivate_after: float = 60.0,
         prefetch: int = 200,
+        worker_id: str = "",
     ) -> None:
         self.store = store
         self.bus = bus
@@ -48,8 +52,10 @@ class ActorRuntime:
         self.passivate_after = passivate_after
         self.prefetch = prefetch
         self.cells: dict[tuple[str, str], ActorCell] = {}
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.balancers: dict[str, ShardBalancer] = {}
         self._subs: list[Subscription] = []
-        self._janitor: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def event_types(self) -> list[type[msgspec.Struct]]:
         """Every event Struct these kinds record (for the store's registry)."""
@@ -64,9 +70,12 @@ class ActorRuntime:
 
     async def start(self) -> None:
         for name, codec in self.codecs.items():
-            self._subs.append(
-                await self.bus.consume_commands(name, self._on_command, prefetch=self.prefetch)
+            balancer = ShardBalancer(
+                self.store, self.bus, name, self._on_command, shards=self.bus.names.shards,
+                prefetch=self.prefetch, prefix=self.bus.names.prefix, worker_id=self.worker_id,
             )
+            self._tasks.append(asyncio.create_task(balancer.run(), name=f"shards-{name}"))
+            self.balancers[name] = balancer
             if codec.kind.reactions:
                 self._subs.append(
                     await self.bus.subscribe_events(
@@ -74,17 +83,20 @@ class ActorRuntime:
                         prefetch=self.prefetch,
                     )
                 )
-        self._janitor = asyncio.create_task(self._passivate_loop(), name="passivate")
-        log.info("runtime_started", kinds=sorted(self.codecs))
+        self._tasks.append(asyncio.create_task(self._passivate_loop(), name="passivate"))
+        async with asyncio.timeout(30):  # every kind consumes its first shards
+            for balancer in self.balancers.values():
+                await balancer.settled.wait()
+        log.info("runtime_started", kinds=sorted(self.codecs), worker=self.worker_id)
 
     async def shutdown(self) -> None:
         subs, self._subs = self._subs, []
         for sub in subs:
             await sub.cancel()
-        if self._janitor is not None:
-            self._janitor.cancel()
-            await asyncio.gather(self._janitor, return_exceptions=True)
-            self._janitor = None
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for kind, _ in self.cells:
             metrics.ACTIVE.labels(kind).dec()
         self.cells.clear()

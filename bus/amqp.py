@@ -225,10 +225,12 @@ class AmqpBus:
         return await self._subscribe(handler, prefetch, metrics.EVENT, setup)
 
     async def consume_commands(
-        self, kind: str, handler: Handler, *, prefetch: int = 100
+        self, kind: str, handler: Handler, *, prefetch: int = 100,
+        shards: Sequence[int] | None = None,
     ) -> AmqpSubscription:
-        shards = [self.names.shard_queue(kind, i) for i in range(self.names.shards)]
-        return await self._consume_single_active(shards, handler, prefetch, metrics.COMMAND)
+        chosen = range(self.names.shards) if shards is None else shards
+        queues = [self.names.shard_queue(kind, i) for i in chosen]
+        return await self._consume_single_active(queues, handler, prefetch, metrics.COMMAND)
 
     async def consume_host(
         self, host: str, handler: Handler, *, prefetch: int = 100

@@ -198,10 +198,12 @@ class MemoryBus:
         return self._subscribe([name], handler, prefetch, metrics.EVENT)
 
     async def consume_commands(
-        self, kind: str, handler: Handler, *, prefetch: int = 100
+        self, kind: str, handler: Handler, *, prefetch: int = 100,
+        shards: Sequence[int] | None = None,
     ) -> _MemorySubscription:
         self._check_open()
-        names = [self.names.shard_queue(kind, i) for i in range(self.names.shards)]
+        chosen = range(self.names.shards) if shards is None else shards
+        names = [self.names.shard_queue(kind, i) for i in chosen]
         for name in names:
             self.broker.declare(name, single_active=True)
         return self._subscribe(names, handler, prefetch, metrics.COMMAND)

@@ -7,6 +7,7 @@ from typing import Protocol
 
 import msgspec
 
+from bus.routing import Names
 from schemas import CommandEnvelope, EventEnvelope, Reply
 
 
@@ -50,6 +51,9 @@ class Bus(Protocol):
     ``compute`` go to the host queue named by ``actor_id``.
     """
 
+    names: Names
+    """Every exchange and queue name this bus uses (its prefix and shard count)."""
+
     async def publish_event(self, event: EventEnvelope) -> None:
         """Publish to the event exchange with key ``<kind>.<type>``; returns once the
         broker has confirmed it (durably)."""
@@ -79,9 +83,11 @@ class Bus(Protocol):
         ...
 
     async def consume_commands(
-        self, kind: str, handler: Handler, *, prefetch: int = 100
+        self, kind: str, handler: Handler, *, prefetch: int = 100,
+        shards: Sequence[int] | None = None,
     ) -> Subscription:
-        """Consume every shard queue of ``kind``; each shard is active on one consumer."""
+        """Consume the shard queues of ``kind`` (all, or the given shard numbers); each
+        shard is active on one consumer cluster-wide."""
         ...
 
     async def consume_host(

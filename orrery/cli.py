@@ -47,7 +47,8 @@ async def run_processes(cfg: Config, kinds_spec: Sequence[str], *, worker: bool,
             if relay:
                 tg.create_task(Relay(store, bus).run(), name="relay")
             if worker:
-                runtime = ActorRuntime(store, bus, kinds, passivate_after=cfg.passivate_after)
+                runtime = ActorRuntime(store, bus, kinds, passivate_after=cfg.passivate_after,
+                                       worker_id=cfg.resolved_worker_id)
                 await runtime.start()
                 tg.create_task(TimerService(store, bus).run(), name="timers")
             if http:

@@ -24,6 +24,7 @@ import structlog
 
 from schemas import EventEnvelope, NewEvent
 from store.errors import ConcurrencyError, InvalidEvent, StoreError, StoreUnavailable
+from store.leases import PgLeases
 from store.metrics import APPEND_SECONDS, APPENDED_EVENTS, BATCH_EVENTS
 from store.migrations import migrate
 from store.protocol import AppendResult, Snapshot
@@ -621,6 +622,10 @@ class PostgresEventStore:
                                    timeout=self._timeout)
                 for sql, args in statements:
                     await conn.execute(sql, *args, timeout=self._timeout)
+
+    async def join_leases(self, group: str) -> PgLeases:
+        """Join lease group ``group`` (see store/leases.py) on a session of its own."""
+        return await PgLeases.join(self._dsn, group, self._timeout)
 
     @contextlib.asynccontextmanager
     async def try_leadership(self, name: str) -> AsyncIterator[bool]:

@@ -78,6 +78,31 @@ async def test_two_workers_one_killed_keep_every_stream_contiguous_and_exact(
         assert sorted(applied) == sorted(sent[actor]), f"{actor}: lost or doubled commands"
 
 
+async def test_workers_share_the_shards_and_take_over_a_dead_ones(
+    env: tuple[Procs, Any, AmqpBus],
+) -> None:
+    """Two workers each consume about half of a kind's shards, never the same one; when one
+    dies, the other takes its shards over."""
+    procs, _store, _bus = env
+    first, second = procs.start("worker"), procs.start("worker")
+
+    def owned(proc: Any) -> set[int]:
+        lines = [x for x in procs.log_lines(proc) if x.get("event") == "shards_owned"]
+        return set(lines[-1]["shards"]) if lines else set()  # type: ignore[arg-type]
+
+    async def split() -> bool:
+        a, b = owned(first), owned(second)
+        return len(a) == len(b) == 2 and not a & b
+
+    await eventually(split, timeout=30, what="the four shards split two and two")
+    procs.kill(first)
+
+    async def taken_over() -> bool:
+        return owned(second) == {0, 1, 2, 3}
+
+    await eventually(taken_over, timeout=30, what="the survivor owning every shard")
+
+
 async def test_relay_killed_mid_stream_publishes_every_event_after_restart(
     env: tuple[Procs, Any, AmqpBus],
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -37,6 +38,16 @@ class Procs:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
 
+    def log_lines(self, proc: subprocess.Popen[bytes]) -> list[dict[str, object]]:
+        """The JSON log lines one process has written so far."""
+        index = self.running.index(proc) + 1
+        path = next(self.log_dir.glob(f"*-{index}.log"))
+        lines = []
+        for raw in path.read_text(errors="replace").splitlines():
+            if raw.startswith("{"):
+                lines.append(json.loads(raw))
+        return lines
+
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace")[-3000:] for p in self.log_dir.glob("*.log"))
 
@@ -64,6 +75,7 @@ def orrery_processes(
         ORRERY_KINDS="tests.support.counter:COUNTER",
         ORRERY_LOG_FORMAT="json",
         PYTHONPATH=str(ROOT),
+        PYTHONUNBUFFERED="1",  # logs reach the file as they happen, even before a SIGKILL
     )
     procs = Procs(env, log_dir)
     try:
