@@ -1,0 +1,92 @@
+"""Libvirt domain XML for an instance: CPU, memory, a virtio boot disk and a serial console."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from typing import Literal
+
+from schemas.hostd import DomainSpec
+
+#: The libvirt domain type: ``test`` for the test:///default driver, ``qemu`` for
+#: emulation (TCG, no KVM needed), ``kvm`` for hardware virtualisation.
+DomainType = Literal["test", "qemu", "kvm"]
+DOMAIN_TYPES: tuple[DomainType, ...] = ("test", "qemu", "kvm")
+
+#: The XML namespace of Orrery's metadata element inside a domain.
+METADATA_NS = "https://orrery.dev/xmlns/libvirt/instance/1"
+NAME_PREFIX = "orrery-"
+ET.register_namespace("orrery", METADATA_NS)
+
+
+def domain_name(uuid: str) -> str:
+    """The libvirt name of an instance's domain: unique per host, free of user text."""
+    return NAME_PREFIX + uuid
+
+
+def domain_type_for(uri: str) -> DomainType:
+    """The domain type that suits a connection URI when none is configured."""
+    if uri.startswith("test:"):
+        return "test"
+    return "kvm"
+
+
+def build_domain_xml(spec: DomainSpec, domain_type: DomainType = "kvm") -> str:
+    """The ``<domain>`` document defining ``spec`` (no network yet)."""
+    if domain_type not in DOMAIN_TYPES:
+        raise ValueError(f"unknown domain type {domain_type!r}; expected one of {DOMAIN_TYPES}")
+    domain = ET.Element("domain", type=domain_type)
+    _text(domain, "name", domain_name(spec.uuid))
+    _text(domain, "uuid", spec.uuid)
+    _text(domain, "title", _one_line(spec.name))
+    _metadata(domain, spec)
+    _text(domain, "memory", str(spec.ram_mb), unit="MiB")
+    _text(domain, "currentMemory", str(spec.ram_mb), unit="MiB")
+    _text(domain, "vcpu", str(spec.vcpus), placement="static")
+    _os(domain)
+    features = ET.SubElement(domain, "features")
+    ET.SubElement(features, "acpi")
+    ET.SubElement(features, "apic")
+    if domain_type == "kvm":
+        ET.SubElement(domain, "cpu", mode="host-model")
+    _text(domain, "on_poweroff", "destroy")
+    _text(domain, "on_reboot", "restart")
+    _text(domain, "on_crash", "destroy")
+    _devices(domain, spec)
+    ET.indent(domain)
+    return ET.tostring(domain, encoding="unicode")
+
+
+def _text(parent: ET.Element, tag: str, text: str, **attrs: str) -> ET.Element:
+    element = ET.SubElement(parent, tag, attrs)
+    element.text = text
+    return element
+
+
+def _one_line(text: str) -> str:
+    """Libvirt refuses a title with a newline in it."""
+    return " ".join(text.split())
+
+
+def _metadata(domain: ET.Element, spec: DomainSpec) -> None:
+    metadata = ET.SubElement(domain, "metadata")
+    instance = ET.SubElement(metadata, f"{{{METADATA_NS}}}instance", uuid=spec.uuid)
+    _text(instance, f"{{{METADATA_NS}}}name", spec.name)
+    _text(instance, f"{{{METADATA_NS}}}disk_gb", str(spec.disk_gb))
+
+
+def _os(domain: ET.Element) -> None:
+    os_element = ET.SubElement(domain, "os")
+    _text(os_element, "type", "hvm", arch="x86_64")
+    ET.SubElement(os_element, "boot", dev="hd")
+
+
+def _devices(domain: ET.Element, spec: DomainSpec) -> None:
+    devices = ET.SubElement(domain, "devices")
+    disk = ET.SubElement(devices, "disk", type="file", device="disk")
+    ET.SubElement(disk, "driver", name="qemu", type=spec.image_format)
+    ET.SubElement(disk, "source", file=spec.image_path)
+    ET.SubElement(disk, "target", dev="vda", bus="virtio")
+    serial = ET.SubElement(devices, "serial", type="pty")
+    ET.SubElement(serial, "target", port="0")
+    console = ET.SubElement(devices, "console", type="pty")
+    ET.SubElement(console, "target", type="serial", port="0")
