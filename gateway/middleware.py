@@ -166,7 +166,7 @@ async def _answer(
 
 
 def _check_body(request: web.Request, limits: Limits) -> None:
-    limit = request.app.get(ROUTE_LIMITS, {}).get(request.match_info.route, limits.max_body)
+    limit = request.config_dict.get(ROUTE_LIMITS, {}).get(request.match_info.route, limits.max_body)
     request[MAX_BODY_KEY] = limit
     request[BODY_TIMEOUT_KEY] = limits.body_timeout
     length = request.content_length
