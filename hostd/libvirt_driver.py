@@ -132,6 +132,7 @@ class LibvirtHypervisor:
         self._loop = asyncio.get_running_loop()
         self._hub = ObservationHub()
         self._callbacks: list[int] = []
+        self._closed = False
 
     @classmethod
     async def open(
@@ -153,7 +154,11 @@ class LibvirtHypervisor:
             conn, uri=uri, domain_type=domain_type or domain_type_for(uri),
             instances_dir=instances_dir, call_timeout=call_timeout, executor=executor,
         )
-        await hypervisor._run(None, hypervisor._register_callbacks)
+        try:
+            await hypervisor._run(None, hypervisor._register_callbacks)
+        except HypervisorError:
+            await hypervisor.close()
+            raise
         log.info("hypervisor_connected", uri=uri, domain_type=hypervisor.domain_type)
         return hypervisor
 
@@ -199,16 +204,21 @@ class LibvirtHypervisor:
         return self._hub.subscribe()
 
     async def close(self) -> None:
+        if self._closed:
+            return
         self._hub.close()
         try:
             await self._run(None, self._close)
         finally:
+            self._closed = True
             self._executor.shutdown(wait=False)
         log.info("hypervisor_closed", uri=self.uri)
 
     # The asyncio side: one way into the thread pool, with a timeout and error mapping.
 
     async def _run(self, uuid: str | None, fn: Callable[..., T], *args: Any) -> T:
+        if self._closed:
+            raise HypervisorUnavailable("hypervisor connection is closed", uuid=uuid)
         job = self._loop.run_in_executor(self._executor, fn, *args)
         try:
             return await asyncio.wait_for(job, self._call_timeout)

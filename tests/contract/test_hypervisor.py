@@ -17,6 +17,7 @@ from hostd.hypervisor import (
     DomainStateError,
     Hypervisor,
     HypervisorError,
+    HypervisorUnavailable,
     ObservationStream,
 )
 from hostd.libvirt_driver import LibvirtHypervisor
@@ -277,6 +278,18 @@ async def test_concurrent_calls_keep_the_loop_running(
     assert min(ticks_during) > 0
     domains = await hypervisor.list_domains()
     assert all(domains[spec.uuid] == DomainState.RUNNING for spec in specs)
+
+
+async def test_calls_after_close_are_retryable_unavailable() -> None:
+    """Once closed, a hypervisor refuses calls with a retryable HypervisorUnavailable."""
+    for closed in (FakeHypervisor(), await LibvirtHypervisor.open("test:///default")):
+        stream = closed.observe()
+        await closed.close()
+        await closed.close()
+        with pytest.raises(HypervisorUnavailable) as raised:
+            await closed.state(str(uuid.uuid4()))
+        assert raised.value.retryable
+        assert [o async for o in stream] == []
 
 
 # Behaviour the fake injects on purpose, and libvirt-only behaviour.
