@@ -1,8 +1,9 @@
 """The PostgreSQL event log: group-commit appends, gap-free reads by position, projections.
 
-Appends are validated, queued and written by a few writer tasks, each of which sends its
-share of what is queued (up to ``max_batch_events``) to ``orrery_append`` in one
-statement, hence one transaction. Positions are ``(xid << 20) + ordinal``; readers only read below
+Appends are validated, then queued for the group-commit writers (store/pg_writer.py), each
+of which sends its share of what is queued (up to ``max_batch_events``) to
+``orrery_append`` in one statement, hence one transaction; projection transactions live
+in store/pg_projection.py. Positions are ``(xid << 20) + ordinal``; readers only read below
 ``snapshot xmin << 20``, where no transaction can still commit (see 002_append_function.sql).
 Live subscribers share one LISTEN connection; they poll only while committed events wait
 behind an open transaction.
@@ -13,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
@@ -23,22 +22,26 @@ import msgspec
 import structlog
 
 from schemas import EventEnvelope, NewEvent
-from store.errors import ConcurrencyError, InvalidEvent, StoreError, StoreUnavailable
+from store.errors import StoreError, StoreUnavailable
 from store.leases import PgLeases
-from store.metrics import APPEND_SECONDS, APPENDED_EVENTS, BATCH_EVENTS
+from store.metrics import APPEND_SECONDS
 from store.migrations import migrate
+from store.pg_common import (
+    EVENTS_CHANNEL,
+    PROJECTIONS_CHANNEL,
+    init_conn,
+    mapped,
+)
+from store.pg_projection import PgProjectionTx
+from store.pg_writer import GroupCommit, PendingAppend
 from store.protocol import AppendResult, Snapshot
 from store.registry import EventTypes
 
 log = structlog.get_logger(__name__)
 
-EVENTS_CHANNEL = "orrery_events"
-PROJECTIONS_CHANNEL = "orrery_projections"
 _HORIZON = "(pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)"
 _COLUMNS = ("position, stream, version, type, data, event_id, occurred_at,"
             " correlation_id, causation_id, project_id, user_id")
-APPEND_SQL = ("SELECT * FROM orrery_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
-              " $13)")
 _READ_FOLLOW = (
     f"WITH h AS MATERIALIZED (SELECT {_HORIZON} AS horizon,"
     " (SELECT max(position) FROM events) AS top)"
@@ -58,32 +61,7 @@ _SAVE_SNAPSHOT = (
     "INSERT INTO snapshots (stream, version, type, data) VALUES ($1, $2, $3, $4)"
     " ON CONFLICT (stream) DO UPDATE SET version = excluded.version, type = excluded.type,"
     " data = excluded.data WHERE snapshots.version <= excluded.version")
-_CONN_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
-#: server errors worth retrying (deadlock/serialization, out of resources, shutdown)
-_TRANSIENT = (asyncpg.TransactionRollbackError, asyncpg.InsufficientResourcesError,
-              asyncpg.OperatorInterventionError)
 DDL_LOCK_KEY = 0x6F72_7265_7279_01  # held (per transaction) while projection DDL runs
-_MAX_SCAN = 2000  # queued appends a writer looks at when it skips repeated streams
-
-
-async def _init_conn(conn: Any) -> None:
-    """Event data is ``json`` (kept byte for byte, unlike jsonb) sent and read in binary
-    form, which for json is the text itself: the bytes are never re-parsed in Python."""
-    await conn.set_type_codec("json", schema="pg_catalog", format="binary",
-                              encoder=_same_bytes, decoder=_same_bytes)
-
-
-def _same_bytes(data: bytes) -> bytes:
-    return data
-
-
-@contextlib.contextmanager
-def _mapped() -> Iterator[None]:
-    """Map lost connections and timeouts to StoreUnavailable (retryable)."""
-    try:
-        yield
-    except _CONN_ERRORS as exc:
-        raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
 
 def _envelope(r: Any, o: int = 0) -> EventEnvelope:
@@ -93,190 +71,6 @@ def _envelope(r: Any, o: int = 0) -> EventEnvelope:
         data=msgspec.Raw(r[o + 4]), event_id=r[o + 5], occurred_at=r[o + 6],
         correlation_id=r[o + 7], causation_id=r[o + 8], project_id=r[o + 9],
         user_id=r[o + 10])
-
-
-@dataclass(slots=True)
-class _Append:
-    """One caller's append waiting for a writer."""
-
-    stream: str
-    expected: int
-    cause: str | None
-    events: Sequence[NewEvent]
-    future: asyncio.Future[AppendResult] = field(repr=False)
-
-
-def _batch_args(batch: list[_Append]) -> list[list[Any] | None]:
-    """The thirteen array arguments of orrery_append for ``batch``.
-
-    Arrays that would hold only NULLs are sent as NULL: asyncpg's per-element encoding is
-    the writer's main cost, and unnest pads a NULL array with NULLs.
-    """
-    streams, expected, causes, counts = [], [], [], []
-    index, types, data, ids, at = [], [], [], [], []
-    meta: list[list[str | None]] = [[], [], [], []]
-    corr, caus, proj, user = meta
-    for i, item in enumerate(batch, start=1):
-        streams.append(item.stream)
-        expected.append(item.expected)
-        causes.append(item.cause)
-        counts.append(len(item.events))
-        for ev in item.events:
-            index.append(i)
-            types.append(ev.type)
-            data.append(ev.data)
-            ids.append(ev.event_id)
-            at.append(ev.occurred_at)
-            corr.append(ev.correlation_id)
-            caus.append(ev.causation_id)
-            proj.append(ev.project_id)
-            user.append(ev.user_id)
-    return [streams, expected, _or_null(causes), counts, index, types, data, ids, at,
-            *(_or_null(m) for m in meta)]
-
-
-def _or_null(values: list[str | None]) -> list[str | None] | None:
-    return values if any(v is not None for v in values) else None
-
-
-def _resolve(item: _Append, status: str, version: int, position: int) -> None:
-    if item.future.done():
-        return
-    if status == "conflict":
-        item.future.set_exception(ConcurrencyError(item.stream, item.expected, version))
-        return
-    item.future.set_result(AppendResult(stream=item.stream, version=version,
-                                        position=position, duplicate=status == "duplicate"))
-
-
-def _fail(item: _Append, exc: BaseException) -> None:
-    if not item.future.done():
-        item.future.set_exception(exc)
-
-
-class _GroupCommit:
-    """Queued appends and the writer tasks that commit them, one batch per transaction."""
-
-    def __init__(self, pool: Any, writers: int, max_events: int, timeout: float) -> None:
-        self._pool = pool
-        self._writers = writers
-        self._queued_events = 0
-        self._max_events = max_events
-        self._timeout = timeout
-        self._queue: deque[_Append] = deque()
-        self._work = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._busy = 0
-        self._tasks = [asyncio.create_task(self._run(), name=f"pg-writer-{n}")
-                       for n in range(writers)]
-
-    def submit(self, item: _Append) -> None:
-        self._queue.append(item)
-        self._queued_events += len(item.events)
-        self._idle.clear()
-        self._work.set()
-
-    async def close(self, drain_timeout: float) -> None:
-        """Let queued appends commit (up to ``drain_timeout``), then stop the writers."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(drain_timeout):
-                await self._idle.wait()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        while self._queue:
-            _fail(self._queue.popleft(), StoreUnavailable("event store closed"))
-
-    async def _run(self) -> None:
-        while True:
-            while not self._queue:
-                self._work.clear()
-                await self._work.wait()
-            batch = self._take()
-            if not batch:
-                if not self._busy and not self._queue:
-                    self._idle.set()
-                continue
-            self._busy += 1
-            try:
-                await self._commit(batch)
-            except Exception as exc:  # a bug: fail this batch, keep the writer alive
-                log.exception("append_writer_error")
-                for item in batch:
-                    _fail(item, StoreUnavailable(f"append failed: {exc!r}"))
-            except BaseException:
-                for item in batch:
-                    _fail(item, StoreUnavailable("event store closed during the append"))
-                raise
-            finally:
-                self._busy -= 1
-                if not self._busy and not self._queue:
-                    self._idle.set()
-
-    def _take(self) -> list[_Append]:
-        """This writer's share of what is queued now, each stream at most once.
-
-        The share is the queued events split between the idle writers (at most
-        max_events): under load the writers' transactions then overlap, so the database
-        works on one batch while this process resolves and gathers another.
-        """
-        idle = max(1, self._writers - self._busy)
-        limit = max(1, min(self._max_events, -(-self._queued_events // idle)))
-        batch: list[_Append] = []
-        seen: set[str] = set()
-        skipped: list[_Append] = []
-        count = 0
-        while self._queue and count < limit and len(skipped) < _MAX_SCAN:
-            item = self._queue.popleft()
-            self._queued_events -= len(item.events)
-            if item.future.done():  # the caller was cancelled before we got to it
-                continue
-            if item.stream in seen:
-                skipped.append(item)
-                continue
-            seen.add(item.stream)
-            batch.append(item)
-            count += len(item.events)
-        self._queue.extendleft(reversed(skipped))
-        self._queued_events += sum(len(item.events) for item in skipped)
-        return batch
-
-    async def _commit(self, batch: list[_Append]) -> None:
-        try:
-            with _mapped():
-                async with self._pool.acquire(timeout=self._timeout) as conn:
-                    rows = await conn.fetch(APPEND_SQL, *_batch_args(batch),
-                                            timeout=self._timeout)
-        except StoreUnavailable as exc:
-            log.warning("append_batch_failed", appends=len(batch), error=str(exc))
-            for item in batch:
-                _fail(item, exc)
-            return
-        except asyncpg.PostgresError as exc:
-            await self._one_by_one(batch, exc)
-            return
-        written = 0
-        for item, row in zip(batch, rows, strict=True):
-            if row[0] == "ok":
-                written += len(item.events)
-            _resolve(item, row[0], row[1], row[2])
-        BATCH_EVENTS.observe(written)
-        APPENDED_EVENTS.inc(written)
-
-    async def _one_by_one(self, batch: list[_Append], exc: asyncpg.PostgresError) -> None:
-        """A batch failed on a data error: retry its appends alone so only the culprit fails."""
-        if len(batch) == 1:
-            item = batch[0]
-            if isinstance(exc, _TRANSIENT):
-                _fail(item, StoreUnavailable(f"{type(exc).__name__}: {exc}"))
-                return
-            kind = item.events[0].type if item.events else "?"
-            _fail(item, InvalidEvent(kind, f"{type(exc).__name__}: {exc}"))
-            return
-        log.info("append_batch_split", appends=len(batch), error=type(exc).__name__)
-        for item in batch:
-            await self._commit([item])
 
 
 class _Listener:
@@ -297,7 +91,7 @@ class _Listener:
         async with self._lock:
             if self._conn is not None and not self._conn.is_closed():
                 return
-            with _mapped():
+            with mapped():
                 conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
                 await conn.add_listener(EVENTS_CHANNEL, self._on_notify)
                 await conn.add_listener(PROJECTIONS_CHANNEL, self._on_projection)
@@ -331,89 +125,6 @@ class _Listener:
         self._fire()
 
 
-class _PgTx:
-    """SqlTx over one asyncpg connection inside an open transaction."""
-
-    def __init__(self, conn: Any, timeout: float) -> None:
-        self._conn = conn
-        self._timeout = timeout
-
-    async def execute(self, sql: str, *args: object) -> None:
-        with _mapped():
-            await self._conn.execute(sql, *args, timeout=self._timeout)
-
-    async def fetch(self, sql: str, *args: object) -> list[tuple[object, ...]]:
-        with _mapped():
-            rows = await self._conn.fetch(sql, *args, timeout=self._timeout)
-        return [tuple(r) for r in rows]
-
-
-class _ProjectionTx:
-    """The transaction of projection_tx: checkpoint locked on enter, moved on clean exit."""
-
-    def __init__(self, pool: Any, name: str, expected: int, new: int, timeout: float) -> None:
-        self._pool, self._name, self._timeout = pool, name, timeout
-        self._expected, self._new = expected, new
-        self._conn: Any = None
-        self._tx: Any = None
-
-    async def __aenter__(self) -> _PgTx:
-        with _mapped():
-            self._conn = await self._pool.acquire(timeout=self._timeout)
-        try:
-            with _mapped():
-                self._tx = self._conn.transaction()
-                await self._tx.start()
-                await self._conn.execute(
-                    "INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0)"
-                    " ON CONFLICT (name) DO NOTHING", self._name, timeout=self._timeout)
-                current = await self._conn.fetchval(
-                    "SELECT position FROM projection_checkpoints WHERE name = $1 FOR UPDATE",
-                    self._name, timeout=self._timeout)
-            if current != self._expected:
-                raise ConcurrencyError(self._name, self._expected, current)
-        except BaseException:
-            await self._finish(commit=False)
-            raise
-        return _PgTx(self._conn, self._timeout)
-
-    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
-        await self._finish(commit=exc_type is None)
-
-    async def _finish(self, commit: bool) -> None:
-        conn, self._conn = self._conn, None
-        try:
-            if commit:
-                with _mapped():
-                    await conn.execute(
-                        "UPDATE projection_checkpoints SET position = $2 WHERE name = $1",
-                        self._name, self._new, timeout=self._timeout)
-                    await conn.execute("SELECT pg_notify($1, $2)", PROJECTIONS_CHANNEL,
-                                       self._name, timeout=self._timeout)
-                    await self._tx.commit()
-            else:
-                await self._rollback(conn)
-        except BaseException:
-            await self._rollback(conn)
-            raise
-        finally:
-            await self._pool.release(conn, timeout=self._timeout)
-
-    async def _rollback(self, conn: Any) -> None:
-        """Roll back if the transaction still allows it; never mask the error in flight.
-
-        A transaction that failed mid-commit (or was cancelled) is rolled back by the
-        pool's reset when the connection is released.
-        """
-        if self._tx is None or conn.is_closed():
-            return
-        try:
-            async with asyncio.timeout(self._timeout):
-                await self._tx.rollback()
-        except (asyncpg.InterfaceError, asyncpg.PostgresError, OSError) as exc:
-            log.info("projection_tx_rollback_skipped", projection=self._name, error=repr(exc))
-
-
 class PostgresEventStore:
     """EventStore and ProjectionStore on PostgreSQL 15 (asyncpg)."""
 
@@ -427,7 +138,7 @@ class PostgresEventStore:
         self._append_pool = append_pool
         self._timeout = timeout
         self._closed = False
-        self._writer = _GroupCommit(append_pool, writers, max_batch_events, timeout)
+        self._writer = GroupCommit(append_pool, writers, max_batch_events, timeout)
         self._listener = _Listener(dsn, timeout)
 
     @classmethod
@@ -440,17 +151,17 @@ class PostgresEventStore:
         ``timeout`` bounds every database call; ``settle_timeout`` how long read_all and
         head wait for an open transaction that holds committed events behind the horizon.
         """
-        with _mapped():
+        with mapped():
             conn = await asyncpg.connect(dsn, timeout=timeout)
             try:
                 await migrate(conn, timeout=timeout)
             finally:
                 await conn.close(timeout=timeout)
             pool = await asyncpg.create_pool(dsn, min_size=1, max_size=read_pool_size,
-                                             init=_init_conn, timeout=timeout)
+                                             init=init_conn, timeout=timeout)
             try:
                 append_pool = await asyncpg.create_pool(
-                    dsn, min_size=writers, max_size=writers, init=_init_conn, timeout=timeout)
+                    dsn, min_size=writers, max_size=writers, init=init_conn, timeout=timeout)
             except BaseException:
                 await pool.close()
                 raise
@@ -476,7 +187,7 @@ class PostgresEventStore:
             raise StoreUnavailable("event store closed")
         started = time.perf_counter()
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._writer.submit(_Append(stream, expected_version, cause, events, future))
+        self._writer.submit(PendingAppend(stream, expected_version, cause, events, future))
         try:
             return await future
         finally:
@@ -484,14 +195,14 @@ class PostgresEventStore:
 
     async def read_stream(self, stream: str, from_version: int = 1,
                           limit: int | None = None) -> list[EventEnvelope]:
-        with _mapped():
+        with mapped():
             rows = await self._pool.fetch(_READ_STREAM, stream, from_version, limit,
                                           timeout=self._timeout)
         return [_envelope(r) for r in rows]
 
     async def load(self, stream: str) -> tuple[Snapshot | None, list[EventEnvelope]]:
         """The latest snapshot and the events after it, in one round trip."""
-        with _mapped():
+        with mapped():
             rows = await self._pool.fetch(_LOAD, stream, timeout=self._timeout)
         first = rows[0]
         snapshot = None if first[0] is None else Snapshot(
@@ -499,7 +210,7 @@ class PostgresEventStore:
         return snapshot, [_envelope(r, 3) for r in rows if r[3] is not None]
 
     async def stream_version(self, stream: str) -> int:
-        with _mapped():
+        with mapped():
             version = await self._pool.fetchval(
                 "SELECT version FROM streams WHERE stream = $1", stream, timeout=self._timeout)
         return int(version or 0)
@@ -519,7 +230,7 @@ class PostgresEventStore:
 
     async def _read_follow(self, after: int, limit: int) -> tuple[list[EventEnvelope], int, int]:
         """A batch after ``after`` plus the horizon and the newest visible position."""
-        with _mapped():
+        with mapped():
             rows = await self._pool.fetch(_READ_FOLLOW, after, limit, timeout=self._timeout)
         horizon, top = rows[0][0], rows[0][1] or 0
         if rows[0][2] is None:
@@ -555,7 +266,7 @@ class PostgresEventStore:
         """The newest position below the horizon (settling like read_all)."""
         backoff, deadline = 0.0, time.monotonic() + self._settle_timeout
         while True:
-            with _mapped():
+            with mapped():
                 visible, top = await self._pool.fetchrow(_HEAD, timeout=self._timeout)
             if visible == top or time.monotonic() >= deadline:
                 return int(visible)
@@ -563,12 +274,12 @@ class PostgresEventStore:
             await asyncio.sleep(backoff)
 
     async def save_snapshot(self, snapshot: Snapshot) -> None:
-        with _mapped():
+        with mapped():
             await self._pool.execute(_SAVE_SNAPSHOT, snapshot.stream, snapshot.version,
                                      snapshot.type, snapshot.data, timeout=self._timeout)
 
     async def load_snapshot(self, stream: str) -> Snapshot | None:
-        with _mapped():
+        with mapped():
             row = await self._pool.fetchrow(
                 "SELECT version, type, data FROM snapshots WHERE stream = $1", stream,
                 timeout=self._timeout)
@@ -577,7 +288,7 @@ class PostgresEventStore:
         return Snapshot(stream=stream, version=row[0], type=row[1], data=bytes(row[2]))
 
     async def projection_checkpoint(self, name: str) -> int:
-        with _mapped():
+        with mapped():
             position = await self._pool.fetchval(
                 "SELECT position FROM projection_checkpoints WHERE name = $1", name,
                 timeout=self._timeout)
@@ -597,8 +308,8 @@ class PostgresEventStore:
         except TimeoutError:
             return False
 
-    def projection_tx(self, name: str, expected: int, new: int) -> _ProjectionTx:
-        return _ProjectionTx(self._pool, name, expected, new, self._timeout)
+    def projection_tx(self, name: str, expected: int, new: int) -> PgProjectionTx:
+        return PgProjectionTx(self._pool, name, expected, new, self._timeout)
 
     async def reset_projection(self, name: str, ddl_drop: Sequence[str]) -> None:
         await self._in_tx([*((sql, ()) for sql in ddl_drop),
@@ -606,7 +317,7 @@ class PostgresEventStore:
 
     async def query(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
         """A read-only query on projection tables (``$1`` placeholders)."""
-        with _mapped():
+        with mapped():
             rows = await self._pool.fetch(sql, *args, timeout=self._timeout)
         return [tuple(r) for r in rows]
 
@@ -616,7 +327,7 @@ class PostgresEventStore:
     async def _in_tx(self, statements: list[tuple[str, tuple[object, ...]]]) -> None:
         """Run DDL in one transaction, serialised cluster-wide: concurrent ``CREATE TABLE
         IF NOT EXISTS`` of the same table can otherwise fail on pg_type's unique index."""
-        with _mapped():
+        with mapped():
             async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", DDL_LOCK_KEY,
                                    timeout=self._timeout)
@@ -634,10 +345,10 @@ class PostgresEventStore:
         A session advisory lock on a dedicated connection, released when the block
         exits (or the connection dies: callers re-check by re-entering).
         """
-        with _mapped():
+        with mapped():
             conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
         try:
-            with _mapped():
+            with mapped():
                 got = await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
                                           name, timeout=self._timeout)
             yield bool(got)

@@ -14,7 +14,8 @@ from typing import Any
 import asyncpg
 
 from schemas import EventEnvelope, NewEvent
-from store.postgres import APPEND_SQL, PostgresEventStore
+from store.pg_writer import APPEND_SQL
+from store.postgres import PostgresEventStore
 from store.registry import EventTypes
 from tests.support.events import Incremented, new_event
 
