@@ -1,0 +1,158 @@
+"""The ``hosts`` projection: each host's state, capacity, usage, last beat and ratios.
+
+``HostsProjection`` folds the host kind's events into the ``hosts`` table (run it with a
+``store.projections.ProjectionRunner``); ``read_hosts`` / ``read_host`` read it back as
+``HostView`` rows, which is what the scheduler and ``os-hypervisors`` consume.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import msgspec
+
+from actors.host import (
+    KIND,
+    AllocationRatios,
+    HostClaimed,
+    HostDown,
+    HostHeartbeat,
+    HostInventoryChanged,
+    HostRegistered,
+    HostReleased,
+    HostUp,
+    Resources,
+    free,
+)
+from schemas import EventEnvelope, stream_kind
+from schemas.hostd import Capacity
+from store.protocol import SqlTx
+
+TABLE = "hosts"
+UP, DOWN = "up", "down"
+
+_COLUMNS = (
+    "id, state, vcpus, ram_mb, disk_gb, used_vcpus, used_ram_mb, used_disk_gb,"
+    " instances, last_heartbeat, cpu_ratio, ram_ratio, disk_ratio"
+)
+_INVENTORY = (
+    "INSERT INTO hosts (id, state, vcpus, ram_mb, disk_gb, used_vcpus, used_ram_mb,"
+    " used_disk_gb, instances, last_heartbeat, cpu_ratio, ram_ratio, disk_ratio)"
+    " VALUES ($1, $2, $3, $4, $5, 0, 0, 0, 0, $6, $7, $8, $9)"
+    " ON CONFLICT (id) DO UPDATE SET vcpus = excluded.vcpus, ram_mb = excluded.ram_mb,"
+    " disk_gb = excluded.disk_gb, cpu_ratio = excluded.cpu_ratio,"
+    " ram_ratio = excluded.ram_ratio, disk_ratio = excluded.disk_ratio"
+)
+_USAGE = (
+    "UPDATE hosts SET used_vcpus = used_vcpus + $2, used_ram_mb = used_ram_mb + $3,"
+    " used_disk_gb = used_disk_gb + $4, instances = instances + $5 WHERE id = $1"
+)
+
+
+class HostView(msgspec.Struct, frozen=True, kw_only=True):
+    """One row of the ``hosts`` table."""
+
+    id: str
+    state: str
+    capacity: Capacity
+    used: Resources
+    instances: int
+    last_heartbeat: dt.datetime | None
+    ratios: AllocationRatios
+
+    @property
+    def up(self) -> bool:
+        return self.state == UP
+
+    @property
+    def free(self) -> Resources:
+        """What is left to claim under the allocation ratios."""
+        return free(self.capacity, self.ratios, self.used)
+
+
+_DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
+    t.__struct_config__.tag: msgspec.json.Decoder(t)  # type: ignore[misc]
+    for t in (HostRegistered, HostInventoryChanged, HostHeartbeat, HostDown, HostUp,
+              HostClaimed, HostReleased)
+}
+
+
+def _iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).isoformat()
+
+
+class HostsProjection:
+    """Folds ``host.*`` events into ``hosts`` (one row per host that ever reported)."""
+
+    name = TABLE
+    ddl: Sequence[str] = (
+        "CREATE TABLE IF NOT EXISTS hosts (id TEXT PRIMARY KEY, state TEXT NOT NULL,"
+        " vcpus BIGINT NOT NULL, ram_mb BIGINT NOT NULL, disk_gb BIGINT NOT NULL,"
+        " used_vcpus BIGINT NOT NULL, used_ram_mb BIGINT NOT NULL,"
+        " used_disk_gb BIGINT NOT NULL, instances BIGINT NOT NULL, last_heartbeat TEXT,"
+        " cpu_ratio DOUBLE PRECISION NOT NULL, ram_ratio DOUBLE PRECISION NOT NULL,"
+        " disk_ratio DOUBLE PRECISION NOT NULL)",
+    )
+    drop: Sequence[str] = ("DROP TABLE IF EXISTS hosts",)
+
+    async def apply(self, tx: SqlTx, events: Sequence[EventEnvelope]) -> None:
+        for ev in events:
+            decoder = _DECODERS.get(ev.type)
+            if decoder is None or stream_kind(ev.stream) != KIND:
+                continue
+            host_id = ev.stream.split(":", 1)[1]
+            await _apply_one(tx, host_id, decoder.decode(bytes(ev.data)))
+
+
+async def _apply_one(tx: SqlTx, host_id: str, event: msgspec.Struct) -> None:
+    match event:
+        case HostRegistered(capacity=c, ratios=r, at=at) | HostInventoryChanged(
+            capacity=c, ratios=r, at=at
+        ):
+            await tx.execute(_INVENTORY, host_id, UP, c.vcpus, c.ram_mb, c.disk_gb,
+                             _iso(at), r.cpu, r.ram, r.disk)
+        case HostHeartbeat(at=at):
+            await tx.execute("UPDATE hosts SET last_heartbeat = $2 WHERE id = $1",
+                             host_id, _iso(at))
+        case HostUp(at=at):
+            await tx.execute("UPDATE hosts SET state = $2, last_heartbeat = $3 WHERE id = $1",
+                             host_id, UP, _iso(at))
+        case HostDown():
+            await tx.execute("UPDATE hosts SET state = $2 WHERE id = $1", host_id, DOWN)
+        case HostClaimed(vcpus=v, ram_mb=m, disk_gb=d):
+            await tx.execute(_USAGE, host_id, v, m, d, 1)
+        case HostReleased(vcpus=v, ram_mb=m, disk_gb=d):
+            await tx.execute(_USAGE, host_id, -v, -m, -d, -1)
+
+
+class QueryStore(Protocol):
+    """What reading the table needs: a read-only query (both of our stores have it)."""
+
+    async def query(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
+        ...
+
+
+def _row(row: tuple[Any, ...]) -> HostView:
+    (hid, state, vcpus, ram, disk, uv, ur, ud, n, beat, cr, rr, dr) = row
+    return HostView(
+        id=hid, state=state,
+        capacity=Capacity(vcpus=int(vcpus), ram_mb=int(ram), disk_gb=int(disk)),
+        used=Resources(vcpus=int(uv), ram_mb=int(ur), disk_gb=int(ud)),
+        instances=int(n),
+        last_heartbeat=dt.datetime.fromisoformat(beat) if beat else None,
+        ratios=AllocationRatios(cpu=float(cr), ram=float(rr), disk=float(dr)),
+    )
+
+
+async def read_hosts(store: QueryStore) -> list[HostView]:
+    """Every host in the table, by id."""
+    rows = await store.query(f"SELECT {_COLUMNS} FROM hosts ORDER BY id")
+    return [_row(r) for r in rows]
+
+
+async def read_host(store: QueryStore, host_id: str) -> HostView | None:
+    """One host's row, or None when it never reported."""
+    rows = await store.query(f"SELECT {_COLUMNS} FROM hosts WHERE id = $1", host_id)
+    return _row(rows[0]) if rows else None

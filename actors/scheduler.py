@@ -1,0 +1,166 @@
+"""The scheduler: pure filters and weighers over host views, then claims until one sticks.
+
+``place(request, hosts)`` filters (up, room for vCPU/RAM/disk under each host's allocation
+ratios, the image fits the root disk) and weighs (most free RAM first, then most free
+vCPUs, then host id, so the ranking is deterministic). ``schedule`` sends a ``Claim`` to
+each ranked host in turn: the host actor is the single writer of its capacity, so a
+``conflict`` only means someone else took the room first and the next host is tried.
+
+Errors: ``NoValidHost`` (its message is the instance fault, as Nova words it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+
+import msgspec
+import structlog
+
+from actors.client import ActorClient
+from actors.host import KIND, Claim, Release, Resources, shortfall
+from actors.host_views import HostView
+from bus.errors import BusError
+
+log = structlog.get_logger(__name__)
+
+GIB = 1024**3
+CLAIM_TIMEOUT = 10.0
+#: the reasons a filter gives, keyed for counting
+DOWN, NO_CAPACITY = "down", "capacity"
+
+HostsReader = Callable[[], Awaitable[Sequence[HostView]]]
+
+
+class PlacementRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """What one instance needs. ``image_size`` (bytes, 0: unknown) sizes a root disk of
+    0 GiB (as Nova does for such flavors) and must fit in the root disk otherwise."""
+
+    instance_id: str
+    vcpus: int
+    ram_mb: int
+    disk_gb: int
+    image_size: int = 0
+
+    @property
+    def needs(self) -> Resources:
+        """What a host must have free: the flavor, its root disk at least the image."""
+        image_gb = math.ceil(self.image_size / GIB)
+        return Resources(vcpus=self.vcpus, ram_mb=self.ram_mb,
+                         disk_gb=max(self.disk_gb, image_gb))
+
+
+class NoValidHost(Exception):
+    """No host could take the instance; ``reasons`` says why, per host or in total."""
+
+    def __init__(self, reasons: Sequence[str]) -> None:
+        self.reasons = list(reasons)
+        detail = "; ".join(self.reasons) or "there are no hosts"
+        super().__init__(f"No valid host was found. {detail}")
+
+
+# -- pure ----------------------------------------------------------------------------------
+
+
+def image_problem(request: PlacementRequest) -> str | None:
+    """Why the image can never fit the flavor's root disk (None: it can)."""
+    if request.disk_gb and request.image_size > request.disk_gb * GIB:
+        return (f"image of {request.image_size} bytes is larger than the"
+                f" {request.disk_gb} GiB root disk")
+    return None
+
+
+def rejection(request: PlacementRequest, host: HostView) -> str | None:
+    """Why ``host`` cannot take ``request`` (None: it passes every filter)."""
+    if not host.up:
+        return DOWN
+    if shortfall(host.free, request.needs) is not None:
+        return NO_CAPACITY
+    return None
+
+
+def weigh(host: HostView) -> tuple[int, int, str]:
+    """Sort key: most free RAM, then most free vCPUs, then host id."""
+    room = host.free
+    return (-room.ram_mb, -room.vcpus, host.id)
+
+
+def filter_hosts(
+    request: PlacementRequest, hosts: Sequence[HostView]
+) -> tuple[list[HostView], list[str]]:
+    """The hosts that pass, and (when some do not) why the others did not."""
+    problem = image_problem(request)
+    if problem is not None:
+        return [], [problem]
+    passing: list[HostView] = []
+    refused: Counter[str] = Counter()
+    for host in hosts:
+        why = rejection(request, host)
+        if why is None:
+            passing.append(host)
+        else:
+            refused[why] += 1
+    reasons = []
+    if refused[DOWN]:
+        reasons.append(f"{refused[DOWN]} host(s) down")
+    if refused[NO_CAPACITY]:
+        reasons.append(f"{refused[NO_CAPACITY]} host(s) without room for {_need(request)}")
+    return passing, reasons
+
+
+def _need(request: PlacementRequest) -> str:
+    n = request.needs
+    return f"{n.vcpus} vCPUs, {n.ram_mb} MiB RAM, {n.disk_gb} GiB disk"
+
+
+def place(request: PlacementRequest, hosts: Sequence[HostView]) -> list[str]:
+    """The ids of the hosts that can take ``request``, best first."""
+    passing, _ = filter_hosts(request, hosts)
+    return [h.id for h in sorted(passing, key=weigh)]
+
+
+# -- claiming ------------------------------------------------------------------------------
+
+
+async def schedule(
+    client: ActorClient, read_hosts: HostsReader, request: PlacementRequest,
+    *, timeout: float = CLAIM_TIMEOUT, correlation_id: str | None = None,
+) -> str:
+    """Claim room on the best host that accepts; its id, or NoValidHost with the reasons.
+
+    A claim that gets no answer may still have been recorded: the host is sent a Release
+    for the instance (idempotent, queued behind the claim) before the next host is tried.
+    """
+    hosts = await read_hosts()
+    passing, reasons = filter_hosts(request, hosts)
+    claim = Claim(instance_id=request.instance_id, **msgspec.structs.asdict(request.needs))
+    for host in sorted(passing, key=weigh):
+        refusal = await _try_claim(client, host.id, claim, timeout, correlation_id)
+        if refusal is None:
+            log.info("instance_placed", instance_id=request.instance_id, host=host.id)
+            return host.id
+        reasons.append(f"{host.id}: {refusal}")
+    log.info("no_valid_host", instance_id=request.instance_id, reasons=reasons)
+    raise NoValidHost(reasons)
+
+
+async def _try_claim(
+    client: ActorClient, host_id: str, claim: Claim, timeout: float,
+    correlation_id: str | None,
+) -> str | None:
+    """None when the host accepted the claim, otherwise why not."""
+    try:
+        reply = await client.call(KIND, host_id, claim, timeout=timeout,
+                                  correlation_id=correlation_id)
+    except BusError as exc:
+        log.warning("claim_unanswered", host=host_id, instance_id=claim.instance_id,
+                    error=repr(exc))
+        await client.cast(KIND, host_id, Release(instance_id=claim.instance_id),
+                          timeout=timeout, correlation_id=correlation_id)
+        return f"no answer to the claim ({type(exc).__name__})"
+    if reply.ok:
+        return None
+    log.info("claim_refused", host=host_id, instance_id=claim.instance_id,
+             code=reply.error_type, reason=reply.error)
+    return reply.error or reply.error_type or "refused"
