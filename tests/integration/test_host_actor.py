@@ -211,3 +211,27 @@ async def test_schedule_moves_on_when_a_stale_view_meets_a_full_host(
         message = str(exc.value)
         assert message.startswith("No valid host was found. ")
         assert "big: not enough RAM" in message and "small: not enough RAM" in message
+
+
+async def test_a_claim_left_unanswered_is_released_before_the_next_host_is_tried(
+    open_cloud: CloudFactory,
+) -> None:
+    """When the best host answers too late, its claim may still be recorded: schedule sends
+    it a Release (queued behind the claim) and places on the next host, so no room leaks."""
+    async with open_cloud() as cloud:
+        await cloud.report("slow")
+        fast = await cloud.report("fast", Capacity(vcpus=4, ram_mb=2048, disk_gb=500))
+        assert await cloud.store.wait_for_projection("hosts", fast.position, timeout=WAIT)
+        busy = cloud.runtime.cells[("host", "slow")].lock
+        await busy.acquire()  # the slow host is stuck on an earlier message
+        try:
+            request = PlacementRequest(instance_id="i1", vcpus=1, ram_mb=512, disk_gb=1)
+            assert await schedule(cloud.client, cloud.hosts, request, timeout=0.5) == "fast"
+        finally:
+            busy.release()
+
+        async def settled() -> bool:
+            return (await cloud.types("slow"))[-2:] == ["host.claimed", "host.released"]
+
+        await eventually(settled, timeout=WAIT, what="the late claim and its release")
+        assert cloud.state("slow").claims == {}
