@@ -318,3 +318,7 @@ def make_host_kind(
         on_timer=decider.on_timer,
         snapshot_every=snapshot_every,
     )
+
+
+#: the host kind with the default settings (``--kind actors.host:HOST``)
+HOST = make_host_kind()
