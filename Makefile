@@ -68,7 +68,7 @@ $(RUN_STAMP): pyproject.toml | $(BIN)/pip
 	touch $@
 
 $(DEV_STAMP): pyproject.toml | $(BIN)/pip
-	$(PIP) install -e '.[dev,fast,libvirt]'
+	$(PIP) install -e '.[dev,fast,libvirt,e2e]'
 	touch $@
 
 $(BENCH_STAMP): pyproject.toml | $(BIN)/pip
