@@ -8,14 +8,18 @@ import contextlib
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import structlog
 from aiohttp import web
 from prometheus_client import start_http_server
 
+from actors.client import ActorClient
+from actors.identity import IDENTITY_KINDS
 from actors.runtime import ActorRuntime
 from actors.timers import TimerService
-from gateway.app import make_app
+from bus.protocol import Bus
+from orrery.bootstrap import bootstrap, identity_runner, make_cloud_app, token_ttl
 from orrery.config import Config, ConfigError, load_config
 from orrery.logging import configure_logging
 from orrery.wiring import event_types, load_kinds, open_bus, open_store
@@ -24,8 +28,15 @@ from store.relay import Relay
 log = structlog.get_logger("orrery")
 
 
-async def _serve_http(cfg: Config) -> None:
-    runner = web.AppRunner(make_app())
+async def _serve_http(cfg: Config, store: Any, bus: Bus) -> None:
+    client = ActorClient(bus)
+    async with identity_runner(store):
+        await bootstrap(store, client)
+        await _serve_app(cfg, make_cloud_app(store, client, ttl=token_ttl()))
+
+
+async def _serve_app(cfg: Config, app: web.Application) -> None:
+    runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, cfg.api_host, cfg.api_port)
     await site.start()
@@ -39,7 +50,7 @@ async def _serve_http(cfg: Config) -> None:
 async def run_processes(cfg: Config, kinds_spec: Sequence[str], *, worker: bool, relay: bool,
                         http: bool) -> None:
     """Open the backends and run the chosen roles until cancelled."""
-    kinds = load_kinds(kinds_spec)
+    kinds = [*load_kinds(kinds_spec), *IDENTITY_KINDS]
     store = await open_store(cfg, event_types(kinds))
     bus = await open_bus(cfg)
     try:
@@ -52,7 +63,7 @@ async def run_processes(cfg: Config, kinds_spec: Sequence[str], *, worker: bool,
                 await runtime.start()
                 tg.create_task(TimerService(store, bus).run(), name="timers")
             if http:
-                tg.create_task(_serve_http(cfg), name="http")
+                tg.create_task(_serve_http(cfg, store, bus), name="http")
             log.info("orrery_started", worker=worker, relay=relay, http=http,
                      kinds=[k.name for k in kinds], config=cfg.redacted())
             await asyncio.Event().wait()
