@@ -39,6 +39,7 @@ from actors.identity import (
 )
 from actors.identity_views import PROJECTION_NAME
 from actors.passwords import verify_password
+from bus.errors import CallTimeout
 from gateway.errors import ApiError
 from gateway.json import read_json
 from gateway.middleware import REQUEST_ID
@@ -213,7 +214,11 @@ class TokenService:
         await self._call(token_hash(token), RevokeToken(), correlation_id)
 
     async def _call(self, actor_id: str, command: msgspec.Struct, correlation_id: str) -> None:
-        reply = await self.client.call("token", actor_id, command, correlation_id=correlation_id)
+        try:
+            reply = await self.client.call("token", actor_id, command,
+                                           correlation_id=correlation_id)
+        except CallTimeout as exc:
+            raise ApiError("deadline_exceeded") from exc
         if not reply.ok:
             if reply.error_type == "not_found":
                 raise ApiError("not_found", reply.error or None)

@@ -183,7 +183,7 @@ class IdentityApi:
             raise ApiError("bad_request", "Invalid input for field 'name': it is required.")
         _check_domain(body.domain_id)
         project_id = uuid.uuid4().hex
-        await self._claim("project", body.name, project_id)
+        await self._claim(request, "project", body.name, project_id)
         await self._command(request, "project", project_id, CreateProject(
             name=body.name, domain_id=body.domain_id, description=body.description or "",
             enabled=True if body.enabled is None else body.enabled))
@@ -210,11 +210,11 @@ class IdentityApi:
         project_id = request.match_info["id"]
         current = await self._project(request, project_id)
         body = (await read_json(request, ProjectRequest)).project
-        await self._rename("project", current["name"], body.name, project_id)
+        await self._rename(request, "project", current["name"], body.name, project_id)
         await self._command(request, "project", project_id, UpdateProject(
             name=body.name, description=body.description, enabled=body.enabled))
         if body.name and body.name != current["name"]:
-            await self._release("project", current["name"], project_id)
+            await self._release(request, "project", current["name"], project_id)
         return json_response({"project": await self._project(request, project_id)})
 
     async def delete_project(self, request: web.Request) -> web.Response:
@@ -222,7 +222,7 @@ class IdentityApi:
         project_id = request.match_info["id"]
         current = await self._project(request, project_id)
         await self._command(request, "project", project_id, DeleteProject())
-        await self._release("project", current["name"], project_id)
+        await self._release(request, "project", current["name"], project_id)
         return web.Response(status=204)
 
     async def _project(self, request: web.Request, project_id: str) -> Doc:
@@ -244,7 +244,7 @@ class IdentityApi:
             await self._project(request, body.default_project_id)
         user_id = uuid.uuid4().hex
         password_hash = await hash_password(body.password) if body.password else None
-        await self._claim("user", body.name, user_id)
+        await self._claim(request, "user", body.name, user_id)
         await self._command(request, "user", user_id, CreateUser(
             name=body.name, domain_id=body.domain_id, password_hash=password_hash,
             default_project_id=body.default_project_id,
@@ -271,13 +271,13 @@ class IdentityApi:
         current = await self._user(request, user_id)
         body = (await read_json(request, UserRequest)).user
         password_hash = await hash_password(body.password) if body.password else None
-        await self._rename("user", current["name"], body.name, user_id)
+        await self._rename(request, "user", current["name"], body.name, user_id)
         await self._command(request, "user", user_id, UpdateUser(
             name=body.name, password_hash=password_hash,
             default_project_id=body.default_project_id, enabled=body.enabled,
             email=body.email, description=body.description))
         if body.name and body.name != current["name"]:
-            await self._release("user", current["name"], user_id)
+            await self._release(request, "user", current["name"], user_id)
         return json_response({"user": await self._user(request, user_id)})
 
     async def delete_user(self, request: web.Request) -> web.Response:
@@ -285,7 +285,7 @@ class IdentityApi:
         user_id = request.match_info["id"]
         current = await self._user(request, user_id)
         await self._command(request, "user", user_id, DeleteUser())
-        await self._release("user", current["name"], user_id)
+        await self._release(request, "user", current["name"], user_id)
         return web.Response(status=204)
 
     async def _user(self, request: web.Request, user_id: str) -> Doc:
@@ -372,20 +372,21 @@ class IdentityApi:
                                                     self.wait_timeout):
             raise ApiError("unavailable", "The identity projection is behind; try again.")
 
-    async def _claim(self, what: str, name: str, owner: str) -> None:
+    async def _claim(self, request: web.Request, what: str, name: str, owner: str) -> None:
         reply = await self.client.call("identity_name", name_key(DEFAULT_DOMAIN_ID, what, name),
-                                       ClaimName(owner=owner))
+                                       ClaimName(owner=owner), correlation_id=request[REQUEST_ID])
         if not reply.ok:
             raise ApiError("conflict", f"Conflict occurred attempting to store {what} - "
                                        f"Duplicate entry found with name {name}.")
 
-    async def _release(self, what: str, name: str, owner: str) -> None:
+    async def _release(self, request: web.Request, what: str, name: str, owner: str) -> None:
         await self.client.call("identity_name", name_key(DEFAULT_DOMAIN_ID, what, name),
-                               ReleaseName(owner=owner))
+                               ReleaseName(owner=owner), correlation_id=request[REQUEST_ID])
 
-    async def _rename(self, what: str, old: str, new: str | None, owner: str) -> None:
+    async def _rename(self, request: web.Request, what: str, old: str, new: str | None,
+                      owner: str) -> None:
         if new and new != old:
-            await self._claim(what, new, owner)
+            await self._claim(request, what, new, owner)
 
 
 # --- representations ----------------------------------------------------------------------

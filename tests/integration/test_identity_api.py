@@ -238,3 +238,20 @@ async def test_bootstrap_again_appends_nothing(cloud: Cloud) -> None:
     assert await cloud.store.stream_version(stream_name("user", ADMIN_USER_ID)) == version
     assert (await cloud.http.post(f"{ID}/auth/tokens",
                                   json=password_auth("admin", "secret"))).status == 201
+
+
+async def test_deleted_user_loses_its_tokens_and_its_name_is_free_again(cloud: Cloud) -> None:
+    """A duplicate user name is 409; deleting the user ends its tokens (401) and frees
+    the name for a new user."""
+    body = {"user": {"name": "carol", "password": "pw-carol",
+                     "default_project_id": ADMIN_PROJECT_ID}}
+    uid = (await (await cloud.http.post(f"{ID}/users", headers=cloud.h(),
+                                        json=body)).json())["user"]["id"]
+    assert (await cloud.http.post(f"{ID}/users", headers=cloud.h(), json=body)).status == 409
+    await cloud.http.put(f"{ID}/projects/{ADMIN_PROJECT_ID}/users/{uid}/roles/{ROLES['reader']}",
+                         headers=cloud.h())
+    token = await login(cloud.http, "carol", "pw-carol")
+    assert (await cloud.http.get(f"{ID}/users/{uid}", headers=cloud.h(token))).status == 200
+    assert (await cloud.http.delete(f"{ID}/users/{uid}", headers=cloud.h())).status == 204
+    assert (await cloud.http.get(f"{ID}/users/{uid}", headers=cloud.h(token))).status == 401
+    assert (await cloud.http.post(f"{ID}/users", headers=cloud.h(), json=body)).status == 201
