@@ -69,6 +69,16 @@ async def ceiling(dsn: str, payload: bytes, seconds: float, batch: int = 100) ->
     return done / elapsed
 
 
+async def checkpoint(dsn: str) -> None:
+    """Start each measurement with no dirty pages to flush, as the raw ceiling script does,
+    so that a checkpoint triggered by an earlier level does not land in this one."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+
+
 async def actor(store: PostgresEventStore, payload: bytes, until: float,
                 latencies: list[float]) -> int:
     """Appends one event at a time to its own stream until ``until``; returns events written."""
@@ -109,12 +119,14 @@ async def main() -> None:
           f"writers={a.writers} max_batch_events={a.batch} asyncpg={asyncpg.__version__}")
     figures: dict[str, Any] = {}
     async with fresh_database("append") as dsn:
+        await checkpoint(dsn)
         ceil = await ceiling(dsn, payload, a.seconds)
         print(f"ceiling  executemany 100/txn, 1 conn      {ceil:9.0f} events/s")
         store = await PostgresEventStore.connect(dsn, EventTypes([Payload]), writers=a.writers,
                                                  max_batch_events=a.batch)
         try:
             for actors in (int(x) for x in a.levels.split(",")):
+                await checkpoint(dsn)
                 eps, p50, p99 = await level(store, actors, payload, a.seconds)
                 figures[actors] = (eps, p99)
                 print(f"ours     {actors:3d} actors, 1 event/append   {eps:9.0f} events/s  "
