@@ -15,14 +15,15 @@ from aiohttp import web
 from prometheus_client import start_http_server
 
 from actors.client import ActorClient
-from actors.identity import IDENTITY_KINDS
 from actors.runtime import ActorRuntime
 from actors.timers import TimerService
 from bus.protocol import Bus
-from orrery.bootstrap import bootstrap, identity_runner, make_cloud_app, token_ttl
+from orrery.bootstrap import bootstrap, make_cloud_app, token_ttl
 from orrery.config import Config, ConfigError, load_config
 from orrery.logging import configure_logging
+from orrery.services import cloud_apis, cloud_kinds, cloud_projections
 from orrery.wiring import event_types, load_kinds, open_bus, open_store
+from store.projections import ProjectionRunner
 from store.relay import Relay
 
 log = structlog.get_logger("orrery")
@@ -30,9 +31,13 @@ log = structlog.get_logger("orrery")
 
 async def _serve_http(cfg: Config, store: Any, bus: Bus) -> None:
     client = ActorClient(bus)
-    async with identity_runner(store):
+    async with contextlib.AsyncExitStack() as stack:
+        for projection in cloud_projections():
+            await store.run_ddl(projection.ddl)
+            await stack.enter_async_context(ProjectionRunner(store, projection))
         await bootstrap(store, client)
-        await _serve_app(cfg, make_cloud_app(store, client, ttl=token_ttl()))
+        app = make_cloud_app(store, client, apis=cloud_apis(store, client), ttl=token_ttl())
+        await _serve_app(cfg, app)
 
 
 async def _serve_app(cfg: Config, app: web.Application) -> None:
@@ -50,7 +55,7 @@ async def _serve_app(cfg: Config, app: web.Application) -> None:
 async def run_processes(cfg: Config, kinds_spec: Sequence[str], *, worker: bool, relay: bool,
                         http: bool) -> None:
     """Open the backends and run the chosen roles until cancelled."""
-    kinds = [*load_kinds(kinds_spec), *IDENTITY_KINDS]
+    kinds = [*load_kinds(kinds_spec), *cloud_kinds()]
     store = await open_store(cfg, event_types(kinds))
     bus = await open_bus(cfg)
     try:

@@ -1,0 +1,30 @@
+"""The cloud's parts in one place: the actor kinds workers run, the projections API
+processes keep, and the OpenStack APIs the gateway serves. A new service adds itself here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from actors.client import ActorClient
+from actors.host import HOST
+from actors.host_views import HostsProjection
+from actors.identity import IDENTITY_KINDS
+from actors.identity_views import IdentityProjection
+from actors.kind import ActorKind
+from gateway.app import ServiceApi
+from store.projections import Projection
+
+
+def cloud_kinds() -> list[ActorKind[Any]]:
+    """Every resource kind a worker hosts."""
+    return [*IDENTITY_KINDS, HOST]
+
+
+def cloud_projections() -> list[Projection]:
+    """Every projection an API process keeps folded (the tables its reads come from)."""
+    return [IdentityProjection(), HostsProjection()]
+
+
+def cloud_apis(store: Any, client: ActorClient) -> list[ServiceApi]:
+    """The OpenStack APIs besides Identity (which the cloud app always serves)."""
+    return []
