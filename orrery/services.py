@@ -17,14 +17,32 @@ from store.projections import Projection
 
 def cloud_kinds() -> list[ActorKind[Any]]:
     """Every resource kind a worker hosts."""
-    return [*IDENTITY_KINDS, HOST]
+    from actors.flavor import FLAVOR
+    from actors.image import IMAGE
+
+    return [*IDENTITY_KINDS, HOST, IMAGE, FLAVOR]
 
 
 def cloud_projections() -> list[Projection]:
     """Every projection an API process keeps folded (the tables its reads come from)."""
-    return [IdentityProjection(), HostsProjection()]
+    from actors.flavor_views import FlavorProjection
+    from actors.image_views import ImageProjection
+
+    return [IdentityProjection(), HostsProjection(), ImageProjection(), FlavorProjection()]
 
 
 def cloud_apis(store: Any, client: ActorClient) -> list[ServiceApi]:
-    """The OpenStack APIs besides Identity (which the cloud app always serves)."""
-    return []
+    """The OpenStack APIs besides Identity (which the cloud app always serves).
+
+    Image data lives in ``<data_dir>/images`` (``ORRERY_DATA_DIR``, see orrery.config).
+    """
+    from pathlib import Path
+
+    from gateway.image import ImageApi
+    from orrery.config import load_config
+    from store.blobs import DirectoryImageStore
+
+    images = DirectoryImageStore(Path(load_config().data_dir) / "images")
+    from gateway.compute import ComputeApi
+
+    return [ImageApi(store, client, images), ComputeApi(store, client)]
