@@ -31,18 +31,18 @@ def cloud_projections() -> list[Projection]:
     return [IdentityProjection(), HostsProjection(), ImageProjection(), FlavorProjection()]
 
 
-def cloud_apis(store: Any, client: ActorClient) -> list[ServiceApi]:
+def cloud_apis(store: Any, client: ActorClient, data_dir: str | None = None) -> list[ServiceApi]:
     """The OpenStack APIs besides Identity (which the cloud app always serves).
 
-    Image data lives in ``<data_dir>/images`` (``ORRERY_DATA_DIR``, see orrery.config).
+    Image data lives in ``<data_dir>/images``; without `data_dir`, the configured one
+    (``ORRERY_DATA_DIR`` or ``$ORRERY_CONFIG``; pass ``cfg.data_dir`` when ``--config``).
     """
     from pathlib import Path
 
+    from gateway.compute import ComputeApi
     from gateway.image import ImageApi
     from orrery.config import load_config
     from store.blobs import DirectoryImageStore
 
-    images = DirectoryImageStore(Path(load_config().data_dir) / "images")
-    from gateway.compute import ComputeApi
-
+    images = DirectoryImageStore(Path(data_dir or load_config().data_dir) / "images")
     return [ImageApi(store, client, images), ComputeApi(store, client)]
