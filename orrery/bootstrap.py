@@ -35,6 +35,7 @@ from actors.identity_views import PROJECTION_NAME, IdentityProjection
 from actors.passwords import hash_password
 from gateway.app import GatewaySettings, ServiceApi, make_app
 from gateway.auth import DEFAULT_TTL, TOKENS, TokenService
+from gateway.compute import seed_default_flavors
 from gateway.identity import IdentityApi
 from schemas import stream_name
 from store.projections import ProjectionHost, ProjectionRunner
@@ -99,6 +100,7 @@ async def bootstrap(
     if not await store.wait_for_projection(PROJECTION_NAME, position, wait_timeout):
         raise BootstrapError("the identity projection did not catch up with the bootstrap")
     log.info("identity_bootstrapped", admin_user=ADMIN_USER_ID, created=not exists)
+    await seed_default_flavors(store, client, wait_timeout=wait_timeout)
     if generated is not None:
         print(f"orrery: admin password (shown once): {generated}", file=out or sys.stdout,
               flush=True)
