@@ -6,11 +6,12 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from actors.client import ActorClient
-from actors.identity import IDENTITY_KINDS
+from actors.identity import IDENTITY_KINDS, ROLES
 from actors.image import IMAGE
 from actors.image_views import ImageProjection
 from actors.runtime import ActorRuntime
@@ -21,9 +22,11 @@ from orrery.wiring import event_types
 from store.blobs import DirectoryImageStore
 from store.projections import ProjectionRunner
 from tests.e2e.test_openstack_cli_identity import OPENSTACK, Cli, _free_port
+from tests.integration.test_identity_api import login
 from tests.support.backends import open_backends
 
 KINDS = (*IDENTITY_KINDS, IMAGE)
+ID = "/identity/v3"
 
 
 @pytest.fixture
@@ -51,13 +54,21 @@ async def cli(tmp_path: Path) -> AsyncIterator[Cli]:
 
 
 async def _user(cli: Cli, project: str, role: str) -> None:
-    """A user ``<project>-<role>`` holding ``role`` on a new project, as cloud ``<name>``."""
+    """A user ``<project>-<role>`` holding ``role`` on a new project, as cloud ``<name>``.
+
+    Set up over plain HTTP (the identity CLI has its own e2e test), to keep this one short.
+    """
     name = f"{project}-{role}"
-    await cli.json("orrery", "project", "create", project)
-    await cli.json("orrery", "user", "create", name, "--password", "pw", "--project", project)
-    code, _, err = await cli.run("orrery", "role", "add", "--project", project, "--user",
-                                 name, role)
-    assert code == 0, err
+    async with aiohttp.ClientSession(cli.url) as http:
+        admin = await login(http, "admin", "s3cret")
+        h = {"X-Auth-Token": admin}
+        async with http.post(f"{ID}/projects", headers=h, json={"project": {"name": project}}) as r:
+            pid = (await r.json())["project"]["id"]
+        async with http.post(f"{ID}/users", headers=h, json={"user": {
+                "name": name, "password": "pw", "default_project_id": pid}}) as r:
+            uid = (await r.json())["user"]["id"]
+        async with http.put(f"{ID}/projects/{pid}/users/{uid}/roles/{ROLES[role]}", headers=h) as r:
+            assert r.status == 204
     cli.cloud(name, name, "pw", project)
 
 
