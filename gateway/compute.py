@@ -1,10 +1,11 @@
 """Nova v2.1 subset, part one: flavors and os-hypervisors (servers come with their own module).
 
 Flavors: list, detail (``is_public``, ``minRam``, ``minDisk``, ``limit``, ``marker``), show,
-create and delete (admin only). A create validates, claims the name (unique cloud-wide) on
-the ``identity_name`` actor ``flavor_name_key(name)``, sends ``CreateFlavor`` to the
-``flavor`` actor and waits for the ``flavors`` projection, so the next read sees it; a
-delete frees the name after the flavor is gone. Reads come from the projection.
+create and delete (admin only), and their (always empty) ``os-extra_specs``. A create
+validates, claims the name (unique cloud-wide) on the ``identity_name`` actor
+``flavor_name_key(name)``, sends ``CreateFlavor`` to the ``flavor`` actor and waits for
+the ``flavors`` projection, so the next read sees it; a delete frees the name after the
+flavor is gone. Reads come from the projection.
 
 os-hypervisors (admin only): one per host actor, from the ``hosts`` projection; ``state``
 is the host's up/down, ``status`` always ``enabled`` (no service disabling yet). At 2.1 ids
@@ -175,6 +176,8 @@ class ComputeApi:
         router.get("/flavors", self.list_flavors)
         router.get("/flavors/detail", self.list_flavors_detail)
         router.get("/flavors/{id}", self.show_flavor)
+        router.get("/flavors/{id}/os-extra_specs", self.list_extra_specs)
+        router.get("/flavors/{id}/os-extra_specs/{key}", self.show_extra_spec)
         router.post("/flavors", self.create_flavor)
         router.delete("/flavors/{id}", self.delete_flavor)
         router.get("/os-hypervisors", self.list_hypervisors)
@@ -196,6 +199,18 @@ class ComputeApi:
         context = await authenticate(request)
         flavor = await self._flavor(request.match_info["id"], context)
         return json_response({"flavor": _flavor(request, flavor, _version(request))})
+
+    async def list_extra_specs(self, request: web.Request) -> web.Response:
+        """No flavor has extra specs yet (``openstack flavor show`` asks for them)."""
+        context = await authenticate(request)
+        await self._flavor(request.match_info["id"], context)
+        return json_response({"extra_specs": {}})
+
+    async def show_extra_spec(self, request: web.Request) -> web.Response:
+        context = await authenticate(request)
+        flavor = await self._flavor(request.match_info["id"], context)
+        key = request.match_info["key"]
+        raise ApiError("not_found", f"Flavor {flavor.id} has no extra specs with key {key}.")
 
     async def create_flavor(self, request: web.Request) -> web.Response:
         _admin(await authenticate(request), "os_compute_api:os-flavor-manage:create")

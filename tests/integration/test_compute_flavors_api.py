@@ -144,8 +144,8 @@ async def test_bootstrap_seeds_devstacks_flavors_in_novas_2_1_shape(cloud: Cloud
 
 
 async def test_admin_creates_shows_and_deletes_a_flavor(cloud: Cloud) -> None:
-    """POST with id null: 200 and a generated UUID, shown at once (read-your-writes);
-    DELETE: 202, then 404 itemNotFound, and the name is free for a new flavor."""
+    """POST with id null: 200 and a generated UUID, shown at once (read-your-writes), with
+    no extra specs; DELETE: 202, then 404 itemNotFound, and the name is free for a new flavor."""
     created = (await cloud.create({"name": "f1", "ram": 256, "vcpus": 2, "disk": 3,
                                    "id": None, "swap": 0, "OS-FLV-EXT-DATA:ephemeral": 1,
                                    "os-flavor-access:is_public": True}))["flavor"]
@@ -153,6 +153,9 @@ async def test_admin_creates_shows_and_deletes_a_flavor(cloud: Cloud) -> None:
     assert len(flavor_id) == 36 and created["name"] == "f1"
     shown = (await cloud.get(f"/flavors/{flavor_id}", cloud.member))["flavor"]
     assert shown == created and shown["OS-FLV-EXT-DATA:ephemeral"] == 1
+    specs = await cloud.get(f"/flavors/{flavor_id}/os-extra_specs", cloud.member)
+    assert specs == {"extra_specs": {}}
+    await cloud.get(f"/flavors/{flavor_id}/os-extra_specs/hw:cpu_policy", status=404)
     resp = await cloud.http.delete(f"{NOVA}/flavors/{flavor_id}", headers=cloud.h())
     assert resp.status == 202 and await resp.read() == b""
     missing = await cloud.get(f"/flavors/{flavor_id}", status=404)
