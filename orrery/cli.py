@@ -36,7 +36,8 @@ async def _serve_http(cfg: Config, store: Any, bus: Bus) -> None:
             await store.run_ddl(projection.ddl)
             await stack.enter_async_context(ProjectionRunner(store, projection))
         await bootstrap(store, client)
-        app = make_cloud_app(store, client, apis=cloud_apis(store, client), ttl=token_ttl())
+        apis = cloud_apis(store, client, data_dir=cfg.data_dir)
+        app = make_cloud_app(store, client, apis=apis, ttl=token_ttl())
         await _serve_app(cfg, app)
 
 

@@ -3,31 +3,34 @@ processes keep, and the OpenStack APIs the gateway serves. A new service adds it
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from actors.client import ActorClient
+from actors.flavor import FLAVOR
+from actors.flavor_views import FlavorProjection
 from actors.host import HOST
 from actors.host_views import HostsProjection
 from actors.identity import IDENTITY_KINDS
 from actors.identity_views import IdentityProjection
+from actors.image import IMAGE
+from actors.image_views import ImageProjection
 from actors.kind import ActorKind
 from gateway.app import ServiceApi
+from gateway.compute import ComputeApi
+from gateway.image import ImageApi
+from orrery.config import load_config
+from store.blobs import DirectoryImageStore
 from store.projections import Projection
 
 
 def cloud_kinds() -> list[ActorKind[Any]]:
     """Every resource kind a worker hosts."""
-    from actors.flavor import FLAVOR
-    from actors.image import IMAGE
-
     return [*IDENTITY_KINDS, HOST, IMAGE, FLAVOR]
 
 
 def cloud_projections() -> list[Projection]:
     """Every projection an API process keeps folded (the tables its reads come from)."""
-    from actors.flavor_views import FlavorProjection
-    from actors.image_views import ImageProjection
-
     return [IdentityProjection(), HostsProjection(), ImageProjection(), FlavorProjection()]
 
 
@@ -37,12 +40,5 @@ def cloud_apis(store: Any, client: ActorClient, data_dir: str | None = None) -> 
     Image data lives in ``<data_dir>/images``; without `data_dir`, the configured one
     (``ORRERY_DATA_DIR`` or ``$ORRERY_CONFIG``; pass ``cfg.data_dir`` when ``--config``).
     """
-    from pathlib import Path
-
-    from gateway.compute import ComputeApi
-    from gateway.image import ImageApi
-    from orrery.config import load_config
-    from store.blobs import DirectoryImageStore
-
     images = DirectoryImageStore(Path(data_dir or load_config().data_dir) / "images")
     return [ImageApi(store, client, images), ComputeApi(store, client)]
