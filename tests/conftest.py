@@ -126,3 +126,14 @@ async def delete_amqp_prefix(prefix: str) -> None:
             await ch.queue_delete(n)
         for ex in (f"{prefix}.events", f"{prefix}.commands"):
             await ch.exchange_delete(ex)
+
+
+@pytest.fixture(params=["embedded", "real"])
+def backends(request: pytest.FixtureRequest) -> tuple[str, dict[str, str]]:
+    """Each test twice: on the embedded backends (SQLite + in-process bus) and on the real
+    ones (a fresh PostgreSQL database + fresh RabbitMQ names), as open_backends takes them."""
+    if request.param == "embedded":
+        return "embedded", {}
+    request.getfixturevalue("amqp_cleanup")
+    return "real", {"pg_dsn": request.getfixturevalue("pg_dsn"),
+                    "amqp_url": request.getfixturevalue("amqp_url")}

@@ -91,15 +91,6 @@ async def make_member(http: Any, admin: str) -> str:
     return await login(http, "alice", "pw", "demo")
 
 
-@pytest.fixture(params=["embedded", "real"])
-def backends(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
-    if request.param == "embedded":
-        return "embedded", {}
-    request.getfixturevalue("amqp_cleanup")
-    return "real", {"pg_dsn": request.getfixturevalue("pg_dsn"),
-                    "amqp_url": request.getfixturevalue("amqp_url")}
-
-
 @pytest.fixture
 async def cloud(backends: tuple[str, dict[str, Any]], bus_names: Names,
                 tmp_path: Path) -> AsyncIterator[Cloud]:

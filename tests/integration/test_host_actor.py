@@ -75,16 +75,6 @@ class Cloud(msgspec.Struct, kw_only=True):
 CloudFactory = Callable[..., AbstractAsyncContextManager[Cloud]]
 
 
-@pytest.fixture(params=["embedded", "real"])
-def backends(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
-    """Which backends, and for the real ones a fresh database and broker names."""
-    if request.param == "embedded":
-        return "embedded", {}
-    request.getfixturevalue("amqp_cleanup")
-    return "real", {"pg_dsn": request.getfixturevalue("pg_dsn"),
-                    "amqp_url": request.getfixturevalue("amqp_url")}
-
-
 @pytest.fixture
 def open_cloud(
     backends: tuple[str, dict[str, Any]], bus_names: Names, tmp_path: Path

@@ -62,15 +62,6 @@ class Cloud(msgspec.Struct, kw_only=True):
         return doc
 
 
-@pytest.fixture(params=["embedded", "real"])
-def backends(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
-    if request.param == "embedded":
-        return "embedded", {}
-    request.getfixturevalue("amqp_cleanup")
-    return "real", {"pg_dsn": request.getfixturevalue("pg_dsn"),
-                    "amqp_url": request.getfixturevalue("amqp_url")}
-
-
 @pytest.fixture
 async def cloud(backends: tuple[str, dict[str, Any]], bus_names: Names,
                 tmp_path: Path) -> AsyncIterator[Cloud]:

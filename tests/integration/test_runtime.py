@@ -46,16 +46,6 @@ class Harness(msgspec.Struct, kw_only=True):
         return [e.type for e in await self.stream(actor_id)]
 
 
-@pytest.fixture(params=["embedded", "real"])
-def backends(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
-    """Which backends, and for the real ones a fresh database and broker names."""
-    if request.param == "embedded":
-        return "embedded", {}
-    request.getfixturevalue("amqp_cleanup")
-    return "real", {"pg_dsn": request.getfixturevalue("pg_dsn"),
-                    "amqp_url": request.getfixturevalue("amqp_url")}
-
-
 @pytest.fixture
 async def harness(
     backends: tuple[str, dict[str, Any]], event_types: EventTypes, bus_names: Names,
