@@ -72,3 +72,78 @@ class Observation(msgspec.Struct, frozen=True, kw_only=True):
     state: DomainState
     detail: str = ""
     observed_at: dt.datetime = msgspec.field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+
+# -- the hostd wire protocol -------------------------------------------------------------
+#
+# hostd -> the ``host`` actor (kind "host", actor id = host name). Wire-compatible with
+# actors.host.ReportCapacity / Heartbeat (same tags and fields): hostd may not import actors.
+
+#: the actor kind hostd reports to
+HOST_ACTOR_KIND = "host"
+
+
+class CapacityReport(msgspec.Struct, frozen=True, kw_only=True, tag="host.report_capacity"):
+    """hostd (re)started: what the host offers, measured at ``at`` (host clock)."""
+
+    capacity: Capacity
+    at: dt.datetime
+
+
+class HostBeat(msgspec.Struct, frozen=True, kw_only=True, tag="host.beat"):
+    """hostd is alive; ``capacity`` as it measures it now, sent at ``at`` (host clock)."""
+
+    capacity: Capacity
+    at: dt.datetime
+
+
+# Commands to one host (envelope kind "compute", actor id = host name, queue
+# ``compute.<host>``). Each is idempotent, so a redelivery or a retry is harmless.
+
+
+class SpawnDomain(msgspec.Struct, frozen=True, kw_only=True, tag="hostd.spawn"):
+    """Define the domain and boot it; a domain that already runs is left alone.
+    ``spec.uuid`` must equal ``instance_id``."""
+
+    instance_id: str
+    spec: DomainSpec
+
+
+class StopDomain(msgspec.Struct, frozen=True, kw_only=True, tag="hostd.stop"):
+    """Ask the guest to power off, wait up to ``timeout`` seconds, then destroy it."""
+
+    instance_id: str
+    timeout: float = 60.0
+
+
+class StartDomain(msgspec.Struct, frozen=True, kw_only=True, tag="hostd.start"):
+    """Boot a defined domain; a running one is left alone."""
+
+    instance_id: str
+
+
+class RebootDomain(msgspec.Struct, frozen=True, kw_only=True, tag="hostd.reboot"):
+    """Soft (guest reboots itself; the domain must be running) or hard (power cycle)."""
+
+    instance_id: str
+    hard: bool = False
+
+
+class DestroyDomain(msgspec.Struct, frozen=True, kw_only=True, tag="hostd.destroy"):
+    """Power off and forget the domain; an unknown domain is no error."""
+
+    instance_id: str
+
+
+class GetDomainState(msgspec.Struct, frozen=True, kw_only=True, tag="hostd.state"):
+    """Report the domain's current power state (``missing`` if unknown)."""
+
+    instance_id: str
+
+
+HostdCommand = SpawnDomain | StopDomain | StartDomain | RebootDomain | DestroyDomain \
+    | GetDomainState
+HOSTD_COMMANDS: tuple[type[msgspec.Struct], ...] = (
+    SpawnDomain, StopDomain, StartDomain, RebootDomain, DestroyDomain, GetDomainState,
+)
+HOSTD_COMMAND_DECODER: msgspec.json.Decoder[HostdCommand] = msgspec.json.Decoder(HostdCommand)
