@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
 
 import msgspec
 
@@ -320,5 +321,8 @@ def make_host_kind(
     )
 
 
+#: environment variable overriding ``down_after`` of HOST (seconds), e.g. for tests
+DOWN_AFTER_ENV = "ORRERY_HOST_DOWN_AFTER"
+
 #: the host kind with the default settings (``--kind actors.host:HOST``)
-HOST = make_host_kind()
+HOST = make_host_kind(down_after=float(os.environ.get(DOWN_AFTER_ENV) or 30.0))

@@ -1,4 +1,4 @@
-"""The ``orrery`` command: ``up`` (all-in-one), ``worker``, ``relay`` and ``api``."""
+"""The ``orrery`` command: ``up`` (all-in-one), ``worker``, ``relay``, ``api`` and ``hostd``."""
 
 from __future__ import annotations
 
@@ -18,11 +18,19 @@ from actors.client import ActorClient
 from actors.runtime import ActorRuntime
 from actors.timers import TimerService
 from bus.protocol import Bus
+from hostd.daemon import HostDaemon
 from orrery.bootstrap import bootstrap, make_cloud_app, token_ttl
 from orrery.config import Config, ConfigError, load_config
 from orrery.logging import configure_logging
 from orrery.services import cloud_apis, cloud_kinds, cloud_projections
-from orrery.wiring import event_types, load_kinds, open_bus, open_store
+from orrery.wiring import (
+    HYPERVISORS,
+    event_types,
+    load_kinds,
+    open_bus,
+    open_hypervisor,
+    open_store,
+)
 from store.projections import ProjectionRunner
 from store.relay import Relay
 
@@ -81,6 +89,32 @@ async def run_processes(cfg: Config, kinds_spec: Sequence[str], *, worker: bool,
         await store.close()
 
 
+async def run_hostd(cfg: Config, args: argparse.Namespace) -> None:
+    """Open the bus and the hypervisor and run one host's daemon until cancelled."""
+    if cfg.embedded_bus:
+        log.warning("hostd_on_embedded_bus", reason="no other process can reach this host")
+    bus = await open_bus(cfg)
+    try:
+        hypervisor = await open_hypervisor(args.hypervisor, args.libvirt_uri)
+        try:
+            daemon = HostDaemon(bus, hypervisor, args.host,
+                                heartbeat_every=args.heartbeat_every)
+            await daemon.run()
+        finally:
+            await hypervisor.close()
+    finally:
+        await bus.close()
+
+
+def _add_hostd(sub: Any) -> None:
+    p = sub.add_parser("hostd", help="one host's daemon: capacity, heartbeats, domains")
+    p.add_argument("--host", required=True, help="this host's name (queue compute.NAME)")
+    p.add_argument("--hypervisor", choices=HYPERVISORS, default="fake")
+    p.add_argument("--libvirt-uri", default="test:///default",
+                   help="libvirt connection URI (qemu:///system in production)")
+    p.add_argument("--heartbeat-every", type=float, default=5.0, metavar="SECONDS")
+
+
 def _run(main: Callable[[], Awaitable[None]]) -> int:
     async def guarded() -> None:
         task = asyncio.current_task()
@@ -113,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p = sub.add_parser(name, help=text)
         p.add_argument("--kind", action="append", default=[],
                        help="extra actor kind as module:attribute (repeatable)")
+    _add_hostd(sub)
     args = parser.parse_args(argv)
     try:
         cfg = load_config(path=args.config)
@@ -120,11 +155,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"orrery: {exc}", file=sys.stderr)
         return 2
     configure_logging(cfg.log_level, cfg.log_format)
-    if args.command in ("worker", "relay"):
+    if args.command in ("worker", "relay", "hostd"):
         # processes without an HTTP API still expose /metrics: on metrics_port, or on a
         # free port (logged) so that several workers can share one machine
         server, _thread = start_http_server(cfg.metrics_port, addr=cfg.api_host)
         log.info("metrics_listening", host=cfg.api_host, port=server.server_port)
+    if args.command == "hostd":
+        return _run(lambda: run_hostd(cfg, args))
     roles = {
         "up": dict(worker=True, relay=True, http=True),
         "worker": dict(worker=True, relay=False, http=False),

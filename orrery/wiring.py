@@ -12,6 +12,7 @@ from actors.codec import KindCodec
 from actors.kind import ActorKind
 from bus.protocol import Bus
 from bus.routing import Names
+from hostd.hypervisor import Hypervisor
 from orrery.config import Config
 from schemas import SYSTEM_EVENTS
 from store.registry import EventTypes
@@ -67,3 +68,20 @@ async def open_bus(cfg: Config) -> Bus:
     from bus.amqp import AmqpBus
 
     return await AmqpBus.connect(cfg.amqp_url, names, max_attempts=cfg.command_max_attempts)
+
+
+#: the hypervisor drivers ``orrery hostd --hypervisor`` offers
+HYPERVISORS = ("fake", "libvirt")
+
+
+async def open_hypervisor(kind: str, uri: str = "test:///default") -> Hypervisor:
+    """The hypervisor a hostd drives: the in-memory fake, or libvirt at ``uri``."""
+    if kind == "fake":
+        from hostd.fake import FakeHypervisor
+
+        return FakeHypervisor()
+    if kind == "libvirt":
+        from hostd.libvirt_driver import LibvirtHypervisor
+
+        return await LibvirtHypervisor.open(uri)
+    raise ValueError(f"unknown hypervisor {kind!r} (choose from {', '.join(HYPERVISORS)})")
