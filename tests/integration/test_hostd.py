@@ -127,6 +127,17 @@ async def test_stop_start_reboot_destroy_follow_the_domain(embedded: Embedded) -
         assert await hv.state("i2") == state
 
 
+async def test_commands_for_one_instance_run_in_arrival_order(embedded: Embedded) -> None:
+    """A start sent while a (slow, graceful) stop of the same domain is under way waits for
+    it: both are ok and the domain ends running, not shut off."""
+    await embedded.hostd(SpawnDomain(instance_id="i5", spec=spec("i5")))
+    stop = asyncio.create_task(embedded.hostd(StopDomain(instance_id="i5", timeout=1.0)))
+    await asyncio.sleep(0.01)
+    start = await embedded.hostd(StartDomain(instance_id="i5"))
+    assert (await stop).ok and start.ok
+    assert await embedded.hypervisor.state("i5") == DomainState.RUNNING
+
+
 async def test_commands_in_the_wrong_state_or_for_unknown_domains_are_errors(
     embedded: Embedded,
 ) -> None:
