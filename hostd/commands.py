@@ -108,7 +108,7 @@ class HostCommands:
                 "deadline_exceeded", f"{msg.type} ran past its deadline", retryable=True))
         log.info("hostd_command_done", type=msg.type, instance_id=command.instance_id,
                  state=state)
-        return Reply(command_id=msg.command_id, ok=True, error=state.value)
+        return Reply(command_id=msg.command_id, ok=True, result=state.value)
 
     async def _apply(self, command: HostdCommand) -> DomainState:
         hv = self.hypervisor

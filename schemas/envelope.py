@@ -95,12 +95,14 @@ class CommandEnvelope(
 class Reply(
     msgspec.Struct, frozen=True, kw_only=True, tag_field="envelope", tag="reply"
 ):
-    """The answer to a call: either events appended (their last position) or an error."""
+    """The answer to a call: events appended (their last position), a small result (e.g.
+    a host's domain state after a command), or an error."""
 
     command_id: str
     ok: bool
     version: int = 0
     position: int = 0
+    result: str | None = None
     error: str | None = None
     error_type: str | None = None
     retryable: bool = False

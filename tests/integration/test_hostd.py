@@ -102,7 +102,7 @@ async def test_spawn_defines_and_boots_and_is_idempotent(embedded: Embedded) -> 
     ok and leaves the one running domain alone."""
     for _ in range(2):
         reply = await embedded.hostd(SpawnDomain(instance_id="i1", spec=spec("i1")))
-        assert reply.ok and reply.error == DomainState.RUNNING
+        assert reply.ok and reply.result == DomainState.RUNNING
     assert await embedded.hypervisor.list_domains() == {"i1": DomainState.RUNNING}
 
 
@@ -123,7 +123,7 @@ async def test_stop_start_reboot_destroy_follow_the_domain(embedded: Embedded) -
     ]
     for command, state in steps:
         reply = await embedded.hostd(command)
-        assert (reply.ok, reply.error) == (True, state), command
+        assert (reply.ok, reply.result) == (True, state), command
         assert await hv.state("i2") == state
 
 
