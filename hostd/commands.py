@@ -5,7 +5,7 @@ instance run one at a time in arrival order; different instances run concurrentl
 
 Reply conventions (``Reply`` has no result field):
 
-- ok: ``ok=True`` and ``error`` carries the domain's state right after the command
+- ok: ``ok=True`` and ``result`` carries the domain's state right after the command
   (a ``DomainState`` value, e.g. ``running``); for ``hostd.state`` that is the answer.
 - failure: ``ok=False``, ``error_type`` one of ``not_found`` (no such domain),
   ``conflict`` (wrong state, e.g. soft reboot of a shut-off domain), ``bad_request``
