@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import structlog
 from aiohttp import web
 from prometheus_client import start_http_server
@@ -20,6 +23,7 @@ from actors.timers import TimerService
 from bus.protocol import Bus
 from hostd.daemon import HostDaemon
 from orrery.bootstrap import bootstrap, make_cloud_app, token_ttl
+from orrery.clouds import CLOUD_NAME, write_clouds_yaml
 from orrery.config import Config, ConfigError, load_config
 from orrery.logging import configure_logging
 from orrery.services import cloud_apis, cloud_kinds, cloud_projections
@@ -37,16 +41,27 @@ from store.relay import Relay
 log = structlog.get_logger("orrery")
 
 
-async def _serve_http(cfg: Config, store: Any, bus: Bus) -> None:
+async def _serve_http(cfg: Config, store: Any, bus: Bus, *, write_clouds: bool = False) -> None:
     client = ActorClient(bus)
     async with contextlib.AsyncExitStack() as stack:
         for projection in cloud_projections():
             await store.run_ddl(projection.ddl)
             await stack.enter_async_context(ProjectionRunner(store, projection))
-        await bootstrap(store, client)
+        generated = await bootstrap(store, client)
         apis = cloud_apis(store, client, data_dir=cfg.data_dir)
         app = make_cloud_app(store, client, apis=apis, ttl=token_ttl())
+        if write_clouds:
+            _write_clouds(cfg, generated)
         await _serve_app(cfg, app)
+
+
+def _write_clouds(cfg: Config, generated: str | None) -> None:
+    password = generated or os.environ.get("ORRERY_ADMIN_PASSWORD")
+    url = f"http://{cfg.api_host}:{cfg.api_port}"
+    path = write_clouds_yaml(cfg.data_dir, url, password)
+    print(f"orrery: cloud '{CLOUD_NAME}' at {url}; try:\n"
+          f"  OS_CLIENT_CONFIG_FILE={path} openstack --os-cloud {CLOUD_NAME} token issue",
+          flush=True)
 
 
 async def _serve_app(cfg: Config, app: web.Application) -> None:
@@ -62,7 +77,7 @@ async def _serve_app(cfg: Config, app: web.Application) -> None:
 
 
 async def run_processes(cfg: Config, kinds_spec: Sequence[str], *, worker: bool, relay: bool,
-                        http: bool) -> None:
+                        http: bool, hosts: int = 0) -> None:
     """Open the backends and run the chosen roles until cancelled."""
     kinds = [*load_kinds(kinds_spec), *cloud_kinds()]
     store = await open_store(cfg, event_types(kinds))
@@ -76,8 +91,12 @@ async def run_processes(cfg: Config, kinds_spec: Sequence[str], *, worker: bool,
                                        worker_id=cfg.resolved_worker_id)
                 await runtime.start()
                 tg.create_task(TimerService(store, bus).run(), name="timers")
+            for i in range(hosts):  # all-in-one: hosts on the fake hypervisor, in-process
+                daemon = HostDaemon(bus, await open_hypervisor("fake"), f"host-{i + 1}")
+                tg.create_task(daemon.run(), name=f"hostd-{i + 1}")
             if http:
-                tg.create_task(_serve_http(cfg, store, bus), name="http")
+                tg.create_task(_serve_http(cfg, store, bus, write_clouds=hosts > 0),
+                               name="http")
             log.info("orrery_started", worker=worker, relay=relay, http=http,
                      kinds=[k.name for k in kinds], config=cfg.redacted())
             await asyncio.Event().wait()
@@ -147,6 +166,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         p = sub.add_parser(name, help=text)
         p.add_argument("--kind", action="append", default=[],
                        help="extra actor kind as module:attribute (repeatable)")
+        if name == "up":
+            p.add_argument("--port", type=int, help="HTTP port (else ORRERY_API_PORT)")
+            p.add_argument("--data-dir", help="state directory (else ORRERY_DATA_DIR)")
+            p.add_argument("--hosts", type=int, default=1,
+                           help="compute hosts on the fake hypervisor, in-process (default 1)")
     _add_hostd(sub)
     args = parser.parse_args(argv)
     try:
@@ -154,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"orrery: {exc}", file=sys.stderr)
         return 2
+    if args.command == "up":
+        cfg = _up_overrides(cfg, args)
     configure_logging(cfg.log_level, cfg.log_format)
     if args.command in ("worker", "relay", "hostd"):
         # processes without an HTTP API still expose /metrics: on metrics_port, or on a
@@ -168,7 +194,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "relay": dict(worker=False, relay=True, http=False),
         "api": dict(worker=False, relay=False, http=True),
     }[args.command]
-    return _run(lambda: run_processes(cfg, args.kind, **roles))
+    hosts = args.hosts if args.command == "up" else 0
+    return _run(lambda: run_processes(cfg, args.kind, hosts=hosts, **roles))
+
+
+def _up_overrides(cfg: Config, args: argparse.Namespace) -> Config:
+    """--port and --data-dir win over the configuration; the default SQLite log moves into
+    the chosen data directory."""
+    changes: dict[str, Any] = {}
+    if args.port is not None:
+        changes["api_port"] = args.port
+    if args.data_dir is not None:
+        changes["data_dir"] = args.data_dir
+        if cfg.database_url == Config().database_url:
+            changes["database_url"] = f"sqlite:///{Path(args.data_dir) / 'orrery.sqlite'}"
+    return msgspec.structs.replace(cfg, **changes)
 
 
 if __name__ == "__main__":

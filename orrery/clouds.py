@@ -1,0 +1,36 @@
+"""The clouds.yaml that `orrery up` writes, so the openstack CLI works at once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CLOUD_NAME = "orrery"
+PLACEHOLDER = "<the admin password>"
+
+
+def clouds_yaml(url: str, password: str | None) -> str:
+    """A clouds.yaml for cloud ``orrery`` as admin in the admin project."""
+    return (
+        "clouds:\n"
+        f"  {CLOUD_NAME}:\n"
+        "    auth:\n"
+        f"      auth_url: {url}/identity\n"
+        "      username: admin\n"
+        f"      password: {password or PLACEHOLDER}\n"
+        "      project_name: admin\n"
+        "      user_domain_name: Default\n"
+        "      project_domain_name: Default\n"
+        "    region_name: RegionOne\n"
+        "    identity_api_version: 3\n"
+    )
+
+
+def write_clouds_yaml(data_dir: str | Path, url: str, password: str | None) -> Path:
+    """Write ``<data_dir>/clouds.yaml`` (owner-only: it may hold the password)."""
+    path = Path(data_dir) / "clouds.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(clouds_yaml(url, password))
+    return path
