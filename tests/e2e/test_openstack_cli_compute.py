@@ -10,7 +10,6 @@ from typing import Any
 
 import msgspec
 import pytest
-from aiohttp import web
 
 from actors.client import ActorClient
 from actors.flavor import FLAVOR
@@ -34,8 +33,9 @@ from orrery.bootstrap import bootstrap, identity_runner, make_cloud_app
 from orrery.wiring import event_types
 from schemas.hostd import Capacity
 from store.projections import ProjectionRunner
-from tests.e2e.test_openstack_cli_identity import OPENSTACK, Cli, _free_port
+from tests.e2e.test_openstack_cli_identity import OPENSTACK, Cli
 from tests.support.backends import open_backends
+from tests.support.serve import serving
 
 KINDS = (*IDENTITY_KINDS, FLAVOR, HOST)
 
@@ -61,16 +61,10 @@ async def cloud(tmp_path: Path) -> AsyncIterator[Compute]:
             client = ActorClient(bus, timeout=15)
             await bootstrap(store, client, password="s3cret")
             app = make_cloud_app(store, client, apis=[ComputeApi(store, client)])
-            runner = web.AppRunner(app)
-            await runner.setup()
-            port = _free_port()
-            await web.TCPSite(runner, "127.0.0.1", port).start()
-            try:
-                cli = Cli(url=f"http://127.0.0.1:{port}", home=tmp_path)
+            async with serving(app) as url:
+                cli = Cli(url=url, home=tmp_path)
                 cli.cloud("orrery", "admin", "s3cret", "admin")
                 yield Compute(cli=cli, client=client, store=store)
-            finally:
-                await runner.cleanup()
 
 
 async def test_openstack_cli_flavor_lifecycle(cloud: Compute) -> None:

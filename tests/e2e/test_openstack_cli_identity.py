@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,7 +11,6 @@ from typing import Any
 
 import msgspec
 import pytest
-from aiohttp import web
 
 from actors.client import ActorClient
 from actors.identity import IDENTITY_KINDS
@@ -21,6 +19,7 @@ from bus.routing import Names
 from orrery.bootstrap import bootstrap, identity_runner, make_cloud_app
 from orrery.wiring import event_types
 from tests.support.backends import open_backends
+from tests.support.serve import serving
 
 OPENSTACK = Path(sys.executable).parent / "openstack"
 CLOUDS = """clouds:
@@ -61,11 +60,6 @@ class Cli(msgspec.Struct, kw_only=True):
         return json.loads(out)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 @pytest.fixture
 async def cli(tmp_path: Path) -> AsyncIterator[Cli]:
@@ -77,16 +71,10 @@ async def cli(tmp_path: Path) -> AsyncIterator[Cli]:
         async with ActorRuntime(store, bus, IDENTITY_KINDS), identity_runner(store):
             client = ActorClient(bus, timeout=15)
             await bootstrap(store, client, password="s3cret")
-            runner = web.AppRunner(make_cloud_app(store, client))
-            await runner.setup()
-            port = _free_port()
-            await web.TCPSite(runner, "127.0.0.1", port).start()
-            try:
-                cli = Cli(url=f"http://127.0.0.1:{port}", home=tmp_path)
+            async with serving(make_cloud_app(store, client)) as url:
+                cli = Cli(url=url, home=tmp_path)
                 cli.cloud("orrery", "admin", "s3cret", "admin")
                 yield cli
-            finally:
-                await runner.cleanup()
 
 
 async def test_openstack_cli_drives_identity(cli: Cli) -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from actors.client import ActorClient
 from actors.identity import IDENTITY_KINDS, ROLES
@@ -21,9 +20,10 @@ from orrery.bootstrap import bootstrap, identity_runner, make_cloud_app
 from orrery.wiring import event_types
 from store.blobs import DirectoryImageStore
 from store.projections import ProjectionRunner
-from tests.e2e.test_openstack_cli_identity import OPENSTACK, Cli, _free_port
+from tests.e2e.test_openstack_cli_identity import OPENSTACK, Cli
 from tests.integration.test_identity_api import login
 from tests.support.backends import open_backends
+from tests.support.serve import serving
 
 KINDS = (*IDENTITY_KINDS, IMAGE)
 ID = "/identity/v3"
@@ -41,16 +41,10 @@ async def cli(tmp_path: Path) -> AsyncIterator[Cli]:
             client = ActorClient(bus, timeout=15)
             await bootstrap(store, client, password="s3cret")
             api = ImageApi(store, client, DirectoryImageStore(tmp_path / "images"))
-            runner = web.AppRunner(make_cloud_app(store, client, apis=[api]))
-            await runner.setup()
-            port = _free_port()
-            await web.TCPSite(runner, "127.0.0.1", port).start()
-            try:
-                cli = Cli(url=f"http://127.0.0.1:{port}", home=tmp_path)
+            async with serving(make_cloud_app(store, client, apis=[api])) as url:
+                cli = Cli(url=url, home=tmp_path)
                 cli.cloud("orrery", "admin", "s3cret", "admin")
                 yield cli
-            finally:
-                await runner.cleanup()
 
 
 async def _user(cli: Cli, project: str, role: str) -> None:

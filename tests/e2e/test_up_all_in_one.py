@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,12 +12,7 @@ from pathlib import Path
 
 from tests.e2e.test_openstack_cli_identity import OPENSTACK
 from tests.support.procs import ROOT
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.serve import free_port
 
 
 def _openstack(clouds: Path, *args: str) -> list[dict[str, object]]:
@@ -35,7 +29,7 @@ def test_up_writes_clouds_yaml_and_its_hosts_are_hypervisors(tmp_path: Path) -> 
     """`orrery up --port P --data-dir D --hosts 2` needs nothing running, writes
     D/clouds.yaml, and `openstack hypervisor list` shows host-1 and host-2 up."""
     assert OPENSTACK.exists(), "python-openstackclient must be installed (the e2e extra)"
-    port, data = _free_port(), tmp_path / "cloud"
+    port, data = free_port(), tmp_path / "cloud"
     env = dict(os.environ, ORRERY_ADMIN_PASSWORD="s3cret", ORRERY_LOG_FORMAT="json",
                PYTHONPATH=str(ROOT))
     for name in ("ORRERY_DATABASE_URL", "ORRERY_AMQP_URL", "ORRERY_API_PORT", "ORRERY_DATA_DIR"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,12 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from tests.support.procs import ROOT
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.serve import free_port
 
 
 def _get(url: str) -> str:
@@ -28,7 +22,7 @@ def _get(url: str) -> str:
 def test_up_runs_all_in_one_and_serves_health_and_metrics(tmp_path: Path) -> None:
     """`orrery up` needs nothing running: it opens a SQLite log in its data directory,
     answers /healthz, and exposes the runtime, bus, log, relay and projection metrics."""
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, ORRERY_API_PORT=str(port), ORRERY_LOG_FORMAT="json",
                PYTHONPATH=str(ROOT))
     env.pop("ORRERY_DATABASE_URL", None)
