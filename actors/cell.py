@@ -15,6 +15,7 @@ from actors import metrics
 from actors.codec import CellSnapshot, KindCodec, to_new_event
 from actors.kind import Context, Rejected
 from bus.errors import BadMessage
+from bus.replies import REPLY_TYPE
 from schemas import (
     EVENT_DECODER,
     CommandEnvelope,
@@ -25,7 +26,7 @@ from schemas import (
     TimerSet,
     stream_name,
 )
-from schemas.envelope import ENCODER
+from schemas.envelope import ENCODER, REPLY_DECODER
 from store.errors import ConcurrencyError
 from store.protocol import EventStore, Snapshot
 
@@ -53,6 +54,8 @@ class ActorCell:
         self.state: Any = None
         self.version = 0
         self.timers: dict[str, str] = {}
+        #: effects the last handled message asked for, for the runtime to carry out
+        self.outbox: list[object] = []
         self._snapshot_version = 0
 
     # -- state ---------------------------------------------------------------------------
@@ -100,11 +103,14 @@ class ActorCell:
 
     async def handle(self, msg: CommandEnvelope, now: dt.datetime) -> Reply:
         """Decide on ``msg`` and append what it decides; retried from fresh state on conflict."""
+        self.outbox = []
         for _ in range(CONFLICT_RETRIES):
             if not self.loaded:
                 await self.load()
+            if msg.type in self.codec.query_tags:
+                return self._answer(msg, now)
             try:
-                payloads, cause, meta = self._decide(msg, now)
+                payloads, cause, meta, ctx = self._decide(msg, now)
             except Rejected as exc:
                 return Reply(command_id=msg.command_id, ok=False, error=exc.message,
                              error_type=exc.code, version=self.version)
@@ -123,34 +129,53 @@ class ActorCell:
                 for p in payloads:
                     self._evolve(p)
                 self.version = result.version
+                if self.kind.effects is not None:
+                    self.outbox = list(self.kind.effects(self.state, payloads, ctx))
                 await self._maybe_snapshot()
             return Reply(command_id=msg.command_id, ok=True, version=result.version,
                          position=result.position)
         raise ConcurrencyError(self.stream, self.version, -1)
 
+    def _context(self, msg: CommandEnvelope, now: dt.datetime) -> Context:
+        return Context(actor_id=self.actor_id, message_id=msg.command_id,
+                       correlation_id=msg.correlation_id, now=now,
+                       project_id=msg.project_id, user_id=msg.user_id)
+
+    def _answer(self, msg: CommandEnvelope, now: dt.datetime) -> Reply:
+        """A read-only query: answered from the state, nothing recorded."""
+        assert self.codec.queries is not None and self.kind.answer is not None
+        query = _decode(self.codec.queries, msg.body, msg.type)
+        try:
+            result = self.kind.answer(self.state, query, self._context(msg, now))
+        except Rejected as exc:
+            return Reply(command_id=msg.command_id, ok=False, error=exc.message,
+                         error_type=exc.code, version=self.version)
+        return Reply(command_id=msg.command_id, ok=True, version=self.version, result=result)
+
     def _decide(
         self, msg: CommandEnvelope, now: dt.datetime
-    ) -> tuple[Sequence[msgspec.Struct], str, dict[str, str | None]]:
+    ) -> tuple[Sequence[msgspec.Struct], str, dict[str, str | None], Context]:
         meta: dict[str, str | None] = {
             "correlation_id": msg.correlation_id,
             "causation_id": msg.command_id,
             "project_id": msg.project_id,
             "user_id": msg.user_id,
         }
-        ctx = Context(actor_id=self.actor_id, message_id=msg.command_id,
-                      correlation_id=msg.correlation_id, now=now,
-                      project_id=msg.project_id, user_id=msg.user_id)
+        ctx = self._context(msg, now)
         if msg.type in self.codec.command_tags:
             command = _decode(self.codec.commands, msg.body, msg.type)
-            return self.kind.decide(self.state, command, ctx), msg.command_id, meta
+            return self.kind.decide(self.state, command, ctx), msg.command_id, meta, ctx
         if msg.type == REACT:
-            return self._decide_reaction(msg, ctx, meta)
+            return (*self._decide_reaction(msg, ctx, meta), ctx)
         if msg.type == TIMER_FIRE:
             fired = _decode(_FIRED, msg.body, msg.type)
             if fired.timer_id not in self.timers or self.kind.on_timer is None:
-                return [], f"timer:{fired.timer_id}", meta
+                return [], f"timer:{fired.timer_id}", meta, ctx
             events = [*self.kind.on_timer(self.state, fired, ctx), fired]
-            return events, f"timer:{fired.timer_id}", meta
+            return events, f"timer:{fired.timer_id}", meta, ctx
+        if msg.type == REPLY_TYPE and self.kind.on_reply is not None:
+            reply = _decode(REPLY_DECODER, msg.body, msg.type)
+            return self.kind.on_reply(self.state, reply, ctx), msg.command_id, meta, ctx
         raise BadMessage(f"{self.kind.name} has no command {msg.type!r}")
 
     def _decide_reaction(

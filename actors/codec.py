@@ -38,6 +38,10 @@ class KindCodec:
             if kind.reaction_events
             else None
         )
+        self.query_tags = {tag_of(t) for t in kind.queries}
+        self.queries = (
+            msgspec.json.Decoder(_union(list(kind.queries))) if kind.queries else None
+        )
         self.state = msgspec.json.Decoder(kind.state_type)
         self.snapshot = msgspec.json.Decoder(CellSnapshot)
 

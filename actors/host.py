@@ -21,8 +21,8 @@ import os
 import msgspec
 
 from actors.kind import ActorKind, Context, Events, Rejected
-from schemas import TimerFired, TimerSet
-from schemas.hostd import Capacity
+from schemas import ENCODER, TimerFired, TimerSet
+from schemas.hostd import Capacity, ExpectedDomains
 
 KIND = "host"
 DOWN_TIMER = "down"
@@ -143,6 +143,27 @@ class HostReleased(msgspec.Struct, frozen=True, kw_only=True, tag="host.released
     disk_gb: int
 
 
+# -- reactions: an instance that failed or was deleted gives its claim back ----------------
+
+
+class InstanceFailedOn(msgspec.Struct, frozen=True, kw_only=True, tag="instance.failed"):
+    """The part of ``instance.failed`` the host reacts to."""
+
+    instance_id: str
+    host: str | None = None
+
+
+class InstanceDeletedFrom(msgspec.Struct, frozen=True, kw_only=True, tag="instance.deleted"):
+    """The part of ``instance.deleted`` the host reacts to."""
+
+    instance_id: str
+    host: str | None = None
+
+
+def _instance_host(event: InstanceFailedOn | InstanceDeletedFrom) -> str | None:
+    return event.host
+
+
 HOST_COMMANDS: tuple[type[msgspec.Struct], ...] = (ReportCapacity, Heartbeat, Claim, Release)
 HOST_EVENTS: tuple[type[msgspec.Struct], ...] = (
     HostRegistered, HostInventoryChanged, HostHeartbeat, HostDown, HostUp,
@@ -260,6 +281,12 @@ class HostDecider:
         return [HostClaimed(instance_id=claim.instance_id, vcpus=need.vcpus,
                             ram_mb=need.ram_mb, disk_gb=need.disk_gb)]
 
+    def react(self, state: HostState, event: msgspec.Struct, ctx: Context) -> Events:
+        """An instance failed or was deleted: release whatever it claimed here."""
+        if isinstance(event, InstanceFailedOn | InstanceDeletedFrom):
+            return self.decide(state, Release(instance_id=event.instance_id), ctx)
+        return []
+
     def on_timer(self, state: HostState, fired: TimerFired, ctx: Context) -> Events:
         if fired.name != DOWN_TIMER or not state.up or state.last_heartbeat is None:
             return []
@@ -267,6 +294,13 @@ class HostDecider:
         if deadline > ctx.now:  # a later beat was recorded: wait until it is stale too
             return [self._arm(ctx, state.last_heartbeat)]
         return [HostDown(at=ctx.now, last_heartbeat=state.last_heartbeat)]
+
+
+def answer(state: HostState, query: msgspec.Struct, ctx: Context) -> str:
+    """``host.expected``: the instances holding a claim here, as a JSON list."""
+    if isinstance(query, ExpectedDomains):
+        return ENCODER.encode(sorted(state.claims)).decode()
+    raise Rejected("bad_request", f"host has no query {type(query).__name__}")
 
 
 def initial(_actor_id: str) -> HostState:
@@ -317,6 +351,11 @@ def make_host_kind(
         commands=HOST_COMMANDS,
         events=HOST_EVENTS,
         on_timer=decider.on_timer,
+        reactions={"instance.failed": _instance_host, "instance.deleted": _instance_host},
+        react=decider.react,
+        reaction_events=(InstanceFailedOn, InstanceDeletedFrom),
+        queries=(ExpectedDomains,),
+        answer=answer,
         snapshot_every=snapshot_every,
     )
 

@@ -10,7 +10,7 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from schemas import TimerFired
+from schemas import Reply, TimerFired
 
 S = TypeVar("S")
 
@@ -47,7 +47,35 @@ class Context:
         return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.message_id}/{n}"))
 
 
+@dataclass(frozen=True, slots=True)
+class Tell:
+    """An effect: send ``command`` to actor ``(kind, actor_id)`` with id ``request_id``;
+    its Reply comes back to the sending actor (``on_reply``) as a message of its own."""
+
+    kind: str
+    actor_id: str
+    command: msgspec.Struct
+    request_id: str
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class TellHost:
+    """An effect: send the hostd ``command`` to ``compute.<host>`` with id ``request_id``;
+    its Replies (interim and final) come back to the sending actor's ``on_reply``."""
+
+    host: str
+    command: msgspec.Struct
+    request_id: str
+    timeout: float = 60.0
+
+
 Decide = Callable[[Any, Any, Context], Events]
+#: After events were recorded: the effects (Tell, TellHost, or a kind-specific one the
+#: runtime was given a handler for) to carry out now. Derived from the new state and the
+#: events just recorded only, so a replay of the log never re-sends anything.
+Effects = Callable[[Any, Events, Context], Sequence[object]]
+
 Evolve = Callable[[Any, Any], Any]
 #: From an event another actor recorded, the id of the actor of this kind that reacts
 #: (None: not for us).
@@ -62,6 +90,10 @@ class ActorKind(Generic[S]):
     event)`` folds one event (system timer events included). ``react(state, event, ctx)``
     decides on another actor's event, routed to the id ``reactions[event_tag](event)``
     finds. ``on_timer(state, fired, ctx)`` decides when a timer the actor set goes off.
+    ``on_reply(state, reply, ctx)`` decides on the answer to a request the actor made
+    through an effect; ``effects(state, events, ctx)`` says what to send once ``events``
+    are recorded. ``answer(state, query, ctx)`` answers a read-only ``queries`` message
+    with a string result and records nothing.
     """
 
     name: str
@@ -75,6 +107,10 @@ class ActorKind(Generic[S]):
     react: Decide | None = None
     on_timer: Callable[[Any, TimerFired, Context], Events] | None = None
     reaction_events: Sequence[type[msgspec.Struct]] = ()
+    on_reply: Callable[[Any, Reply, Context], Events] | None = None
+    effects: Effects | None = None
+    queries: Sequence[type[msgspec.Struct]] = ()
+    answer: Callable[[Any, Any, Context], str] | None = None
     snapshot_every: int = 100
 
     def __post_init__(self) -> None:
@@ -83,6 +119,8 @@ class ActorKind(Generic[S]):
         missing = set(self.reactions) - {_tag(t) for t in self.reaction_events}
         if missing:
             raise TypeError(f"kind {self.name}: no Struct given for reactions {sorted(missing)}")
+        if self.queries and self.answer is None:
+            raise TypeError(f"kind {self.name}: queries declared without answer()")
 
 
 def _tag(t: type[msgspec.Struct]) -> str:

@@ -7,7 +7,8 @@ import datetime as dt
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -16,17 +17,33 @@ import structlog
 from actors import metrics
 from actors.cell import REACT, ActorCell
 from actors.codec import KindCodec
-from actors.kind import ActorKind
+from actors.kind import ActorKind, Tell, TellHost, tag_of
 from actors.shards import ShardBalancer
 from bus.errors import BadMessage
 from bus.protocol import Bus, Delivery, Subscription
+from bus.replies import actor_address, answer
+from bus.routing import HOST_KIND
 from schemas import COMMAND_DECODER, EVENT_DECODER, CommandEnvelope, Reply
+from schemas.envelope import ENCODER
 from store.protocol import EventStore
 
 log = structlog.get_logger(__name__)
 
 #: how long a reaction message may wait in a shard queue before it is stale
 REACTION_DEADLINE = dt.timedelta(days=7)
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """The actor that asked for an effect, and the message that made it ask."""
+
+    kind: str
+    actor_id: str
+    message: CommandEnvelope
+
+
+#: carries out one kind-specific effect (e.g. the scheduler's placement) for ``origin``
+EffectHandler = Callable[[Origin, Any], Awaitable[None]]
 
 
 class ActorRuntime:
@@ -45,6 +62,7 @@ class ActorRuntime:
         passivate_after: float = 60.0,
         prefetch: int = 200,
         worker_id: str = "",
+        effect_handlers: Mapping[type, EffectHandler] | None = None,
     ) -> None:
         self.store = store
         self.bus = bus
@@ -54,6 +72,9 @@ class ActorRuntime:
         self.cells: dict[tuple[str, str], ActorCell] = {}
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.balancers: dict[str, ShardBalancer] = {}
+        self.effect_handlers: dict[type, EffectHandler] = {
+            Tell: self._tell, TellHost: self._tell_host, **(effect_handlers or {}),
+        }
         self._subs: list[Subscription] = []
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -118,8 +139,7 @@ class ActorRuntime:
             reply = await self.handle(codec, msg)
         finally:
             structlog.contextvars.unbind_contextvars("correlation_id", "actor")
-        if msg.reply_to:
-            await self.bus.reply(msg.reply_to, reply)
+        await answer(self.bus, msg, reply)
 
     async def handle(self, codec: KindCodec, msg: CommandEnvelope) -> Reply:
         """Process one message for one actor, after any earlier message for it."""
@@ -145,6 +165,9 @@ class ActorRuntime:
         started = time.perf_counter()
         try:
             reply = await cell.handle(msg, now)
+            outbox, cell.outbox = cell.outbox, []
+            for effect in outbox:
+                await self._carry_out(Origin(kind, msg.actor_id, msg), effect)
         except BaseException:
             cell.invalidate()
             metrics.HANDLED.labels(kind, "failed").inc()
@@ -160,6 +183,29 @@ class ActorRuntime:
             log.info("command_rejected", type=msg.type, code=reply.error_type,
                      reason=reply.error)
         return reply
+
+    # -- effects -------------------------------------------------------------------------
+
+    async def _carry_out(self, origin: Origin, effect: object) -> None:
+        """One effect, after its events were recorded. A failure is logged, not raised:
+        the event is in the log, and the actor's deadline covers an effect that was lost."""
+        handler = self.effect_handlers.get(type(effect))
+        if handler is None:
+            log.error("effect_unhandled", effect=type(effect).__name__)
+            return
+        try:
+            await handler(origin, effect)
+        except Exception as exc:
+            log.warning("effect_failed", effect=type(effect).__name__, error=repr(exc))
+
+    async def _tell(self, origin: Origin, effect: Tell) -> None:
+        await self.bus.send(request_envelope(
+            origin, effect.kind, effect.actor_id, effect.command, effect.request_id,
+            effect.timeout))
+
+    async def _tell_host(self, origin: Origin, effect: TellHost) -> None:
+        await self.bus.send(request_envelope(
+            origin, HOST_KIND, effect.host, effect.command, effect.request_id, effect.timeout))
 
     # -- passivation ---------------------------------------------------------------------
 
@@ -181,6 +227,26 @@ class ActorRuntime:
             metrics.ACTIVE.labels(key[0]).dec()
             metrics.PASSIVATIONS.labels(key[0]).inc()
         return len(idle)
+
+
+def request_envelope(
+    origin: Origin, kind: str, actor_id: str, command: Any, request_id: str, timeout: float
+) -> CommandEnvelope:
+    """A request from ``origin``'s actor whose answer comes back to that actor."""
+    msg = origin.message
+    return CommandEnvelope(
+        command_id=request_id,
+        kind=kind,
+        actor_id=actor_id,
+        type=tag_of(type(command)),
+        body=msgspec.Raw(ENCODER.encode(command)),
+        correlation_id=msg.correlation_id,
+        causation_id=msg.command_id,
+        deadline=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=timeout),
+        reply_to=actor_address(origin.kind, origin.actor_id),
+        project_id=msg.project_id,
+        user_id=msg.user_id,
+    )
 
 
 class _Router:

@@ -21,7 +21,12 @@ import structlog
 from actors.client import ActorClient
 from actors.host import KIND, Claim, Release, Resources, shortfall
 from actors.host_views import HostView
+from actors.instance import Place
+from actors.runtime import Origin, request_envelope
 from bus.errors import BusError
+from bus.protocol import Bus
+from bus.replies import reply_envelope
+from schemas import Reply
 
 log = structlog.get_logger(__name__)
 
@@ -164,3 +169,37 @@ async def _try_claim(
     log.info("claim_refused", host=host_id, instance_id=claim.instance_id,
              code=reply.error_type, reason=reply.error)
     return reply.error or reply.error_type or "refused"
+
+
+# -- as the boot saga's effect -----------------------------------------------------------------
+
+
+class Placement:
+    """Carries out the instance's ``Place`` effect: rank the hosts from the hosts view, and
+    send a ``Claim`` to the best one not excluded, as command ``request@host``, whose answer
+    goes to the instance. With no candidate, the instance is answered ``no_valid_host``
+    with the reasons, as Nova words its fault."""
+
+    def __init__(self, bus: Bus, read_hosts: HostsReader, *, timeout: float = CLAIM_TIMEOUT):
+        self.bus = bus
+        self.read_hosts = read_hosts
+        self.timeout = timeout
+
+    async def __call__(self, origin: Origin, place: Place) -> None:
+        request = PlacementRequest(instance_id=place.instance_id, vcpus=place.vcpus,
+                                   ram_mb=place.ram_mb, disk_gb=place.disk_gb,
+                                   image_size=place.image_size)
+        hosts = [h for h in await self.read_hosts() if h.id not in place.exclude]
+        passing, reasons = filter_hosts(request, hosts)
+        if not passing:
+            error = str(NoValidHost(reasons))
+            log.info("no_valid_host", instance_id=place.instance_id, reasons=reasons)
+            reply = Reply(command_id=f"{place.request}@", ok=False,
+                          error_type="no_valid_host", error=error)
+            await self.bus.send(reply_envelope(origin.message, origin.kind, origin.actor_id,
+                                               reply))
+            return
+        best = min(passing, key=weigh)
+        claim = Claim(instance_id=place.instance_id, **msgspec.structs.asdict(request.needs))
+        await self.bus.send(request_envelope(origin, KIND, best.id, claim,
+                                             f"{place.request}@{best.id}", self.timeout))

@@ -17,6 +17,7 @@ import structlog
 
 from bus.errors import BadMessage, BusError
 from bus.protocol import Bus, Delivery
+from bus.replies import answer
 from bus.routing import HOST_KIND
 from hostd.commands import HostCommands, decode_command
 from hostd.hypervisor import Hypervisor, HypervisorError
@@ -139,7 +140,7 @@ class HostDaemon:
         try:
             reply = await self.commands.handle(msg, command)
             if msg.reply_to:
-                await self.bus.reply(msg.reply_to, reply)
+                await answer(self.bus, msg, reply)
             elif reply.retryable and reply.error_type != "deadline_exceeded":
                 raise Redeliver(f"{msg.type} failed, worth retrying: {reply.error}")
         finally:

@@ -26,7 +26,13 @@ from orrery.bootstrap import bootstrap, make_cloud_app, token_ttl
 from orrery.clouds import CLOUD_NAME, write_clouds_yaml
 from orrery.config import Config, ConfigError, load_config
 from orrery.logging import configure_logging
-from orrery.services import cloud_apis, cloud_kinds, cloud_projections
+from orrery.services import (
+    cloud_apis,
+    cloud_effects,
+    cloud_kinds,
+    cloud_projections,
+    worker_projections,
+)
 from orrery.wiring import (
     HYPERVISORS,
     event_types,
@@ -87,8 +93,13 @@ async def run_processes(cfg: Config, kinds_spec: Sequence[str], *, worker: bool,
             if relay:
                 tg.create_task(Relay(store, bus).run(), name="relay")
             if worker:
+                for projection in worker_projections():
+                    await store.run_ddl(projection.ddl)
+                    tg.create_task(ProjectionRunner(store, projection).run(),
+                                   name=f"projection-{projection.name}")
                 runtime = ActorRuntime(store, bus, kinds, passivate_after=cfg.passivate_after,
-                                       worker_id=cfg.resolved_worker_id)
+                                       worker_id=cfg.resolved_worker_id,
+                                       effect_handlers=cloud_effects(store, bus))
                 await runtime.start()
                 tg.create_task(TimerService(store, bus).run(), name="timers")
             for i in range(hosts):  # all-in-one: hosts on the fake hypervisor, in-process

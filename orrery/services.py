@@ -10,12 +10,16 @@ from actors.client import ActorClient
 from actors.flavor import FLAVOR
 from actors.flavor_views import FlavorProjection
 from actors.host import HOST
-from actors.host_views import HostsProjection
+from actors.host_views import HostsProjection, read_hosts
 from actors.identity import IDENTITY_KINDS
 from actors.identity_views import IdentityProjection
 from actors.image import IMAGE
 from actors.image_views import ImageProjection
+from actors.instance import INSTANCE, Place
 from actors.kind import ActorKind
+from actors.runtime import EffectHandler
+from actors.scheduler import Placement
+from bus.protocol import Bus
 from gateway.app import ServiceApi
 from gateway.compute import ComputeApi
 from gateway.image import ImageApi
@@ -26,7 +30,20 @@ from store.projections import Projection
 
 def cloud_kinds() -> list[ActorKind[Any]]:
     """Every resource kind a worker hosts."""
-    return [*IDENTITY_KINDS, HOST, IMAGE, FLAVOR]
+    return [*IDENTITY_KINDS, HOST, IMAGE, FLAVOR, INSTANCE]
+
+
+def cloud_effects(store: Any, bus: Bus) -> dict[type, EffectHandler]:
+    """The kind-specific effects a worker carries out (Tell/TellHost are built in)."""
+    async def hosts() -> Any:
+        return await read_hosts(store)
+
+    return {Place: Placement(bus, hosts)}
+
+
+def worker_projections() -> list[Projection]:
+    """The projections a worker reads itself (the scheduler's hosts view)."""
+    return [HostsProjection()]
 
 
 def cloud_projections() -> list[Projection]:

@@ -96,7 +96,11 @@ class Reply(
     msgspec.Struct, frozen=True, kw_only=True, tag_field="envelope", tag="reply"
 ):
     """The answer to a call: events appended (their last position), a small result (e.g.
-    a host's domain state after a command), or an error."""
+    a host's domain state after a command), or an error.
+
+    ``partial`` marks an interim answer (progress, e.g. ``result="image_ready"`` while a
+    spawn goes on); the final Reply for the same ``command_id`` follows.
+    """
 
     command_id: str
     ok: bool
@@ -106,6 +110,7 @@ class Reply(
     error: str | None = None
     error_type: str | None = None
     retryable: bool = False
+    partial: bool = False
 
 
 ENCODER = msgspec.json.Encoder()

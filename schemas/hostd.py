@@ -101,12 +101,28 @@ class HostBeat(msgspec.Struct, frozen=True, kw_only=True, tag="host.beat"):
 # ``compute.<host>``). Each is idempotent, so a redelivery or a retry is harmless.
 
 
+class ImageRef(msgspec.Struct, frozen=True, kw_only=True):
+    """The image a domain boots from, as the image service knows it: hostd fetches it into
+    its cache (verified by ``sha512``) before it defines the domain."""
+
+    image_id: str
+    sha512: str
+    disk_format: DiskFormat = "qcow2"
+    size: int = 0
+
+
 class SpawnDomain(msgspec.Struct, frozen=True, kw_only=True, tag="hostd.spawn"):
     """Define the domain and boot it; a domain that already runs is left alone.
-    ``spec.uuid`` must equal ``instance_id``."""
+    ``spec.uuid`` must equal ``instance_id``.
+
+    With ``image``, hostd first makes sure the image is in its cache, answers with an
+    interim Reply (``partial``, ``result="image_ready"``), and boots from the cached file
+    (``spec.image_path`` is then ignored).
+    """
 
     instance_id: str
     spec: DomainSpec
+    image: ImageRef | None = None
 
 
 class StopDomain(msgspec.Struct, frozen=True, kw_only=True, tag="hostd.stop"):
@@ -139,6 +155,31 @@ class GetDomainState(msgspec.Struct, frozen=True, kw_only=True, tag="hostd.state
     """Report the domain's current power state (``missing`` if unknown)."""
 
     instance_id: str
+
+
+# hostd -> instance actors (kind "instance", actor id = instance id), and the one query
+# hostd asks its host actor. Wire-compatible with the actors' own Structs.
+
+#: the actor kind hostd tells what it observed about a domain
+INSTANCE_ACTOR_KIND = "instance"
+
+
+class InstanceObserved(msgspec.Struct, frozen=True, kw_only=True, tag="instance.observed"):
+    """What hostd saw of the instance's domain on ``host``: a lifecycle event, or
+    (``reconcile``) its state as found by a periodic reconciliation, ``missing`` if the
+    hypervisor does not know it."""
+
+    host: str
+    state: DomainState
+    event: str = ""
+    detail: str = ""
+    reconcile: bool = False
+    observed_at: dt.datetime
+
+
+class ExpectedDomains(msgspec.Struct, frozen=True, kw_only=True, tag="host.expected"):
+    """Ask the host actor which instances hold a claim on it (the domains that should
+    exist there). The answer's ``result`` is a JSON list of instance ids."""
 
 
 HostdCommand = SpawnDomain | StopDomain | StartDomain | RebootDomain | DestroyDomain \

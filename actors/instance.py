@@ -1,0 +1,722 @@
+"""The ``instance`` actor kind: one server's whole lifecycle, and the boot saga it owns.
+
+State follows Nova: ``vm_state`` (building, active, stopped, error, deleted), ``task_state``
+(what is in progress) and ``power_state`` (what the hypervisor last said). The API status
+is derived from them by ``status()``.
+
+The boot saga, every step an event and every transitional step under a deadline:
+
+    instance.created        BUILD/scheduling   -> effect Place (the scheduler claims a host)
+    instance.scheduled      BUILD/spawning     -> effect hostd.spawn on that host
+    instance.image_ready    BUILD/spawning     (interim answer: the image is on the host)
+    instance.spawned        ACTIVE
+
+A refused claim (someone took the room first) is ``instance.claim_refused`` and the next
+placement leaves that host out; after ``MAX_PLACEMENTS`` refusals, no valid host. Any
+failure, or a deadline passing, is ``instance.failed``: vm_state error with a fault the
+user can read. The host actor reacts to ``instance.failed`` and ``instance.deleted`` by
+releasing the claim, so usage is always the fold of the log. One durable timer per
+transitional state (re-armed while the state moves on) enforces the deadlines.
+
+Stop, start and reboot send the matching hostd command and end in ``instance.stopped`` /
+``instance.started`` / ``instance.rebooted``, or ``instance.action_failed`` (the state is
+kept, the action records the error, as Nova does). Delete always completes: without an
+answer from the host before the deadline the instance is deleted anyway, and the host
+removes the orphan domain when it reconciles.
+
+Every request the actor makes carries an id recorded in its state (``awaiting``); an
+answer to anything else is stale and ignored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Sequence
+
+import msgspec
+
+from actors.kind import ActorKind, Context, Events, Rejected, TellHost
+from schemas import Reply, TimerCancelled, TimerFired, TimerSet
+from schemas.hostd import (
+    DestroyDomain,
+    DiskFormat,
+    DomainSpec,
+    DomainState,
+    ImageRef,
+    InstanceObserved,
+    RebootDomain,
+    SpawnDomain,
+    StartDomain,
+    StopDomain,
+)
+
+KIND = "instance"
+DEADLINE_TIMER = "deadline"
+#: how many hosts a boot tries before it gives up with "no valid host"
+MAX_PLACEMENTS = 3
+
+# vm_state
+BUILDING, ACTIVE, STOPPED, ERROR, DELETED = "building", "active", "stopped", "error", "deleted"
+# task_state
+SCHEDULING, SPAWNING = "scheduling", "spawning"
+POWERING_OFF, POWERING_ON = "powering-off", "powering-on"
+REBOOTING, REBOOTING_HARD = "rebooting", "rebooting_hard"
+DELETING = "deleting"
+# power_state, as Nova numbers it
+NOSTATE, RUNNING, PAUSED, SHUTDOWN, CRASHED = 0, 1, 3, 4, 6
+
+_POWER = {
+    DomainState.RUNNING: RUNNING, DomainState.PAUSED: PAUSED,
+    DomainState.SHUTOFF: SHUTDOWN, DomainState.CRASHED: CRASHED,
+    DomainState.MISSING: NOSTATE,
+}
+
+
+class FlavorInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """The flavor as it was when the server was created (Nova embeds it, too)."""
+
+    id: str
+    name: str
+    vcpus: int
+    ram: int
+    disk: int
+    ephemeral: int = 0
+    swap: int = 0
+    extra_specs: dict[str, str] = {}
+
+
+class ImageInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """The image the server boots from, as the image service had it at create time."""
+
+    id: str
+    name: str = ""
+    size: int = 0
+    sha512: str = ""
+    disk_format: str = "qcow2"
+
+
+class Fault(msgspec.Struct, frozen=True, kw_only=True):
+    """Why a server is in ERROR, as Nova's ``fault``: code, message, details, created."""
+
+    code: int
+    message: str
+    details: str = ""
+    created: dt.datetime
+
+
+class Deadlines(msgspec.Struct, frozen=True, kw_only=True):
+    """Seconds each transitional task may take before it fails (or, delete, completes)."""
+
+    scheduling: float = 30.0
+    spawning: float = 600.0
+    powering_off: float = 120.0
+    powering_on: float = 60.0
+    rebooting: float = 180.0
+    deleting: float = 60.0
+    #: how long hostd may spend on a graceful shutdown before it destroys the domain
+    stop_timeout: float = 60.0
+
+    def of(self, task: str) -> float:
+        return float(getattr(self, task.replace("-", "_").replace("_hard", "")))
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+class CreateInstance(msgspec.Struct, frozen=True, kw_only=True, tag="instance.create"):
+    """Create the server and boot it (the gateway has checked flavor and image)."""
+
+    name: str
+    project_id: str
+    user_id: str
+    flavor: FlavorInfo
+    image: ImageInfo
+    metadata: dict[str, str] = {}
+    key_name: str | None = None
+    user_data: str | None = None
+    availability_zone: str | None = None
+    description: str | None = None
+
+
+class StopInstance(msgspec.Struct, frozen=True, kw_only=True, tag="instance.stop"):
+    """``os-stop``: power the server off."""
+
+
+class StartInstance(msgspec.Struct, frozen=True, kw_only=True, tag="instance.start"):
+    """``os-start``: power a stopped server on."""
+
+
+class RebootInstance(msgspec.Struct, frozen=True, kw_only=True, tag="instance.reboot"):
+    """``reboot`` SOFT (``hard`` false) or HARD."""
+
+    hard: bool = False
+
+
+class DeleteInstance(msgspec.Struct, frozen=True, kw_only=True, tag="instance.delete"):
+    """Delete the server, whatever its state."""
+
+
+# -- events --------------------------------------------------------------------------------
+
+
+class InstanceCreated(msgspec.Struct, frozen=True, kw_only=True, tag="instance.created"):
+    """The server exists (BUILD/scheduling); ``request`` is the placement request id."""
+
+    instance_id: str
+    name: str
+    project_id: str
+    user_id: str
+    flavor: FlavorInfo
+    image: ImageInfo
+    metadata: dict[str, str] = {}
+    key_name: str | None = None
+    user_data: str | None = None
+    availability_zone: str | None = None
+    description: str | None = None
+    request: str
+    at: dt.datetime
+
+
+class InstanceClaimRefused(msgspec.Struct, frozen=True, kw_only=True,
+                           tag="instance.claim_refused"):
+    """The chosen host had no room after all; placement ``request`` tries the others."""
+
+    host: str
+    reason: str
+    request: str
+    at: dt.datetime
+
+
+class InstanceScheduled(msgspec.Struct, frozen=True, kw_only=True, tag="instance.scheduled"):
+    """A claim on ``host`` holds; spawn requested there as ``request``."""
+
+    host: str
+    request: str
+    at: dt.datetime
+
+
+class InstanceImageReady(msgspec.Struct, frozen=True, kw_only=True,
+                         tag="instance.image_ready"):
+    """The host has the image in its cache; the domain is being defined and started."""
+
+    host: str
+    at: dt.datetime
+
+
+class InstanceSpawned(msgspec.Struct, frozen=True, kw_only=True, tag="instance.spawned"):
+    """The domain runs: ACTIVE."""
+
+    host: str
+    power_state: int
+    at: dt.datetime
+
+
+class InstanceFailed(msgspec.Struct, frozen=True, kw_only=True, tag="instance.failed"):
+    """The server is in ERROR with ``fault``; its claim on ``host`` (if any) is released."""
+
+    instance_id: str
+    host: str | None
+    task: str | None
+    fault: Fault
+    at: dt.datetime
+
+
+class InstanceActionStarted(msgspec.Struct, frozen=True, kw_only=True,
+                            tag="instance.action_started"):
+    """A user action (``stop``, ``start``, ``reboot``) began: task ``task``, asked as
+    ``request`` (hostd command id)."""
+
+    action: str
+    task: str
+    request: str
+    hard: bool = False
+    at: dt.datetime
+
+
+class InstanceActionDone(msgspec.Struct, frozen=True, kw_only=True,
+                         tag="instance.action_done"):
+    """The action in progress succeeded; ``vm_state`` and ``power_state`` are now these."""
+
+    action: str
+    vm_state: str
+    power_state: int
+    at: dt.datetime
+
+
+class InstanceActionFailed(msgspec.Struct, frozen=True, kw_only=True,
+                           tag="instance.action_failed"):
+    """The action in progress failed or timed out; the server keeps its state."""
+
+    action: str
+    message: str
+    at: dt.datetime
+
+
+class InstancePowerSynced(msgspec.Struct, frozen=True, kw_only=True,
+                          tag="instance.power_synced"):
+    """hostd found the domain in another power state than the log had (as Nova's power
+    state sync): e.g. shut off behind Orrery's back -> SHUTOFF."""
+
+    vm_state: str
+    power_state: int
+    reason: str
+    at: dt.datetime
+
+
+class InstanceDeleting(msgspec.Struct, frozen=True, kw_only=True, tag="instance.deleting"):
+    """Delete asked; hostd destroys the domain as ``request``."""
+
+    request: str
+    at: dt.datetime
+
+
+class InstanceDeleted(msgspec.Struct, frozen=True, kw_only=True, tag="instance.deleted"):
+    """The server is gone (DELETED); its claim on ``host`` is released. ``note`` says why
+    the host did not confirm, when it did not."""
+
+    instance_id: str
+    host: str | None
+    note: str = ""
+    at: dt.datetime
+
+
+INSTANCE_COMMANDS: tuple[type[msgspec.Struct], ...] = (
+    CreateInstance, StopInstance, StartInstance, RebootInstance, DeleteInstance,
+    InstanceObserved,
+)
+INSTANCE_EVENTS: tuple[type[msgspec.Struct], ...] = (
+    InstanceCreated, InstanceClaimRefused, InstanceScheduled, InstanceImageReady,
+    InstanceSpawned, InstanceFailed, InstanceActionStarted, InstanceActionDone,
+    InstanceActionFailed, InstancePowerSynced, InstanceDeleting, InstanceDeleted,
+)
+
+
+class Place(msgspec.Struct, frozen=True, kw_only=True):
+    """An effect for the scheduler: claim room for the instance on the best host not in
+    ``exclude``. The claim's command id is ``request@host``; when no host can take it,
+    the answer is a Reply with ``error_type="no_valid_host"``."""
+
+    instance_id: str
+    request: str
+    vcpus: int
+    ram_mb: int
+    disk_gb: int
+    image_size: int = 0
+    exclude: tuple[str, ...] = ()
+
+
+class InstanceState(msgspec.Struct, kw_only=True):
+    """The fold of one instance's stream."""
+
+    exists: bool = False
+    name: str = ""
+    project_id: str = ""
+    user_id: str = ""
+    flavor: FlavorInfo | None = None
+    image: ImageInfo | None = None
+    vm_state: str = BUILDING
+    task_state: str | None = None
+    power_state: int = NOSTATE
+    host: str | None = None
+    fault: Fault | None = None
+    awaiting: str | None = None
+    action: str | None = None
+    refused: list[str] = []
+    deadline: dt.datetime | None = None
+    timer: str | None = None
+    timer_at: dt.datetime | None = None
+    created_at: dt.datetime | None = None
+    launched_at: dt.datetime | None = None
+
+
+def status(vm_state: str, task_state: str | None) -> str:
+    """The API status Nova shows for these states."""
+    if vm_state == ACTIVE:
+        if task_state == REBOOTING:
+            return "REBOOT"
+        if task_state == REBOOTING_HARD:
+            return "HARD_REBOOT"
+        return "ACTIVE"
+    return {BUILDING: "BUILD", STOPPED: "SHUTOFF", ERROR: "ERROR",
+            DELETED: "DELETED"}.get(vm_state, "UNKNOWN")
+
+
+# -- decide ----------------------------------------------------------------------------------
+
+_ACTIONS = {"stop": POWERING_OFF, "start": POWERING_ON}
+
+
+class InstanceDecider:
+    """decide / on_reply / on_timer / effects of the instance kind, with its deadlines."""
+
+    def __init__(self, deadlines: Deadlines) -> None:
+        self.deadlines = deadlines
+
+    # commands
+
+    def decide(self, state: InstanceState, command: msgspec.Struct, ctx: Context) -> Events:
+        if isinstance(command, CreateInstance):
+            return self._create(state, command, ctx)
+        if not state.exists or state.vm_state == DELETED:
+            if isinstance(command, InstanceObserved):
+                return []
+            raise Rejected("not_found", f"Instance {ctx.actor_id} could not be found.")
+        match command:
+            case StopInstance():
+                self._require(state, "stop", ACTIVE, ERROR)
+                return self._start_action(state, "stop", POWERING_OFF, ctx)
+            case StartInstance():
+                self._require(state, "start", STOPPED)
+                return self._start_action(state, "start", POWERING_ON, ctx)
+            case RebootInstance(hard=hard):
+                allowed = (ACTIVE, STOPPED, ERROR) if hard else (ACTIVE,)
+                self._require(state, "reboot", *allowed)
+                return self._start_action(state, "reboot",
+                                          REBOOTING_HARD if hard else REBOOTING, ctx, hard=hard)
+            case DeleteInstance():
+                return self._delete(state, ctx)
+            case InstanceObserved():
+                return self._observed(state, command, ctx)
+        raise Rejected("bad_request", f"instance has no command {type(command).__name__}")
+
+    def _create(self, state: InstanceState, cmd: CreateInstance, ctx: Context) -> Events:
+        if state.exists:
+            raise Rejected("conflict", f"Instance {ctx.actor_id} already exists.")
+        fields = msgspec.structs.asdict(cmd)
+        created = InstanceCreated(instance_id=ctx.actor_id, request=ctx.derive_id(),
+                                  at=ctx.now, **fields)
+        return [created, self._arm(ctx.now + self._limit(SCHEDULING), ctx)]
+
+    @staticmethod
+    def _require(state: InstanceState, action: str, *vm_states: str) -> None:
+        if state.task_state is not None or state.vm_state not in vm_states \
+                or state.host is None:
+            shown = status(state.vm_state, state.task_state)
+            task = f" (task_state {state.task_state})" if state.task_state else ""
+            raise Rejected("conflict", f"Cannot '{action}' instance {_short(state)} while it"
+                           f" is in vm_state {state.vm_state}{task}, status {shown}")
+
+    def _start_action(self, state: InstanceState, action: str, task: str, ctx: Context,
+                      *, hard: bool = False) -> Events:
+        return [InstanceActionStarted(action=action, task=task, request=ctx.derive_id(),
+                                      hard=hard, at=ctx.now),
+                *self._rearm(state, task, ctx)]
+
+    def _delete(self, state: InstanceState, ctx: Context) -> Events:
+        if state.task_state == DELETING:
+            return []  # already under way; its deadline guarantees it ends
+        if state.task_state == SCHEDULING:
+            # a claim may be on its way: wait for the placement's answer to release it
+            assert state.awaiting is not None
+            return [InstanceDeleting(request=state.awaiting, at=ctx.now),
+                    *self._rearm(state, DELETING, ctx)]
+        if state.host is None:
+            return [*self._disarm(state),
+                    InstanceDeleted(instance_id=ctx.actor_id, host=None, at=ctx.now)]
+        return [InstanceDeleting(request=ctx.derive_id(), at=ctx.now),
+                *self._rearm(state, DELETING, ctx)]
+
+    def _observed(self, state: InstanceState, obs: InstanceObserved, ctx: Context) -> Events:
+        """Power-state sync: only for a settled server on the host that reports."""
+        if state.task_state is not None or obs.host != state.host:
+            return []
+        if state.vm_state not in (ACTIVE, STOPPED):
+            return []
+        if obs.state == DomainState.MISSING:
+            if not obs.reconcile:
+                return []  # an undefine we did not ask for shows up at reconciliation
+            return [InstanceFailed(
+                instance_id=ctx.actor_id, host=state.host, task=None, at=ctx.now,
+                fault=Fault(code=500, created=ctx.now,
+                            message=f"The domain of this server is missing on host"
+                                    f" {obs.host}"))]
+        power = _POWER[obs.state]
+        if state.vm_state == ACTIVE and obs.state in (DomainState.SHUTOFF,
+                                                     DomainState.CRASHED):
+            return [InstancePowerSynced(vm_state=STOPPED, power_state=power, at=ctx.now,
+                                        reason=f"domain {obs.event or 'found'}"
+                                               f" {obs.detail or obs.state.value} on host")]
+        if state.vm_state == STOPPED and obs.state == DomainState.RUNNING:
+            return [InstancePowerSynced(vm_state=ACTIVE, power_state=power, at=ctx.now,
+                                        reason="domain found running on host")]
+        if power != state.power_state and state.vm_state == ACTIVE:
+            return [InstancePowerSynced(vm_state=ACTIVE, power_state=power, at=ctx.now,
+                                        reason=f"domain {obs.state.value} on host")]
+        return []
+
+    # answers
+
+    def on_reply(self, state: InstanceState, reply: Reply, ctx: Context) -> Events:
+        request, _, host = reply.command_id.partition("@")
+        if state.awaiting is None or request != state.awaiting:
+            return []  # stale: an answer to a request we no longer wait for
+        match state.task_state:
+            case "scheduling":
+                return self._placed(state, reply, host, ctx)
+            case "spawning":
+                return self._spawn_answer(state, reply, ctx)
+            case "deleting":
+                if state.host is None:  # deleted while scheduling: the placement answered
+                    return [*self._disarm(state), InstanceDeleted(
+                        instance_id=ctx.actor_id, host=host if reply.ok and host else None,
+                        at=ctx.now)]
+                if not reply.ok and reply.retryable:
+                    return []  # the deadline completes it
+                note = "" if reply.ok else f"host answered: {reply.error}"
+                return [*self._disarm(state), InstanceDeleted(
+                    instance_id=ctx.actor_id, host=state.host, note=note, at=ctx.now)]
+            case None:
+                return []
+        return self._action_answer(state, reply, ctx)
+
+    def _placed(self, state: InstanceState, reply: Reply, host: str, ctx: Context) -> Events:
+        if reply.ok and host:
+            return [InstanceScheduled(host=host, request=ctx.derive_id(), at=ctx.now),
+                    *self._rearm(state, SPAWNING, ctx)]
+        if reply.error_type == "no_valid_host" or not host:
+            return self._fail(state, ctx, reply.error or "No valid host was found.")
+        refused = [*state.refused, host]
+        if len(refused) >= MAX_PLACEMENTS:
+            return self._fail(state, ctx, "No valid host was found. Claims refused by "
+                              + ", ".join(refused) + f"; last: {reply.error}")
+        return [InstanceClaimRefused(host=host, reason=reply.error or "refused",
+                                     request=ctx.derive_id(), at=ctx.now)]
+
+    def _spawn_answer(self, state: InstanceState, reply: Reply, ctx: Context) -> Events:
+        assert state.host is not None
+        if reply.partial:
+            if reply.ok and reply.result == "image_ready":
+                return [InstanceImageReady(host=state.host, at=ctx.now)]
+            return []
+        if not reply.ok:
+            return self._fail(state, ctx, f"Build of instance {ctx.actor_id} failed on host"
+                              f" {state.host}: {reply.error}")
+        power = _POWER.get(DomainState(reply.result or "running"), RUNNING)
+        return [InstanceSpawned(host=state.host, power_state=power, at=ctx.now),
+                *self._disarm(state)]
+
+    def _action_answer(self, state: InstanceState, reply: Reply, ctx: Context) -> Events:
+        action = state.action or "action"
+        if reply.partial:
+            return []
+        if not reply.ok:
+            return [InstanceActionFailed(action=action, message=reply.error or "failed",
+                                         at=ctx.now), *self._disarm(state)]
+        domain = DomainState(reply.result or "running")
+        power = _POWER.get(domain, NOSTATE)
+        vm_state = STOPPED if domain in (DomainState.SHUTOFF, DomainState.CRASHED) \
+            else ACTIVE
+        return [InstanceActionDone(action=action, vm_state=vm_state, power_state=power,
+                                   at=ctx.now), *self._disarm(state)]
+
+    # deadlines
+
+    def on_timer(self, state: InstanceState, fired: TimerFired, ctx: Context) -> Events:
+        if fired.name != DEADLINE_TIMER or state.task_state is None or state.deadline is None:
+            return []
+        if ctx.now < state.deadline:  # the task moved on since: wait for its own deadline
+            return [self._arm(state.deadline, ctx)]
+        task = state.task_state
+        if task == DELETING:
+            return [InstanceDeleted(instance_id=ctx.actor_id, host=state.host, at=ctx.now,
+                                    note="the host did not confirm in time; it removes the"
+                                         " domain when it reconciles")]
+        if task in (SCHEDULING, SPAWNING):
+            where = f" on host {state.host}" if state.host else ""
+            return self._fail(state, ctx, f"Timed out while {task}{where} after"
+                              f" {self._limit(task).total_seconds():g} s", timer_fired=True)
+        return [InstanceActionFailed(action=state.action or task, at=ctx.now,
+                                     message=f"Timed out while {task} after"
+                                             f" {self._limit(task).total_seconds():g} s")]
+
+    def _fail(self, state: InstanceState, ctx: Context, message: str, *,
+              timer_fired: bool = False) -> Events:
+        fault = Fault(code=500, message=message, created=ctx.now)
+        failed = InstanceFailed(instance_id=ctx.actor_id, host=state.host,
+                                task=state.task_state, fault=fault, at=ctx.now)
+        return [failed] if timer_fired else [failed, *self._disarm(state)]
+
+    def _limit(self, task: str) -> dt.timedelta:
+        return dt.timedelta(seconds=self.deadlines.of(task))
+
+    @staticmethod
+    def _arm(fire_at: dt.datetime, ctx: Context) -> TimerSet:
+        return TimerSet(timer_id=ctx.derive_id(7), name=DEADLINE_TIMER, fire_at=fire_at)
+
+    def _rearm(self, state: InstanceState, task: str, ctx: Context) -> Events:
+        """A new transitional task; evolve records its deadline. A pending timer due no
+        later than that deadline is kept (when it fires early it is re-armed to the
+        deadline), so a saga's steps need one timer, not one each."""
+        deadline = ctx.now + self._limit(task)
+        if state.timer is not None and state.timer_at is not None \
+                and state.timer_at <= deadline:
+            return []
+        return [*self._disarm(state), self._arm(deadline, ctx)]
+
+    @staticmethod
+    def _disarm(state: InstanceState) -> Events:
+        return [TimerCancelled(timer_id=state.timer)] if state.timer else []
+
+    # effects
+
+    def effects(self, state: InstanceState, events: Events, ctx: Context) -> Sequence[object]:
+        out: list[object] = []
+        for event in events:
+            match event:
+                case InstanceCreated() | InstanceClaimRefused():
+                    out.append(self._place(state, ctx))
+                case InstanceScheduled(host=host, request=request):
+                    out.append(TellHost(host=host, command=self._spawn(state, ctx),
+                                        request_id=request,
+                                        timeout=self.deadlines.spawning))
+                case InstanceActionStarted(action=action, request=request, hard=hard):
+                    assert state.host is not None
+                    out.append(TellHost(host=state.host, request_id=request,
+                                        command=self._action(action, ctx.actor_id, hard),
+                                        timeout=self.deadlines.of(state.task_state or "")))
+                case InstanceDeleting(request=request) if state.host:
+                    out.append(TellHost(host=state.host, request_id=request,
+                                        command=DestroyDomain(instance_id=ctx.actor_id),
+                                        timeout=self.deadlines.deleting))
+                case InstanceFailed(host=str(host), task=task) if task in (SCHEDULING,
+                                                                          SPAWNING):
+                    # a late spawn must not leave a domain behind
+                    out.append(TellHost(host=host, request_id=f"{ctx.message_id}/cleanup",
+                                        command=DestroyDomain(instance_id=ctx.actor_id),
+                                        timeout=self.deadlines.deleting))
+        return out
+
+    @staticmethod
+    def _place(state: InstanceState, ctx: Context) -> Place:
+        assert state.flavor is not None and state.image is not None and state.awaiting
+        return Place(instance_id=ctx.actor_id, request=state.awaiting, vcpus=state.flavor.vcpus,
+                     ram_mb=state.flavor.ram, disk_gb=state.flavor.disk,
+                     image_size=state.image.size, exclude=tuple(state.refused))
+
+    @staticmethod
+    def _spawn(state: InstanceState, ctx: Context) -> SpawnDomain:
+        assert state.flavor is not None and state.image is not None
+        image = state.image
+        disk_format: DiskFormat = "raw" if image.disk_format == "raw" else "qcow2"
+        spec = DomainSpec(uuid=ctx.actor_id, name=state.name, vcpus=state.flavor.vcpus,
+                          ram_mb=state.flavor.ram, disk_gb=state.flavor.disk,
+                          image_path="", image_format=disk_format)
+        ref = ImageRef(image_id=image.id, sha512=image.sha512, disk_format=disk_format,
+                       size=image.size) if image.sha512 else None
+        return SpawnDomain(instance_id=ctx.actor_id, spec=spec, image=ref)
+
+    def _action(self, action: str, instance_id: str, hard: bool) -> msgspec.Struct:
+        if action == "stop":
+            return StopDomain(instance_id=instance_id, timeout=self.deadlines.stop_timeout)
+        if action == "start":
+            return StartDomain(instance_id=instance_id)
+        return RebootDomain(instance_id=instance_id, hard=hard)
+
+
+def _short(state: InstanceState) -> str:
+    return state.name or "(unnamed)"
+
+
+# -- evolve ----------------------------------------------------------------------------------
+
+
+class InstanceEvolver:
+    """evolve of the instance kind: needs the deadlines to record each task's."""
+
+    def __init__(self, deadlines: Deadlines) -> None:
+        self.deadlines = deadlines
+
+    def _task(self, state: InstanceState, task: str | None, at: dt.datetime) -> None:
+        state.task_state = task
+        state.deadline = None if task is None else \
+            at + dt.timedelta(seconds=self.deadlines.of(task))
+
+    def evolve(self, state: InstanceState, event: msgspec.Struct) -> InstanceState:
+        match event:
+            case InstanceCreated():
+                state.exists = True
+                state.name, state.project_id, state.user_id = (
+                    event.name, event.project_id, event.user_id)
+                state.flavor, state.image = event.flavor, event.image
+                state.vm_state, state.awaiting = BUILDING, event.request
+                state.created_at = event.at
+                self._task(state, SCHEDULING, event.at)
+            case InstanceClaimRefused(host=host, request=request):
+                state.refused = [*state.refused, host]
+                state.awaiting = request
+            case InstanceScheduled(host=host, request=request, at=at):
+                state.host, state.awaiting = host, request
+                self._task(state, SPAWNING, at)
+            case InstanceSpawned(power_state=power, at=at):
+                state.vm_state, state.power_state = ACTIVE, power
+                state.launched_at, state.awaiting = at, None
+                self._task(state, None, at)
+            case InstanceFailed(fault=fault, at=at):
+                # the host releases the claim when it sees this event
+                state.vm_state, state.fault, state.awaiting = ERROR, fault, None
+                state.host, state.power_state = None, NOSTATE
+                self._task(state, None, at)
+            case InstanceActionStarted(action=action, task=task, request=request, at=at):
+                state.action, state.awaiting = action, request
+                self._task(state, task, at)
+            case InstanceActionDone(vm_state=vm_state, power_state=power, at=at):
+                state.vm_state, state.power_state = vm_state, power
+                state.action, state.awaiting = None, None
+                if vm_state != ERROR:
+                    state.fault = None
+                self._task(state, None, at)
+            case InstanceActionFailed(at=at):
+                state.action, state.awaiting = None, None
+                self._task(state, None, at)
+            case InstancePowerSynced(vm_state=vm_state, power_state=power):
+                state.vm_state, state.power_state = vm_state, power
+            case InstanceDeleting(request=request, at=at):
+                state.awaiting = request
+                self._task(state, DELETING, at)
+            case InstanceDeleted(at=at):
+                state.vm_state, state.awaiting, state.host = DELETED, None, None
+                self._task(state, None, at)
+            case TimerSet(timer_id=tid, name=name, fire_at=at) if name == DEADLINE_TIMER:
+                state.timer, state.timer_at = tid, at
+            case TimerFired(timer_id=tid) | TimerCancelled(timer_id=tid) if tid == state.timer:
+                state.timer, state.timer_at = None, None
+        return state
+
+
+def initial(_actor_id: str) -> InstanceState:
+    return InstanceState()
+
+
+def make_instance_kind(deadlines: Deadlines | None = None, *,
+                       snapshot_every: int = 100) -> ActorKind[InstanceState]:
+    """The ``instance`` kind with these deadlines."""
+    limits = deadlines or Deadlines()
+    decider = InstanceDecider(limits)
+    return ActorKind(
+        name=KIND,
+        state_type=InstanceState,
+        initial=initial,
+        decide=decider.decide,
+        evolve=InstanceEvolver(limits).evolve,
+        commands=INSTANCE_COMMANDS,
+        events=INSTANCE_EVENTS,
+        on_timer=decider.on_timer,
+        on_reply=decider.on_reply,
+        effects=decider.effects,
+        snapshot_every=snapshot_every,
+    )
+
+
+def deadlines_from_env() -> Deadlines:
+    """``ORRERY_INSTANCE_DEADLINES``: ``task=seconds,...`` overrides (e.g. for tests)."""
+    raw = os.environ.get("ORRERY_INSTANCE_DEADLINES", "")
+    overrides: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        key, _, value = part.partition("=")
+        overrides[key.strip().replace("-", "_")] = float(value)
+    return Deadlines(**overrides)
+
+
+#: the instance kind with the configured deadlines (``--kind actors.instance:INSTANCE``)
+INSTANCE = make_instance_kind(deadlines_from_env())
