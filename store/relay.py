@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import structlog
@@ -33,6 +33,13 @@ class RelayStore(EventStore, ProjectionStore, Protocol):
     pass
 
 
+def bookkeeping(event: EventEnvelope) -> bool:
+    """The runtime's own timer events (``timer.set`` / ``fired`` / ``cancelled``): the
+    timers projection reads them from the log, nothing on the bus consumes them, so the
+    relay keeps them off the broker. They stay in the log like every event."""
+    return event.type.startswith("timer.")
+
+
 class Relay:
     """Follows the log from its durable checkpoint and publishes each batch; the checkpoint
     only ever moves to what the broker has confirmed, and is saved every
@@ -41,13 +48,16 @@ class Relay:
     the checkpoint.
 
     Only one relay publishes at a time when the store offers leadership (PostgreSQL
-    advisory lock); the others stand by.
+    advisory lock); the others stand by. Events for which ``skip`` is true are not
+    published (by default the runtime's timer bookkeeping).
     """
 
     def __init__(
         self, store: RelayStore, bus: Publisher, *, name: str = "relay", batch: int = 500,
         max_backoff: float = 5.0, checkpoint_every: float = 0.2,
+        skip: Callable[[EventEnvelope], bool] = bookkeeping,
     ) -> None:
+        self.skip = skip
         self.store = store
         self.bus = bus
         self.name = name
@@ -91,10 +101,12 @@ class Relay:
 
     async def _publish_loop(self) -> None:
         async for events in self.store.subscribe(after=self._published, batch=self.batch):
-            await self.bus.publish_events(events)
+            public = [e for e in events if not self.skip(e)]
+            if public:
+                await self.bus.publish_events(public)
             self._published = events[-1].position
-            self.published += len(events)
-            PUBLISHED.inc(len(events))
+            self.published += len(public)
+            PUBLISHED.inc(len(public))
             LAG.set((dt.datetime.now(dt.UTC) - events[-1].occurred_at).total_seconds())
 
     async def _flush_loop(self) -> None:
