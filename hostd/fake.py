@@ -27,6 +27,7 @@ _ACTIVE = (DomainState.RUNNING, DomainState.PAUSED)
 class _Domain(msgspec.Struct, kw_only=True):
     spec: DomainSpec
     state: DomainState = DomainState.SHUTOFF
+    managed: bool = True
 
 
 class FakeHypervisor:
@@ -124,6 +125,10 @@ class FakeHypervisor:
         await self._call()
         return {uuid: domain.state for uuid, domain in self._domains.items()}
 
+    async def managed_domains(self) -> dict[str, DomainState]:
+        await self._call()
+        return {uuid: d.state for uuid, d in self._domains.items() if d.managed}
+
     async def capacity(self) -> Capacity:
         await self._call()
         return self._capacity
@@ -144,6 +149,11 @@ class FakeHypervisor:
     def kill(self, uuid: str) -> None:
         """Someone destroys the domain outside Orrery (``virsh destroy``)."""
         self._set(uuid, DomainState.SHUTOFF, "stopped", "destroyed")
+
+    def add_stranger(self, spec: DomainSpec, state: DomainState = DomainState.RUNNING) -> None:
+        """Someone defines (and runs) a domain outside Orrery (``virsh define``)."""
+        self._domains[spec.uuid] = _Domain(spec=spec, state=state, managed=False)
+        self._emit(spec.uuid, "defined", "added")
 
     # Internals.
 

@@ -92,6 +92,10 @@ class Hypervisor(Protocol):
         """Every domain on the host (also those Orrery did not define), by uuid."""
         ...
 
+    async def managed_domains(self) -> dict[str, DomainState]:
+        """The domains Orrery defined (the only ones a reconcile may remove), by uuid."""
+        ...
+
     async def capacity(self) -> Capacity:
         """What the host offers in total (not what is free)."""
         ...

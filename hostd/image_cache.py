@@ -9,6 +9,7 @@ refetched while it matches. One hostd owns one cache directory.
 
 ImageCacheError
 ├── ImageCorrupt      the data's sha512 is not the expected one; the download was removed
+├── ImageMissing      the origin does not have the image (a fetch raises it; not retryable)
 └── ImageFetchFailed  fetching failed or stalled, or the local disk failed (retryable)
 """
 
@@ -60,6 +61,13 @@ class ImageCorrupt(ImageCacheError):
         super().__init__(image_id, f"sha512 {actual} is not the expected {expected}")
         self.expected = expected
         self.actual = actual
+
+
+class ImageMissing(ImageCacheError):
+    """The origin has no data for this image (deleted, or never uploaded)."""
+
+    def __init__(self, image_id: str, reason: str = "the image store has no data for it") -> None:
+        super().__init__(image_id, reason)
 
 
 class ImageFetchFailed(ImageCacheError):
@@ -193,6 +201,9 @@ class ImageCache:
                 return await anext(chunks)
         except StopAsyncIteration:
             return None
+        except ImageMissing:
+            log.warning("image_missing_at_origin", image_id=image_id)
+            raise
         except TimeoutError as exc:
             log.warning("image_fetch_stalled", image_id=image_id, idle_timeout=self._idle_timeout)
             raise ImageFetchFailed(image_id, "stalled") from exc

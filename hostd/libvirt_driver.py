@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import libvirt  # type: ignore[import-untyped]
 import structlog
 
-from hostd.domain_xml import DomainType, build_domain_xml, domain_type_for
+from hostd.domain_xml import NAME_PREFIX, DomainType, build_domain_xml, domain_type_for
 from hostd.hypervisor import (
     DomainNotFound,
     DomainStateError,
@@ -197,6 +197,9 @@ class LibvirtHypervisor:
     async def list_domains(self) -> dict[str, DomainState]:
         return await self._run(None, self._list_domains)
 
+    async def managed_domains(self) -> dict[str, DomainState]:
+        return await self._run(None, self._list_domains, NAME_PREFIX)
+
     async def capacity(self) -> Capacity:
         return await self._run(None, self._capacity)
 
@@ -307,10 +310,13 @@ class LibvirtHypervisor:
                 return DomainState.MISSING
             raise
 
-    def _list_domains(self) -> dict[str, DomainState]:
+    def _list_domains(self, prefix: str = "") -> dict[str, DomainState]:
+        """Every domain (or those whose name starts with ``prefix``) and its state."""
         found: dict[str, DomainState] = {}
         for dom in self._conn.listAllDomains(0):
             try:
+                if prefix and not dom.name().startswith(prefix):
+                    continue
                 found[dom.UUIDString()] = _state_of(dom)
             except libvirt.libvirtError as exc:  # undefined while we listed
                 if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:

@@ -197,6 +197,24 @@ async def test_list_domains_reports_each_state(
     assert domains[off.uuid] == DomainState.SHUTOFF
 
 
+async def test_managed_domains_are_those_orrery_defined(
+    hypervisor: Hypervisor, make_spec: MakeSpec
+) -> None:
+    """managed_domains lists what define() made, not a domain someone else defined (the
+    fake's stranger; test:///default's own ``test`` domain)."""
+    on = await running(hypervisor, make_spec())
+    off = make_spec()
+    await hypervisor.define(off)
+    if isinstance(hypervisor, FakeHypervisor):
+        hypervisor.add_stranger(make_spec())
+    managed = await hypervisor.managed_domains()
+    assert managed[on] == DomainState.RUNNING and managed[off.uuid] == DomainState.SHUTOFF
+    strangers = set(await hypervisor.list_domains()) - set(managed)
+    assert strangers
+    for stranger in strangers:
+        assert await hypervisor.state(stranger) != DomainState.MISSING
+
+
 @pytest.mark.parametrize("action", ["start", "shutdown", "reboot", "destroy"])
 async def test_acting_on_a_missing_domain_raises_not_found(
     hypervisor: Hypervisor, action: str
