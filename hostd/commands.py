@@ -3,14 +3,18 @@
 Every command is idempotent and bounded by its envelope's deadline. Commands for one
 instance run one at a time in arrival order; different instances run concurrently.
 
-Reply conventions (``Reply`` has no result field):
+Reply conventions:
 
+- interim: a spawn with an image sends ``Reply(ok=True, partial=True, result="image_ready")``
+  through the ``interim`` callback once the image is in the cache, before it boots.
 - ok: ``ok=True`` and ``result`` carries the domain's state right after the command
   (a ``DomainState`` value, e.g. ``running``); for ``hostd.state`` that is the answer.
 - failure: ``ok=False``, ``error_type`` one of ``not_found`` (no such domain),
   ``conflict`` (wrong state, e.g. soft reboot of a shut-off domain), ``bad_request``
-  (inconsistent command), ``hypervisor_error``, ``unavailable`` (retryable) and
-  ``deadline_exceeded`` (retryable when it ran out mid-operation), ``error`` the text.
+  (inconsistent command), ``hypervisor_error``, ``unavailable`` (retryable),
+  ``image_error`` (the image could not be cached: retryable when fetching failed, not when
+  it is corrupt or missing) and ``deadline_exceeded`` (retryable when it ran out
+  mid-operation), ``error`` the text.
 
 A body that does not decode is no Reply: the handler raises BadMessage (dead letter).
 """
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import msgspec
@@ -33,6 +37,7 @@ from hostd.hypervisor import (
     HypervisorError,
     HypervisorUnavailable,
 )
+from hostd.image_cache import ImageCache, ImageCacheError
 from schemas import CommandEnvelope, Reply
 from schemas.hostd import (
     HOSTD_COMMAND_DECODER,
@@ -40,6 +45,7 @@ from schemas.hostd import (
     DomainState,
     GetDomainState,
     HostdCommand,
+    ImageRef,
     RebootDomain,
     SpawnDomain,
     StartDomain,
@@ -47,6 +53,14 @@ from schemas.hostd import (
 )
 
 log = structlog.get_logger(__name__)
+
+#: where interim Replies go (the daemon sends them to the caller)
+Interim = Callable[[Reply], Awaitable[None]]
+#: the ``result`` of the interim Reply a spawn sends once its image is cached
+IMAGE_READY = "image_ready"
+#: when the last command per instance ended is kept this long (s) once DONE_KEPT are kept
+DONE_WINDOW = 60.0
+DONE_KEPT = 4096
 
 
 class CommandFailed(Exception):
@@ -80,16 +94,35 @@ def _error_type(exc: HypervisorError) -> str:
     return "hypervisor_error"
 
 
-class HostCommands:
-    """Runs decoded hostd commands against one hypervisor."""
+async def _no_interim(_reply: Reply) -> None:
+    return None
 
-    def __init__(self, hypervisor: Hypervisor) -> None:
+
+class HostCommands:
+    """Runs decoded hostd commands against one hypervisor; with ``images``, a spawn's image
+    is brought into that cache first (without, ``spec.image_path`` is used as given)."""
+
+    def __init__(self, hypervisor: Hypervisor, images: ImageCache | None = None) -> None:
         self.hypervisor = hypervisor
+        self.images = images
         self._locks: dict[str, asyncio.Lock] = {}
         self._users: dict[str, int] = {}
+        self._done: dict[str, dt.datetime] = {}
 
-    async def handle(self, msg: CommandEnvelope, command: HostdCommand) -> Reply:
-        """Carry out ``command`` before ``msg.deadline``; the Reply says how it went."""
+    def busy(self, instance_id: str) -> bool:
+        """Whether a command for this instance is running or waiting to run."""
+        return instance_id in self._users
+
+    def caused(self, instance_id: str, at: dt.datetime) -> bool:
+        """Whether a change of this instance's domain seen ``at`` happened while our own
+        commands for it ran (their Replies report it)."""
+        done = self._done.get(instance_id)
+        return self.busy(instance_id) or (done is not None and at <= done)
+
+    async def handle(self, msg: CommandEnvelope, command: HostdCommand,
+                     interim: Interim = _no_interim) -> Reply:
+        """Carry out ``command`` before ``msg.deadline``; the Reply says how it went
+        (progress on the way goes to ``interim``)."""
         remaining = (msg.deadline - dt.datetime.now(dt.UTC)).total_seconds()
         if remaining <= 0:
             return self._failed(msg, CommandFailed(
@@ -97,7 +130,7 @@ class HostCommands:
         try:
             async with self._serialised(command.instance_id):
                 async with asyncio.timeout(remaining):
-                    state = await self._apply(command)
+                    state = await self._apply(msg, command, interim)
         except CommandFailed as exc:
             return self._failed(msg, exc)
         except HypervisorError as exc:
@@ -110,14 +143,21 @@ class HostCommands:
                  state=state)
         return Reply(command_id=msg.command_id, ok=True, result=state.value)
 
-    async def _apply(self, command: HostdCommand) -> DomainState:
+    async def _apply(self, msg: CommandEnvelope, command: HostdCommand,
+                     interim: Interim) -> DomainState:
         hv = self.hypervisor
         uuid = command.instance_id
         match command:
-            case SpawnDomain(spec=spec):
+            case SpawnDomain(spec=spec, image=image):
                 if spec.uuid != uuid:
                     raise CommandFailed("bad_request",
                                         f"spec uuid {spec.uuid} is not instance {uuid}")
+                if image is not None and self.images is not None:
+                    path = await self._ensure_image(image)
+                    spec = msgspec.structs.replace(spec, image_path=str(path),
+                                                   image_format=image.disk_format)
+                    await interim(Reply(command_id=msg.command_id, ok=True, partial=True,
+                                        result=IMAGE_READY))
                 await hv.define(spec)
                 await hv.start(uuid)
             case StopDomain(timeout=timeout):
@@ -133,6 +173,17 @@ class HostCommands:
                 pass
         return await hv.state(uuid)
 
+    async def _ensure_image(self, image: ImageRef) -> str:
+        assert self.images is not None
+        try:
+            path = await self.images.ensure(image.image_id, image.sha512)
+        except ValueError as exc:
+            raise CommandFailed("image_error", f"image {image.image_id}: {exc}") from exc
+        except ImageCacheError as exc:
+            raise CommandFailed("image_error", f"image could not be brought to the host: {exc}",
+                                retryable=exc.retryable) from exc
+        return str(path)
+
     @asynccontextmanager
     async def _serialised(self, instance_id: str) -> AsyncIterator[None]:
         """One command per instance at a time; the lock is dropped when nobody holds it."""
@@ -145,6 +196,14 @@ class HostCommands:
             self._users[instance_id] -= 1
             if not self._users[instance_id]:
                 del self._users[instance_id], self._locks[instance_id]
+                self._remember_done(instance_id)
+
+    def _remember_done(self, instance_id: str) -> None:
+        now = dt.datetime.now(dt.UTC)
+        self._done[instance_id] = now
+        if len(self._done) > DONE_KEPT:
+            horizon = now - dt.timedelta(seconds=DONE_WINDOW)
+            self._done = {k: v for k, v in self._done.items() if v > horizon}
 
     @staticmethod
     def _failed(msg: CommandEnvelope, exc: CommandFailed) -> Reply:
