@@ -36,10 +36,12 @@ from orrery.services import (
 from orrery.wiring import (
     HYPERVISORS,
     event_types,
+    libvirt_available,
     load_kinds,
     open_bus,
     open_hypervisor,
     open_store,
+    test_node_uri,
 )
 from store.projections import ProjectionRunner
 from store.relay import Relay
@@ -83,7 +85,7 @@ async def _serve_app(cfg: Config, app: web.Application) -> None:
 
 
 async def run_processes(cfg: Config, kinds_spec: Sequence[str], *, worker: bool, relay: bool,
-                        http: bool, hosts: int = 0) -> None:
+                        http: bool, hosts: int = 0, hypervisor: str = "fake") -> None:
     """Open the backends and run the chosen roles until cancelled."""
     kinds = [*load_kinds(kinds_spec), *cloud_kinds()]
     store = await open_store(cfg, event_types(kinds))
@@ -102,8 +104,11 @@ async def run_processes(cfg: Config, kinds_spec: Sequence[str], *, worker: bool,
                                        effect_handlers=cloud_effects(store, bus))
                 await runtime.start()
                 tg.create_task(TimerService(store, bus).run(), name="timers")
-            for i in range(hosts):  # all-in-one: hosts on the fake hypervisor, in-process
-                daemon = HostDaemon(bus, await open_hypervisor("fake"), f"host-{i + 1}")
+            for i in range(hosts):  # all-in-one: in-process hosts
+                name = f"host-{i + 1}"
+                uri = test_node_uri(Path(cfg.data_dir) / "hosts", name) \
+                    if hypervisor == "libvirt" else ""
+                daemon = HostDaemon(bus, await open_hypervisor(hypervisor, uri), name)
                 tg.create_task(daemon.run(), name=f"hostd-{i + 1}")
             if http:
                 tg.create_task(_serve_http(cfg, store, bus, write_clouds=hosts > 0),
@@ -181,7 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--port", type=int, help="HTTP port (else ORRERY_API_PORT)")
             p.add_argument("--data-dir", help="state directory (else ORRERY_DATA_DIR)")
             p.add_argument("--hosts", type=int, default=1,
-                           help="compute hosts on the fake hypervisor, in-process (default 1)")
+                           help="compute hosts run in-process (default 1)")
+            p.add_argument("--hypervisor", choices=("auto", *HYPERVISORS), default="auto",
+                           help="the hosts' hypervisor: libvirt's test driver when"
+                                " libvirt-python is installed (auto), else the fake")
     _add_hostd(sub)
     args = parser.parse_args(argv)
     try:
@@ -206,7 +214,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "api": dict(worker=False, relay=False, http=True),
     }[args.command]
     hosts = args.hosts if args.command == "up" else 0
-    return _run(lambda: run_processes(cfg, args.kind, hosts=hosts, **roles))
+    hypervisor = getattr(args, "hypervisor", "fake")
+    if hypervisor == "auto":
+        hypervisor = "libvirt" if libvirt_available() else "fake"
+    return _run(lambda: run_processes(cfg, args.kind, hosts=hosts, hypervisor=hypervisor,
+                                      **roles))
 
 
 def _up_overrides(cfg: Config, args: argparse.Namespace) -> Config:

@@ -74,12 +74,41 @@ async def open_bus(cfg: Config) -> Bus:
 HYPERVISORS = ("fake", "libvirt")
 
 
+#: ``vcpus,ram_mb,disk_gb`` a fake host reports (e.g. a big one for benchmarks)
+FAKE_CAPACITY_ENV = "ORRERY_FAKE_HOST_CAPACITY"
+
+
+def libvirt_available() -> bool:
+    """Whether libvirt-python is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("libvirt") is not None
+
+
+def test_node_uri(directory: Path, host: str, *, vcpus: int = 16, ram_mb: int = 65536) -> str:
+    """A libvirt test-driver URI private to ``host``: ``test:///default`` is one shared node
+    per process, while a node file gives each connection its own, so several in-process
+    hosts do not see each other's domains."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{host}.xml"
+    path.write_text(
+        "<node><cpu><mhz>2000</mhz><model>x86_64</model>"
+        f"<active>{vcpus}</active><nodes>1</nodes><sockets>1</sockets><cores>{vcpus}</cores>"
+        f"<threads>1</threads></cpu><memory>{ram_mb * 1024}</memory></node>\n")
+    return f"test://{path.resolve()}"
+
+
 async def open_hypervisor(kind: str, uri: str = "test:///default") -> Hypervisor:
     """The hypervisor a hostd drives: the in-memory fake, or libvirt at ``uri``."""
     if kind == "fake":
-        from hostd.fake import FakeHypervisor
+        from hostd.fake import DEFAULT_CAPACITY, FakeHypervisor
+        from schemas.hostd import Capacity
 
-        return FakeHypervisor()
+        raw = os.environ.get(FAKE_CAPACITY_ENV)
+        if not raw:
+            return FakeHypervisor(capacity=DEFAULT_CAPACITY)
+        vcpus, ram_mb, disk_gb = (int(x) for x in raw.split(","))
+        return FakeHypervisor(capacity=Capacity(vcpus=vcpus, ram_mb=ram_mb, disk_gb=disk_gb))
     if kind == "libvirt":
         from hostd.libvirt_driver import LibvirtHypervisor
 
