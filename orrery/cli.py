@@ -36,6 +36,7 @@ from orrery.services import (
 from orrery.wiring import (
     HYPERVISORS,
     event_types,
+    image_cache,
     libvirt_available,
     load_kinds,
     open_bus,
@@ -108,7 +109,8 @@ async def run_processes(cfg: Config, kinds_spec: Sequence[str], *, worker: bool,
                 name = f"host-{i + 1}"
                 uri = test_node_uri(Path(cfg.data_dir) / "hosts", name) \
                     if hypervisor == "libvirt" else ""
-                daemon = HostDaemon(bus, await open_hypervisor(hypervisor, uri), name)
+                daemon = HostDaemon(bus, await open_hypervisor(hypervisor, uri), name,
+                                    images=image_cache(Path(cfg.data_dir), name))
                 tg.create_task(daemon.run(), name=f"hostd-{i + 1}")
             if http:
                 tg.create_task(_serve_http(cfg, store, bus, write_clouds=hosts > 0),
@@ -132,8 +134,12 @@ async def run_hostd(cfg: Config, args: argparse.Namespace) -> None:
     try:
         hypervisor = await open_hypervisor(args.hypervisor, args.libvirt_uri)
         try:
+            images = image_cache(Path(cfg.data_dir), args.host, args.images_from,
+                                 args.image_cache)
             daemon = HostDaemon(bus, hypervisor, args.host,
-                                heartbeat_every=args.heartbeat_every)
+                                heartbeat_every=args.heartbeat_every, images=images,
+                                reconcile_every=args.reconcile_every,
+                                orphan_grace=args.orphan_grace)
             await daemon.run()
         finally:
             await hypervisor.close()
@@ -148,6 +154,14 @@ def _add_hostd(sub: Any) -> None:
     p.add_argument("--libvirt-uri", default="test:///default",
                    help="libvirt connection URI (qemu:///system in production)")
     p.add_argument("--heartbeat-every", type=float, default=5.0, metavar="SECONDS")
+    p.add_argument("--images-from", metavar="DIR|URL",
+                   help="where images come from: the image store directory (default"
+                        " DATA_DIR/images) or the API's URL")
+    p.add_argument("--image-cache", metavar="DIR",
+                   help="this host's image cache (default DATA_DIR/hosts/HOST/images)")
+    p.add_argument("--reconcile-every", type=float, default=60.0, metavar="SECONDS")
+    p.add_argument("--orphan-grace", type=float, default=300.0, metavar="SECONDS",
+                   help="how long an unknown domain is left alone before it is removed")
 
 
 def _run(main: Callable[[], Awaitable[None]]) -> int:

@@ -114,3 +114,51 @@ async def open_hypervisor(kind: str, uri: str = "test:///default") -> Hypervisor
 
         return await LibvirtHypervisor.open(uri)
     raise ValueError(f"unknown hypervisor {kind!r} (choose from {', '.join(HYPERVISORS)})")
+
+
+def image_cache(data_dir: Path, host: str, origin: str | None = None,
+                cache_dir: str | None = None) -> Any:
+    """The image cache of ``host``: ``<data_dir>/hosts/<host>/images`` (or ``cache_dir``),
+    filled from ``origin``: an image store directory (default ``<data_dir>/images``, the
+    one ``orrery up`` and ``orrery api`` write) or the gateway's URL (``http://...``),
+    fetched with a token for ``ORRERY_HOSTD_USER`` / ``ORRERY_HOSTD_PASSWORD`` (default
+    ``admin`` / ``ORRERY_ADMIN_PASSWORD``) on project ``ORRERY_HOSTD_PROJECT`` (``admin``)."""
+    from hostd.image_cache import ImageCache
+    from hostd.image_fetch import directory_fetch, http_fetch
+
+    root = Path(cache_dir) if cache_dir else data_dir / "hosts" / host / "images"
+    root.mkdir(parents=True, exist_ok=True)
+    source = origin or str(data_dir / "images")
+    if source.startswith(("http://", "https://")):
+        return ImageCache(root, http_fetch(source, password_token(source)))
+    return ImageCache(root, directory_fetch(Path(source)))
+
+
+def password_token(base_url: str) -> Any:
+    """A token provider for the gateway at ``base_url``: password auth, renewed before
+    the token's hour is up."""
+    import time
+
+    import aiohttp
+
+    user = os.environ.get("ORRERY_HOSTD_USER", "admin")
+    password = os.environ.get("ORRERY_HOSTD_PASSWORD") or os.environ.get(
+        "ORRERY_ADMIN_PASSWORD", "")
+    project = os.environ.get("ORRERY_HOSTD_PROJECT", "admin")
+    body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
+        "name": user, "domain": {"name": "Default"}, "password": password}}},
+        "scope": {"project": {"name": project, "domain": {"name": "Default"}}}}}
+    held: dict[str, Any] = {}
+
+    async def token() -> str:
+        if held and held["until"] > time.monotonic():
+            return str(held["token"])
+        url = f"{base_url.rstrip('/')}/identity/v3/auth/tokens"
+        async with aiohttp.ClientSession() as session, session.post(url, json=body) as resp:
+            if resp.status != 201:
+                raise RuntimeError(f"hostd could not authenticate as {user}: {resp.status}")
+            held.update(token=resp.headers["X-Subject-Token"],
+                        until=time.monotonic() + 1800)
+        return str(held["token"])
+
+    return token
