@@ -46,6 +46,7 @@ from gateway.discovery import APIVersion
 from gateway.errors import ApiError, ErrorCode
 from gateway.json import json_response, read_json
 from gateway.middleware import API_VERSION, REQUEST_ID
+from gateway.servers import ServersApi
 from schemas import Reply, stream_name
 from store.protocol import ProjectionStore
 
@@ -171,6 +172,7 @@ class ComputeApi:
                  wait_timeout: float = 10.0) -> None:
         self.store = store
         self.flavors = FlavorWriter(store, client, wait_timeout)
+        self.servers = ServersApi(store, client, wait_timeout=wait_timeout)
 
     def register(self, router: ServiceRouter) -> None:
         router.get("/flavors", self.list_flavors)
@@ -183,6 +185,7 @@ class ComputeApi:
         router.get("/os-hypervisors", self.list_hypervisors)
         router.get("/os-hypervisors/detail", self.list_hypervisors_detail)
         router.get("/os-hypervisors/{id}", self.show_hypervisor)
+        self.servers.register(router)
 
     # -- flavors ---------------------------------------------------------------------------
 

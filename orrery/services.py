@@ -16,6 +16,7 @@ from actors.identity_views import IdentityProjection
 from actors.image import IMAGE
 from actors.image_views import ImageProjection
 from actors.instance import INSTANCE, Place
+from actors.instance_views import InstancesProjection
 from actors.kind import ActorKind
 from actors.runtime import EffectHandler
 from actors.scheduler import Placement
@@ -48,7 +49,8 @@ def worker_projections() -> list[Projection]:
 
 def cloud_projections() -> list[Projection]:
     """Every projection an API process keeps folded (the tables its reads come from)."""
-    return [IdentityProjection(), HostsProjection(), ImageProjection(), FlavorProjection()]
+    return [IdentityProjection(), HostsProjection(), ImageProjection(), FlavorProjection(),
+            InstancesProjection()]
 
 
 def cloud_apis(store: Any, client: ActorClient, data_dir: str | None = None) -> list[ServiceApi]:

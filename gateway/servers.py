@@ -1,0 +1,467 @@
+"""Nova v2.1 subset, part two: servers, their actions and os-instance-actions.
+
+``POST /servers`` validates the body as Nova's schema does (unknown fields refused),
+looks the flavor and image up in their projections (400 when unknown, or the image is
+not active or not visible to the project), sends ``CreateInstance`` to a new ``instance``
+actor and answers 202 once the ``instances`` projection has the server, so the next GET
+sees it. ``DELETE`` and the ``os-stop`` / ``os-start`` / ``reboot`` actions are commands
+to the actor; a refusal in the wrong state is 409 ``conflictingRequest``. Reads come from
+the ``instances`` projection, in Nova's 2.1 representation. A server of another project
+is 404 as if it did not exist; a reader gets 403 on writes; an admin lists every
+project's servers with ``all_tenants``. Deleted servers are 404.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from typing import Any
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from actors.client import ActorClient
+from actors.flavor_views import read_flavor
+from actors.instance import (
+    ACTIVE,
+    DELETED,
+    ERROR,
+    CreateInstance,
+    DeleteInstance,
+    FlavorInfo,
+    ImageInfo,
+    RebootInstance,
+    StartInstance,
+    StopInstance,
+)
+from actors.instance import KIND as INSTANCE_KIND
+from actors.instance_views import (
+    PROJECTION_NAME,
+    ActionView,
+    ServerFilter,
+    ServerView,
+    read_action,
+    read_actions,
+    read_server,
+    read_servers,
+)
+from bus.errors import CallTimeout
+from gateway.app import ServiceRouter
+from gateway.auth import AuthContext, authenticate
+from gateway.discovery import APIVersion
+from gateway.errors import ApiError, ErrorCode
+from gateway.json import decode, json_response, read_body
+from gateway.middleware import API_VERSION, REQUEST_ID
+from store.protocol import ProjectionStore
+
+log = structlog.get_logger("orrery.servers")
+
+Doc = dict[str, Any]
+V2_1 = APIVersion(2, 1)
+MAX_LIMIT = 1000
+AVAILABILITY_ZONE = "nova"
+_CODES: dict[str, ErrorCode] = {"not_found": "not_found", "conflict": "conflict",
+                                "bad_request": "bad_request"}
+_PROGRESS = ("ACTIVE", "BUILD")
+_EVENTS = {"create": "compute__do_build_and_run_instance", "stop": "compute_stop_instance",
+           "start": "compute_start_instance", "reboot": "compute_reboot_instance",
+           "delete": "compute_terminate_instance"}
+
+
+class ServerBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``POST /servers`` ``server`` object: Nova 2.1's properties (the unused ones are
+    accepted and ignored, as a cloud without that feature would)."""
+
+    name: str
+    flavorRef: str | int
+    imageRef: str = ""
+    adminPass: str | None = None
+    metadata: dict[str, str] = {}
+    networks: str | list[dict[str, Any]] | None = None
+    disk_config: str = msgspec.field(default="MANUAL", name="OS-DCF:diskConfig")
+    accessIPv4: str | None = None
+    accessIPv6: str | None = None
+    availability_zone: str | None = None
+    block_device_mapping: list[dict[str, Any]] | None = None
+    block_device_mapping_v2: list[dict[str, Any]] | None = None
+    config_drive: bool | str | None = None
+    key_name: str | None = None
+    min_count: int | str = 1
+    max_count: int | str = 1
+    return_reservation_id: bool | str | None = None
+    security_groups: list[dict[str, Any]] | None = None
+    user_data: str | None = None
+    personality: list[dict[str, Any]] | None = None
+    description: str | None = None
+
+
+class ServerRequest(msgspec.Struct, forbid_unknown_fields=True):
+    server: ServerBody
+    scheduler_hints: dict[str, Any] | None = msgspec.field(default=None,
+                                                           name="os:scheduler_hints")
+    scheduler_hints_old: dict[str, Any] | None = msgspec.field(
+        default=None, name="OS-SCH-HNT:scheduler_hints")
+
+
+class RebootBody(msgspec.Struct, forbid_unknown_fields=True):
+    type: str
+
+
+class ServersApi:
+    """The servers half of the compute `ServiceApi` (registered by ``ComputeApi``)."""
+
+    def __init__(self, store: ProjectionStore, client: ActorClient, *,
+                 wait_timeout: float = 10.0, admin_pass: bool = False) -> None:
+        self.store = store
+        self.client = client
+        self.wait_timeout = wait_timeout
+        self.admin_pass = admin_pass
+
+    def register(self, router: ServiceRouter) -> None:
+        router.get("/servers", self.list_servers)
+        router.get("/servers/detail", self.list_servers_detail)
+        router.post("/servers", self.create_server)
+        router.get("/servers/{id}", self.show_server)
+        router.delete("/servers/{id}", self.delete_server)
+        router.post("/servers/{id}/action", self.server_action)
+        router.get("/servers/{id}/os-instance-actions", self.list_actions)
+        router.get("/servers/{id}/os-instance-actions/{request_id}", self.show_action)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def list_servers(self, request: web.Request) -> web.Response:
+        context = await authenticate(request)
+        found, more = await self._listed(request, context)
+        body: Doc = {"servers": [{"id": s.id, "name": s.name, "links": _links(request, s.id)}
+                                 for s in found]}
+        if more:
+            body["servers_links"] = _next(request, "servers", found[-1].id)
+        return json_response(body)
+
+    async def list_servers_detail(self, request: web.Request) -> web.Response:
+        context = await authenticate(request)
+        found, more = await self._listed(request, context)
+        body: Doc = {"servers": [server_doc(request, s, context) for s in found]}
+        if more:
+            body["servers_links"] = _next(request, "servers/detail", found[-1].id)
+        return json_response(body)
+
+    async def show_server(self, request: web.Request) -> web.Response:
+        context = await authenticate(request)
+        server = await self._server(request.match_info["id"], context)
+        return json_response({"server": server_doc(request, server, context)})
+
+    async def _listed(self, request: web.Request,
+                      context: AuthContext) -> tuple[list[ServerView], bool]:
+        query = request.query
+        project: str | None = context.project_id or ""
+        if context.is_admin and _truthy(query.get("all_tenants")):
+            project = query.get("project_id") or query.get("tenant_id") or None
+        name = query.get("name")
+        if name is not None:
+            try:
+                re.compile(name)
+            except re.error:
+                raise ApiError("bad_request", f"Invalid filter name [{name}]") from None
+        where = ServerFilter(project_id=project, name=name or None,
+                             status=query.get("status"), image=query.get("image"),
+                             flavor=query.get("flavor"),
+                             host=query.get("host") if context.is_admin else None)
+        found = await read_servers(self.store, where)
+        marker = query.get("marker")
+        if marker is not None:
+            ids = [s.id for s in found]
+            if marker not in ids:
+                raise ApiError("bad_request", f"marker [{marker}] not found")
+            found = found[ids.index(marker) + 1:]
+        limit = _limit(query.get("limit"))
+        return found[:limit], len(found) > limit and query.get("limit") is not None
+
+    async def _server(self, server_id: str, context: AuthContext) -> ServerView:
+        """A live server ``context`` may see, else 404 itemNotFound."""
+        server = await read_server(self.store, server_id)
+        if server is None or not context.sees_project(server.project_id):
+            raise ApiError("not_found", f"Instance {server_id} could not be found.")
+        return server
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def create_server(self, request: web.Request) -> web.Response:
+        context = await authenticate(request)
+        _writer(context, "os_compute_api:servers:create")
+        body = decode(await read_body(request), ServerRequest).server
+        _check_body(body)
+        flavor = await self._flavor(str(body.flavorRef), context)
+        image = await self._image(body, context)
+        if flavor.disk and image.size > flavor.disk * (1 << 30):
+            raise ApiError("bad_request", "Flavor's disk is too small for requested image. "
+                                          f"Flavor disk is {flavor.disk * (1 << 30)} bytes, "
+                                          f"image is {image.size} bytes.")
+        server_id = str(uuid.uuid4())
+        command = CreateInstance(
+            name=body.name, project_id=context.project_id or "", user_id=context.user_id,
+            flavor=flavor, image=image, metadata=body.metadata, key_name=body.key_name,
+            user_data=body.user_data, availability_zone=body.availability_zone,
+            description=body.description)
+        await self._command(request, context, server_id, command)
+        log.info("server_created", server_id=server_id, flavor=flavor.id, image=image.id)
+        doc: Doc = {"id": server_id, "links": _links(request, server_id),
+                    "OS-DCF:diskConfig": _disk_config(body.disk_config),
+                    "security_groups": [{"name": "default"}]}
+        if self.admin_pass:
+            doc["adminPass"] = body.adminPass or uuid.uuid4().hex[:12]
+        return json_response({"server": doc}, status=202)
+
+    async def delete_server(self, request: web.Request) -> web.Response:
+        context = await authenticate(request)
+        server = await self._server(request.match_info["id"], context)
+        _writer(context, "os_compute_api:servers:delete")
+        await self._command(request, context, server.id, DeleteInstance())
+        log.info("server_delete_requested", server_id=server.id)
+        return web.Response(status=204)
+
+    async def server_action(self, request: web.Request) -> web.Response:
+        context = await authenticate(request)
+        server = await self._server(request.match_info["id"], context)
+        body = decode(await read_body(request), dict[str, Any])
+        if len(body) != 1:
+            raise ApiError("bad_request", "Malformed request body: one action expected.")
+        (name, arg), = body.items()
+        command: msgspec.Struct
+        if name == "os-stop":
+            command = StopInstance()
+        elif name == "os-start":
+            command = StartInstance()
+        elif name == "reboot":
+            command = RebootInstance(hard=_reboot_type(arg) == "HARD")
+        else:
+            raise ApiError("bad_request", f"There is no such action: {name}")
+        _writer(context, f"os_compute_api:servers:{name.replace('-', '_')}")
+        await self._command(request, context, server.id, command, action=name)
+        return web.Response(status=202)
+
+    async def _command(self, request: web.Request, context: AuthContext, server_id: str,
+                       command: msgspec.Struct, *, action: str | None = None) -> None:
+        try:
+            reply = await self.client.call(
+                INSTANCE_KIND, server_id, command, correlation_id=request[REQUEST_ID],
+                project_id=context.project_id, user_id=context.user_id)
+        except CallTimeout as exc:
+            raise ApiError("deadline_exceeded") from exc
+        if not reply.ok:
+            code = _CODES.get(reply.error_type or "", "internal")
+            message = reply.error
+            if code == "conflict" and action is not None:
+                message = f"Cannot '{action}' instance {server_id}: {reply.error}"
+            raise ApiError(code, message)
+        if reply.position and not await self.store.wait_for_projection(
+                PROJECTION_NAME, reply.position, self.wait_timeout):
+            raise ApiError("unavailable", "The instances projection is behind; try again.")
+
+    async def _flavor(self, ref: str, context: AuthContext) -> FlavorInfo:
+        flavor_id = ref.rstrip("/").rsplit("/", 1)[-1]
+        flavor = await read_flavor(self.store, flavor_id)
+        if flavor is None or (not flavor.is_public and not context.is_admin):
+            raise ApiError("bad_request", f"Flavor {flavor_id} could not be found.")
+        return FlavorInfo(id=flavor.id, name=flavor.name, vcpus=flavor.vcpus, ram=flavor.ram,
+                          disk=flavor.disk, ephemeral=flavor.ephemeral, swap=flavor.swap)
+
+    async def _image(self, body: ServerBody, context: AuthContext) -> ImageInfo:
+        ref = body.imageRef
+        if not ref:
+            for bdm in body.block_device_mapping_v2 or ():
+                if bdm.get("source_type") == "image" and bdm.get("boot_index") in (0, "0"):
+                    ref = str(bdm.get("uuid") or "")
+        if not ref:
+            raise ApiError("bad_request", "Missing imageRef attribute")
+        image_id = ref.rstrip("/").rsplit("/", 1)[-1]
+        rows = await self.store.query(
+            "SELECT id, owner, name, status, visibility, size, os_hash_value, disk_format"
+            " FROM images WHERE id = $1", image_id)
+        visible = rows and (context.is_admin or rows[0][4] == "public"
+                            or rows[0][1] == context.project_id)
+        if not visible:
+            raise ApiError("bad_request", f"Image {image_id} could not be found.")
+        _id, _owner, name, status, _vis, size, sha512, disk_format = rows[0]
+        if status != "active":
+            raise ApiError("bad_request", f"Image {image_id} is not active.")
+        return ImageInfo(id=image_id, name=name or "", size=int(size or 0),
+                         sha512=sha512 or "", disk_format=disk_format or "qcow2")
+
+    # -- os-instance-actions -----------------------------------------------------------------
+
+    async def list_actions(self, request: web.Request) -> web.Response:
+        context = await authenticate(request)
+        server = await self._server(request.match_info["id"], context)
+        actions = await read_actions(self.store, server.id)
+        return json_response({"instanceActions": [_action(a) for a in actions]})
+
+    async def show_action(self, request: web.Request) -> web.Response:
+        context = await authenticate(request)
+        server = await self._server(request.match_info["id"], context)
+        request_id = request.match_info["request_id"]
+        found = await read_action(self.store, server.id, request_id)
+        if found is None:
+            raise ApiError("not_found", f"Action for request_id {request_id} on instance"
+                                        f" {server.id} not found")
+        doc = _action(found)
+        if context.is_admin:  # Nova's default policy shows events to admins at 2.1
+            doc["events"] = [_action_event(found)]
+        return json_response({"instanceAction": doc})
+
+
+# --- request checks -------------------------------------------------------------------------
+
+
+def _writer(context: AuthContext, rule: str) -> None:
+    if "member" not in context.roles and not context.is_admin:
+        raise ApiError("forbidden", f"Policy doesn't allow {rule} to be performed.")
+
+
+def _check_body(body: ServerBody) -> None:
+    name = body.name
+    if not 1 <= len(name) <= 255 or name != name.strip():
+        raise ApiError("bad_request", f"Invalid input for field/attribute name. Value: {name}."
+                                      " It must be 1..255 characters without leading or"
+                                      " trailing whitespace.")
+    for key, value in body.metadata.items():
+        if not 1 <= len(key) <= 255 or len(value) > 255:
+            raise ApiError("bad_request", "Invalid input for field/attribute metadata.")
+    if isinstance(body.networks, str) and body.networks not in ("none", "auto"):
+        raise ApiError("bad_request", f"Invalid input for field/attribute networks. Value:"
+                                      f" {body.networks}. It is not one of 'none', 'auto'.")
+    if body.networks not in (None, "none", "auto") and body.networks != []:
+        raise ApiError("bad_request", "Networks are not supported yet; use networks 'none'.")
+    for field in ("min_count", "max_count"):
+        value = getattr(body, field)
+        if str(value).strip() != "1":
+            raise ApiError("bad_request", f"Invalid input for field/attribute {field}."
+                                          f" Only one server per request is supported.")
+    if body.disk_config not in ("AUTO", "MANUAL"):
+        raise ApiError("bad_request", "Invalid input for field/attribute OS-DCF:diskConfig."
+                                      f" Value: {body.disk_config}.")
+
+
+def _reboot_type(arg: object) -> str:
+    try:
+        reboot = msgspec.convert(arg, RebootBody)
+    except msgspec.ValidationError as exc:
+        raise ApiError("bad_request", f"Invalid input for field/attribute reboot: {exc}")\
+            from None
+    kind = reboot.type.upper()
+    if kind not in ("SOFT", "HARD"):
+        raise ApiError("bad_request", f"Invalid input for field/attribute type. Value:"
+                                      f" {reboot.type}. It is not one of SOFT, HARD.")
+    return kind
+
+
+def _truthy(text: str | None) -> bool:
+    if text is None:
+        return False
+    return text.strip().lower() not in ("0", "false", "f", "off", "no", "n")
+
+
+def _limit(text: str | None) -> int:
+    if text is None:
+        return MAX_LIMIT
+    try:
+        count = int(text)
+    except ValueError:
+        raise ApiError("bad_request", "limit param must be an integer") from None
+    if count < 0:
+        raise ApiError("bad_request", "limit param must be positive")
+    return min(count, MAX_LIMIT)
+
+
+def _disk_config(value: str) -> str:
+    return value if value in ("AUTO", "MANUAL") else "MANUAL"
+
+
+# --- representations ------------------------------------------------------------------------
+
+
+def _version(request: web.Request) -> APIVersion:
+    return request.get(API_VERSION) or V2_1
+
+
+def _base(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}/compute"
+
+
+def _links(request: web.Request, server_id: str) -> list[Doc]:
+    base = _base(request)
+    return [{"rel": "self", "href": f"{base}/v2.1/servers/{server_id}"},
+            {"rel": "bookmark", "href": f"{base}/servers/{server_id}"}]
+
+
+def _next(request: web.Request, path: str, marker: str) -> list[Doc]:
+    query = {k: v for k, v in request.query.items() if k != "marker"}
+    query["marker"] = marker
+    qs = "&".join(f"{k}={v}" for k, v in query.items())
+    return [{"rel": "next", "href": f"{_base(request)}/v2.1/{path}?{qs}"}]
+
+
+def _z(stamp: str | None) -> str | None:
+    """A stored time as Nova's ``created``/``updated`` (seconds, ``Z``)."""
+    return None if stamp is None else stamp[:19] + "Z"
+
+
+def host_id(project_id: str, host: str | None) -> str:
+    """Nova's ``hostId``: sha224 of project and host, "" while unplaced."""
+    if not host:
+        return ""
+    return hashlib.sha224((project_id + host).encode()).hexdigest()
+
+
+def instance_name(server_id: str) -> str:
+    return f"instance-{server_id.replace('-', '')[:8]}"
+
+
+def server_doc(request: web.Request, s: ServerView, context: AuthContext) -> Doc:
+    """Nova 2.1's server, field for field (admin-only attributes for admins)."""
+    base = _base(request)
+    status = s.status
+    doc: Doc = {
+        "id": s.id, "name": s.name, "status": status, "tenant_id": s.project_id,
+        "user_id": s.user_id, "metadata": s.metadata, "hostId": host_id(s.project_id, s.host),
+        "image": {"id": s.image.id, "links": [
+            {"rel": "bookmark", "href": f"{base}/images/{s.image.id}"}]},
+        "flavor": {"id": s.flavor.id, "links": [
+            {"rel": "bookmark", "href": f"{base}/flavors/{s.flavor.id}"}]},
+        "created": _z(s.created_at), "updated": _z(s.updated_at), "addresses": {},
+        "accessIPv4": "", "accessIPv6": "", "links": _links(request, s.id),
+        "OS-DCF:diskConfig": "MANUAL", "key_name": s.key_name, "config_drive": "",
+        "OS-EXT-AZ:availability_zone": s.availability_zone or AVAILABILITY_ZONE,
+        "OS-EXT-STS:vm_state": s.vm_state, "OS-EXT-STS:task_state": s.task_state,
+        "OS-EXT-STS:power_state": s.power_state,
+        "OS-SRV-USG:launched_at": s.launched_at, "OS-SRV-USG:terminated_at": s.terminated_at,
+        "os-extended-volumes:volumes_attached": [],
+        "security_groups": [{"name": "default"}],
+    }
+    if status in _PROGRESS:
+        doc["progress"] = 100 if s.vm_state == ACTIVE else 0
+    if context.is_admin:
+        doc["OS-EXT-SRV-ATTR:host"] = s.host
+        doc["OS-EXT-SRV-ATTR:hypervisor_hostname"] = s.host
+        doc["OS-EXT-SRV-ATTR:instance_name"] = instance_name(s.id)
+    if s.fault is not None and s.vm_state in (ERROR, DELETED):
+        fault: Doc = {"code": s.fault.code, "message": s.fault.message,
+                      "created": s.fault.created.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        if context.is_admin or s.fault.code != 500:
+            fault["details"] = s.fault.details
+        doc["fault"] = fault
+    return doc
+
+
+def _action(a: ActionView) -> Doc:
+    return {"action": a.action, "instance_uuid": a.instance_id, "request_id": a.request_id,
+            "user_id": a.user_id, "project_id": a.project_id, "start_time": a.start_time,
+            "message": "Error" if a.result == "Error" else None}
+
+
+def _action_event(a: ActionView) -> Doc:
+    return {"event": _EVENTS.get(a.action, a.action), "start_time": a.start_time,
+            "finish_time": a.finish_time, "result": a.result,
+            "traceback": a.message if a.result == "Error" else None}
