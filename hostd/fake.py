@@ -155,6 +155,12 @@ class FakeHypervisor:
         self._domains[spec.uuid] = _Domain(spec=spec, state=state, managed=False)
         self._emit(spec.uuid, "defined", "added")
 
+    def spec_of(self, uuid: str) -> DomainSpec:
+        """The definition the domain was last given (DomainNotFound if unknown)."""
+        if uuid not in self._domains:
+            raise DomainNotFound(uuid)
+        return self._domains[uuid].spec
+
     # Internals.
 
     async def _call(self) -> None:
