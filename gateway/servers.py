@@ -157,7 +157,11 @@ class ServersApi:
                       context: AuthContext) -> tuple[list[ServerView], bool]:
         query = request.query
         project: str | None = context.project_id or ""
-        if context.is_admin and _truthy(query.get("all_tenants")):
+        if _truthy(query.get("all_tenants")):
+            if not context.is_admin:
+                which = "detail" if request.path.endswith("/detail") else "index"
+                raise ApiError("forbidden", f"Policy doesn't allow os_compute_api:servers:"
+                                            f"{which}:get_all_tenants to be performed.")
             project = query.get("project_id") or query.get("tenant_id") or None
         name = query.get("name")
         if name is not None:

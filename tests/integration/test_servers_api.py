@@ -161,6 +161,7 @@ async def test_list_detail_and_filters(api: Api) -> None:
     assert body["servers"] == []
     _, body = await api.req("GET", "/servers/detail?all_tenants=1", api.admin, status=200)
     assert {s["id"] for s in body["servers"]} == {a, b, c}
+    await api.req("GET", "/servers/detail?all_tenants=1", api.member, status=403)
 
 
 async def test_stop_start_reboot_and_wrong_state(api: Api) -> None:
