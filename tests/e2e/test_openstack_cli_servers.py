@@ -226,7 +226,7 @@ def test_openstack_cli_servers_on_the_multiprocess_deployment(
     pg_dsn: str, amqp_url: str, amqp_cleanup: Names, tmp_path: Path,
 ) -> None:
     """The same scenario against relay + worker + api + two hostd (h1, h2) on libvirt
-    test:///default, PostgreSQL and RabbitMQ; usage per host checked at 2.87."""
+    test:///default, PostgreSQL and RabbitMQ; usage per host from os-hypervisors at 2.1."""
     assert OPENSTACK.exists(), "python-openstackclient must be installed (the e2e extra)"
     with deployment(pg_dsn=pg_dsn, amqp_url=amqp_url, prefix=amqp_cleanup.prefix,
                     tmp_path=tmp_path / "dep") as dep:

@@ -30,8 +30,6 @@ from tests.support.procs import ROOT
 from tests.support.serve import free_port
 
 ADMIN_PASSWORD = "s3cret-admin"
-#: the compute microversion whose hypervisor documents still carry usage counters
-COUNTERS_VERSION = "2.87"
 
 
 @functools.cache
@@ -135,9 +133,8 @@ class Deployment:
         return self._token
 
     def hypervisors(self) -> list[dict[str, Any]]:
-        """``os-hypervisors/detail`` at a microversion that still has the usage counters."""
-        status, body = self.request("GET", "/compute/v2.1/os-hypervisors/detail", headers={
-            "OpenStack-API-Version": f"compute {COUNTERS_VERSION}"})
+        """``os-hypervisors/detail`` at 2.1, whose documents carry the usage counters."""
+        status, body = self.request("GET", "/compute/v2.1/os-hypervisors/detail")
         assert status == 200, body
         return list(body["hypervisors"])
 
