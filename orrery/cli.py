@@ -97,6 +97,8 @@ async def run_processes(cfg: Config, kinds_spec: Sequence[str], *, worker: bool,
                 tg.create_task(Relay(store, bus).run(), name="relay")
             if worker:
                 for projection in worker_projections():
+                    if http and projection.name in {p.name for p in cloud_projections()}:
+                        continue  # the API part below runs it already
                     await store.run_ddl(projection.ddl)
                     tg.create_task(ProjectionRunner(store, projection).run(),
                                    name=f"projection-{projection.name}")

@@ -1,0 +1,391 @@
+"""Boot benchmark: servers booted through the Compute API until ACTIVE, on the fake
+hypervisor; embedded (``orrery up``: SQLite, in-process bus) and real (separate
+processes on PostgreSQL + RabbitMQ). Then the reads: GET one server, servers/detail.
+
+Usage: .venv/bin/python bench/boot.py [--mode embedded|real|both] [--n 2000]
+       [--clients 50] [--hosts 4] [--workers 2] [--reads 1000]
+
+Each client loops: POST /servers, then waits until the server has left BUILD. One poller
+lists the project's BUILD servers back to back (GET /servers?status=BUILD); a server whose
+POST had returned before a listing was sent and that is missing from it is done, so the
+latency is POST sent -> first listing that shows it out of BUILD (resolution: one listing,
+a few ms). At the end every server is checked ACTIVE.
+
+Broker messages per boot: the sum of ``orrery_bus_published_total`` over every process's
+/metrics (embedded: the in-process bus's count). Events per boot: rows added to the log.
+
+Ceiling (same run, same client, same machine): a plain aiohttp server answering a trivial
+JSON handler (as the raw http ceiling script does), loaded by the same number of
+clients; and for reads, the same plain server's GET latency with one client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(1, str(Path(__file__).resolve().parent))
+
+from common import fresh_database, percentile, result_line, run
+
+ROOT = Path(__file__).resolve().parents[1]
+ORRERY = str(ROOT / ".venv" / "bin" / "orrery")
+AMQP = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+PASSWORD = "bench-secret"
+NOVA = {"X-OpenStack-Nova-API-Version": "2.1"}
+_PUBLISHED = re.compile(r'^orrery_bus_published_total\{kind="(\w+)"\} ([0-9.e+]+)$', re.M)
+
+
+#: the ceiling's server: a trivial msgspec JSON handler on aiohttp + uvloop, access log off
+RAW_SERVER = """
+import sys, msgspec, uvloop
+from aiohttp import web
+BODY = msgspec.json.encode({"server": {"id": "a1b2c3d4-0000-4000-8000-000000000001",
+                            "status": "ACTIVE", "name": "vm-1"}})
+async def handle(request):
+    return web.Response(body=BODY, content_type="application/json")
+app = web.Application()
+app.router.add_get("/msgspec", handle)
+uvloop.install()
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Deployment:
+    """A running cloud: its API, the /metrics of every process, how to count events."""
+
+    url: str
+    metrics: list[str]
+    count_events: Callable[[], Awaitable[int]]
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    async def published(self, http: aiohttp.ClientSession) -> float:
+        total = 0.0
+        for url in self.metrics:
+            async with http.get(url) as resp:
+                text = await resp.text()
+            total += sum(float(v) for _, v in _PUBLISHED.findall(text))
+        return total
+
+
+def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    out = log.open("wb")
+    return subprocess.Popen([ORRERY, *args], env=env, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
+def _base_env(data_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(ORRERY_ADMIN_PASSWORD=PASSWORD, ORRERY_DATA_DIR=str(data_dir),
+               ORRERY_LOG_LEVEL="warning",
+               ORRERY_FAKE_HOST_CAPACITY="4096,16777216,100000")
+    return env
+
+
+def _count_sqlite(directory: Path) -> int:
+    db = sqlite3.connect(next(directory.glob("*.sqlite")))
+    try:
+        return int(db.execute("SELECT count(*) FROM events").fetchone()[0])
+    finally:
+        db.close()
+
+
+def _raw_server(port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", RAW_SERVER, str(port)],
+                            start_new_session=True)
+
+
+@contextlib.asynccontextmanager
+async def embedded(tmp: Path, hosts: int) -> AsyncIterator[Deployment]:
+    port = free_port()
+    env = _base_env(tmp)
+    proc = _spawn(["up", "--port", str(port), "--data-dir", str(tmp), "--hosts", str(hosts),
+                   "--hypervisor", "fake"], env, tmp / "up.log")
+
+    async def count() -> int:
+        return await asyncio.to_thread(_count_sqlite, tmp)
+
+    try:
+        yield Deployment(url=f"http://127.0.0.1:{port}", metrics=[
+            f"http://127.0.0.1:{port}/metrics"], count_events=count, procs=[proc])
+    finally:
+        _stop([proc])
+
+
+@contextlib.asynccontextmanager
+async def real(tmp: Path, hosts: int, workers: int) -> AsyncIterator[Deployment]:
+    async with fresh_database("boot") as dsn:
+        env = _base_env(tmp)
+        env.update(ORRERY_DATABASE_URL=dsn, ORRERY_AMQP_URL=AMQP,
+                   ORRERY_BUS_PREFIX=f"bench{os.getpid()}")
+        procs: list[subprocess.Popen[bytes]] = []
+        metrics: list[str] = []
+
+        def start(name: str, args: list[str]) -> None:
+            port = free_port()
+            metrics.append(f"http://127.0.0.1:{port}/metrics")
+            procs.append(_spawn(args, {**env, "ORRERY_METRICS_PORT": str(port)},
+                                tmp / f"{name}.log"))
+
+        api_port = free_port()
+        try:
+            start("relay", ["relay"])
+            for i in range(workers):
+                start(f"worker{i}", ["worker"])
+            for i in range(hosts):
+                start(f"hostd{i}", ["hostd", "--host", f"host-{i + 1}", "--hypervisor", "fake"])
+            procs.append(_spawn(["api"], {**env, "ORRERY_API_PORT": str(api_port)},
+                                tmp / "api.log"))
+            metrics.append(f"http://127.0.0.1:{api_port}/metrics")
+            conn = await asyncpg.connect(dsn)
+
+            async def count() -> int:
+                return int(await conn.fetchval("SELECT count(*) FROM events"))
+
+            try:
+                yield Deployment(url=f"http://127.0.0.1:{api_port}", metrics=metrics,
+                                 count_events=count, procs=procs)
+            finally:
+                await conn.close()
+        finally:
+            _stop(procs)
+
+
+class Api:
+    """The few calls the benchmark makes, as the admin of project ``admin``."""
+
+    def __init__(self, http: aiohttp.ClientSession, url: str) -> None:
+        self.http, self.url, self.token = http, url, ""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"X-Auth-Token": self.token, **NOVA}
+
+    async def login(self, deadline: float = 60.0) -> None:
+        auth = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
+            "name": "admin", "domain": {"name": "Default"}, "password": PASSWORD}}},
+            "scope": {"project": {"name": "admin", "domain": {"name": "Default"}}}}}
+        stop = time.monotonic() + deadline
+        while True:
+            try:
+                async with self.http.post(f"{self.url}/identity/v3/auth/tokens",
+                                          json=auth) as resp:
+                    if resp.status == 201:
+                        self.token = resp.headers["X-Subject-Token"]
+                        return
+            except aiohttp.ClientError:
+                pass
+            if time.monotonic() > stop:
+                raise RuntimeError("the cloud did not come up")
+            await asyncio.sleep(0.3)
+
+    async def json(self, method: str, path: str, body: Any = None, ok: int = 200) -> Any:
+        async with self.http.request(method, f"{self.url}{path}", json=body,
+                                     headers=self.headers) as resp:
+            if resp.status != ok:
+                raise RuntimeError(f"{method} {path}: {resp.status} {await resp.text()}")
+            return await resp.json() if resp.content_length != 0 else None
+
+    async def setup(self, hosts: int) -> tuple[str, str]:
+        """A tiny flavor and image; waits for every host to be up. (flavor id, image id)"""
+        while True:
+            found = (await self.json("GET", "/compute/v2.1/os-hypervisors"))["hypervisors"]
+            if sum(h["state"] == "up" for h in found) >= hosts:
+                break
+            await asyncio.sleep(0.3)
+        flavor = await self.json("POST", "/compute/v2.1/flavors", {"flavor": {
+            "name": "bench.nano", "vcpus": 1, "ram": 1, "disk": 0}})
+        image = await self.json("POST", "/image/v2/images", {
+            "name": "bench", "disk_format": "raw", "container_format": "bare"}, ok=201)
+        async with self.http.put(f"{self.url}/image/v2/images/{image['id']}/file",
+                                 data=b"\0" * 4096, headers={
+                                     "X-Auth-Token": self.token,
+                                     "Content-Type": "application/octet-stream"}) as resp:
+            assert resp.status == 204, await resp.text()
+        return str(flavor["flavor"]["id"]), str(image["id"])
+
+
+async def boot_all(api: Api, n: int, clients: int, flavor: str, image: str
+                   ) -> tuple[float, list[float], list[str]]:
+    """Boot ``n`` servers, ``clients`` at a time; (boots/s, latencies, ids)."""
+    posted: dict[str, float] = {}  # id -> POST sent (perf_counter)
+    returned: dict[str, float] = {}  # id -> POST answered
+    done: dict[str, asyncio.Future[float]] = {}
+    finished = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    async def poller() -> None:
+        while not finished.is_set():
+            sent = time.perf_counter()
+            listing = await api.json("GET", "/compute/v2.1/servers?status=BUILD&limit=1000")
+            seen = time.perf_counter()
+            building = {s["id"] for s in listing["servers"]}
+            for sid, fut in list(done.items()):
+                if not fut.done() and returned.get(sid, sent) < sent and sid not in building:
+                    fut.set_result(seen)
+                    del done[sid]
+
+    async def client(count: int) -> None:
+        for _ in range(count):
+            t0 = time.perf_counter()
+            body = await api.json("POST", "/compute/v2.1/servers", {"server": {
+                "name": "b", "imageRef": image, "flavorRef": flavor}}, ok=202)
+            sid = body["server"]["id"]
+            fut: asyncio.Future[float] = loop.create_future()
+            posted[sid] = t0
+            done[sid] = fut
+            returned[sid] = time.perf_counter()
+            end = await fut
+            latencies.append(end - t0)
+
+    latencies: list[float] = []
+    poll = asyncio.create_task(poller())
+    t = time.perf_counter()
+    share = [n // clients + (1 if i < n % clients else 0) for i in range(clients)]
+    await asyncio.gather(*(client(c) for c in share))
+    elapsed = time.perf_counter() - t
+    finished.set()
+    await poll
+    return n / elapsed, latencies, list(posted)
+
+
+async def read_figures(api: Api, ids: list[str], reads: int) -> tuple[float, float]:
+    """(GET one server p99 ms, servers/detail of 1000 servers p99 ms), one client."""
+    one: list[float] = []
+    for i in range(reads):
+        t = time.perf_counter()
+        await api.json("GET", f"/compute/v2.1/servers/{ids[i % len(ids)]}")
+        one.append(time.perf_counter() - t)
+    detail: list[float] = []
+    for _ in range(max(20, reads // 20)):
+        t = time.perf_counter()
+        body = await api.json("GET", "/compute/v2.1/servers/detail?limit=1000")
+        detail.append(time.perf_counter() - t)
+    assert len(body["servers"]) >= min(1000, len(ids)), len(body["servers"])
+    return percentile(one, 99) * 1000, percentile(detail, 99) * 1000
+
+
+async def ceiling(http: aiohttp.ClientSession, clients: int, seconds: float = 3.0
+                  ) -> tuple[float, float]:
+    """A plain aiohttp JSON handler in a subprocess: (req/s with ``clients``, p99 ms of
+    one client's GETs)."""
+    port = free_port()
+    proc = _raw_server(port)
+    url = f"http://127.0.0.1:{port}/msgspec"
+    try:
+        for _ in range(100):
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(url) as resp:
+                    await resp.read()
+                break
+            await asyncio.sleep(0.1)
+        stop, count = time.perf_counter() + seconds, 0
+
+        async def loop() -> None:
+            nonlocal count
+            while time.perf_counter() < stop:
+                async with http.get(url) as resp:
+                    await resp.read()
+                count += 1
+
+        t = time.perf_counter()
+        await asyncio.gather(*(loop() for _ in range(clients)))
+        rate = count / (time.perf_counter() - t)
+        lat = []
+        for _ in range(1000):
+            t = time.perf_counter()
+            async with http.get(url) as resp:
+                await resp.read()
+            lat.append(time.perf_counter() - t)
+        return rate, percentile(lat, 99) * 1000
+    finally:
+        _stop([proc])
+
+
+async def measure(mode: str, args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix=f"orrery-bench-{mode}-") as tmpdir:
+        tmp = Path(tmpdir)
+        deploy = embedded(tmp, args.hosts) if mode == "embedded" else \
+            real(tmp, args.hosts, args.workers)
+        connector = aiohttp.TCPConnector(limit=args.clients + 8)
+        async with deploy as cloud, aiohttp.ClientSession(connector=connector) as http:
+            api = Api(http, cloud.url)
+            await api.login()
+            flavor, image = await api.setup(args.hosts)
+            await boot_all(api, min(50, args.n), args.clients, flavor, image)  # warm-up
+            events0, msgs0 = await cloud.count_events(), await cloud.published(http)
+            rate, lat, ids = await boot_all(api, args.n, args.clients, flavor, image)
+            events = (await cloud.count_events() - events0) / args.n
+            msgs = (await cloud.published(http) - msgs0) / args.n
+            listing = await api.json("GET", "/compute/v2.1/servers/detail?limit=1000"
+                                            "&status=ERROR")
+            errors = len(listing["servers"])
+            get_p99, detail_p99 = await read_figures(api, ids, args.reads)
+            raw_rate, raw_p99 = await ceiling(http, args.clients)
+        print(f"{mode}: {args.n} boots, {args.clients} clients, {args.hosts} hosts:"
+              f" {rate:.0f} boots/s, p50 {percentile(lat, 50) * 1000:.1f} ms,"
+              f" p99 {percentile(lat, 99) * 1000:.1f} ms, errors {errors},"
+              f" {msgs:.2f} broker messages and {events:.2f} events per boot;"
+              f" GET server p99 {get_p99:.2f} ms, servers/detail (1000) p99 {detail_p99:.1f} ms;"
+              f" raw aiohttp {raw_rate:.0f} req/s, GET p99 {raw_p99:.2f} ms")
+        print(result_line({f"{mode}_boots_per_s": rate,
+                           f"{mode}_p50_ms": percentile(lat, 50) * 1000,
+                           f"{mode}_p99_ms": percentile(lat, 99) * 1000,
+                           f"{mode}_msgs_per_boot": msgs, f"{mode}_events_per_boot": events,
+                           f"{mode}_get_p99_ms": get_p99, f"{mode}_detail_p99_ms": detail_p99,
+                           f"{mode}_errors": errors},
+                          raw_rate, rate / raw_rate if raw_rate else 0.0), flush=True)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=("embedded", "real", "both"), default="both")
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--hosts", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--reads", type=int, default=1000)
+    parser.add_argument("--no-uvloop", action="store_true")
+    args = parser.parse_args()
+    for mode in ("embedded", "real") if args.mode == "both" else (args.mode,):
+        await measure(mode, args)
+
+
+if __name__ == "__main__":
+    run(main())
