@@ -509,11 +509,16 @@ class SqliteEventStore:
 
 
 class SqliteProjectionTx:
-    """One projection transaction: holds the writer for its whole life.
+    """One projection transaction, with its writes deferred.
 
-    Jobs go to the single writer thread in submission order, so the ROLLBACK or the
-    checkpoint-and-COMMIT always runs after every statement of the transaction, even
-    when the awaiting task is cancelled.
+    ``execute`` only queues a statement; the transaction (BEGIN IMMEDIATE, the checkpoint
+    check, the queued statements, the checkpoint move, COMMIT) runs as one job on the
+    writer thread when the block ends, so a batch costs one thread hop and holds the
+    writer only while it really writes. A ``fetch`` (which must see the transaction's own
+    writes) opens the transaction early and flushes the queue; from then on the writer is
+    held until the end, as before. Jobs go to the single writer thread in submission
+    order, so the ROLLBACK or the COMMIT always runs after every statement, even when the
+    awaiting task is cancelled.
     """
 
     def __init__(self, store: SqliteEventStore, name: str, expected: int, new: int) -> None:
@@ -521,14 +526,10 @@ class SqliteProjectionTx:
         self._name = name
         self._expected = expected
         self._new = new
+        self._pending: list[tuple[str, tuple[object, ...]]] = []
+        self._open = False
 
     async def __aenter__(self) -> SqliteProjectionTx:
-        await self._store._write_lock.acquire()
-        try:
-            await self._store._run(self._store._writer, self._begin)
-        except BaseException:
-            self._store._write_lock.release()
-            raise
         return self
 
     def _begin(self) -> None:
@@ -545,6 +546,11 @@ class SqliteProjectionTx:
             conn.execute("ROLLBACK")
             raise
 
+    def _flush(self, pending: list[tuple[str, tuple[object, ...]]]) -> None:
+        conn = self._store._writer_conn
+        for statement, args in pending:
+            conn.execute(statement, args)
+
     def _commit(self) -> None:
         conn = self._store._writer_conn
         try:
@@ -558,35 +564,81 @@ class SqliteProjectionTx:
             self._rollback()
             raise
 
+    def _whole(self, pending: list[tuple[str, tuple[object, ...]]]) -> None:
+        """BEGIN, the queued statements and COMMIT in one job (rolled back on error)."""
+        self._begin()
+        try:
+            self._flush(pending)
+        except BaseException:
+            self._rollback()
+            raise
+        self._commit()
+
     def _rollback(self) -> None:
         conn = self._store._writer_conn
         if conn.in_transaction:  # some errors already rolled SQLite back
             conn.execute("ROLLBACK")
 
+    def _take(self) -> list[tuple[str, tuple[object, ...]]]:
+        pending, self._pending = self._pending, []
+        return pending
+
     async def __aexit__(self, *exc: object) -> bool | None:
+        store = self._store
+        if not self._open:
+            if exc[0] is not None:
+                return None  # nothing ran yet: nothing to undo
+            pending = self._take()
+            async with store._write_lock:
+                await store._run(store._writer, lambda: self._whole(pending))
+            store._projection_moved()
+            return None
         try:
             if exc[0] is None:
-                await self._store._run(self._store._writer, self._commit)
-                self._store._projection_moved()
+                pending = self._take()
+                def finish() -> None:
+                    self._flush(pending)
+                    self._commit()
+
+                await store._run(store._writer, finish)
+                store._projection_moved()
             else:
                 loop = asyncio.get_running_loop()
                 # submitted now, so it runs next on the writer thread even if we are cancelled
-                await asyncio.shield(loop.run_in_executor(self._store._writer, self._rollback))
+                await asyncio.shield(loop.run_in_executor(store._writer, self._rollback))
         finally:
-            self._store._write_lock.release()
+            store._write_lock.release()
         return None
 
     async def execute(self, sql: str, *args: object) -> None:
-        conn = self._store._writer_conn
-        statement = to_sqlite_params(sql)
-        await self._store._run(self._store._writer, lambda: conn.execute(statement, args))
+        self._pending.append((to_sqlite_params(sql), args))
 
     async def fetch(self, sql: str, *args: object) -> list[tuple[object, ...]]:
-        conn = self._store._writer_conn
+        store = self._store
+        conn = store._writer_conn
         statement = to_sqlite_params(sql)
-        return await self._store._run(
-            self._store._writer, lambda: conn.execute(statement, args).fetchall()
-        )
+        pending = self._take()
+        def more() -> list[tuple[object, ...]]:
+            self._flush(pending)
+            return conn.execute(statement, args).fetchall()
+
+        if self._open:
+            return await store._run(store._writer, more)
+        await store._write_lock.acquire()
+
+        def first() -> list[tuple[object, ...]]:
+            self._begin()
+            return more()
+
+        try:
+            rows = await store._run(store._writer, first)
+        except BaseException:
+            loop = asyncio.get_running_loop()
+            await asyncio.shield(loop.run_in_executor(store._writer, self._rollback))
+            store._write_lock.release()
+            raise
+        self._open = True
+        return rows
 
 
 if TYPE_CHECKING:
