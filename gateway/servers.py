@@ -16,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from typing import Any
+from collections.abc import Awaitable
+from functools import lru_cache
+from typing import Any, TypeVar
 
 import msgspec
 import structlog
@@ -30,6 +32,7 @@ from actors.instance import (
     ERROR,
     CreateInstance,
     DeleteInstance,
+    Fault,
     FlavorInfo,
     ImageInfo,
     RebootInstance,
@@ -40,11 +43,14 @@ from actors.instance import KIND as INSTANCE_KIND
 from actors.instance_views import (
     PROJECTION_NAME,
     ActionView,
+    MarkerNotFound,
     ServerFilter,
+    ServerRef,
     ServerView,
     read_action,
     read_actions,
     read_server,
+    read_server_refs,
     read_servers,
 )
 from bus.errors import CallTimeout
@@ -59,6 +65,7 @@ from store.protocol import ProjectionStore
 log = structlog.get_logger("orrery.servers")
 
 Doc = dict[str, Any]
+T = TypeVar("T")
 V2_1 = APIVersion(2, 1)
 MAX_LIMIT = 1000
 AVAILABILITY_ZONE = "nova"
@@ -133,55 +140,31 @@ class ServersApi:
 
     async def list_servers(self, request: web.Request) -> web.Response:
         context = await authenticate(request)
-        found, more = await self._listed(request, context)
-        body: Doc = {"servers": [{"id": s.id, "name": s.name, "links": _links(request, s.id)}
-                                 for s in found]}
-        if more:
-            body["servers_links"] = _next(request, "servers", found[-1].id)
+        where, limit, marker = _list_query(request, context)
+        found: list[ServerRef] = await _read(read_server_refs(
+            self.store, where, limit=limit + 1, marker=marker))
+        base = _base(request)
+        body: Doc = {"servers": [{"id": s.id, "name": s.name, "links": _links_at(base, s.id)}
+                                 for s in found[:limit]]}
+        if len(found) > limit and limit and "limit" in request.query:
+            body["servers_links"] = _next(request, "servers", found[limit - 1].id)
         return json_response(body)
 
     async def list_servers_detail(self, request: web.Request) -> web.Response:
         context = await authenticate(request)
-        found, more = await self._listed(request, context)
-        body: Doc = {"servers": [server_doc(request, s, context) for s in found]}
-        if more:
-            body["servers_links"] = _next(request, "servers/detail", found[-1].id)
+        where, limit, marker = _list_query(request, context)
+        found: list[ServerView] = await _read(read_servers(
+            self.store, where, limit=limit + 1, marker=marker))
+        doc = DocMaker(request, context)
+        body: Doc = {"servers": [doc.server(s) for s in found[:limit]]}
+        if len(found) > limit and limit and "limit" in request.query:
+            body["servers_links"] = _next(request, "servers/detail", found[limit - 1].id)
         return json_response(body)
 
     async def show_server(self, request: web.Request) -> web.Response:
         context = await authenticate(request)
         server = await self._server(request.match_info["id"], context)
-        return json_response({"server": server_doc(request, server, context)})
-
-    async def _listed(self, request: web.Request,
-                      context: AuthContext) -> tuple[list[ServerView], bool]:
-        query = request.query
-        project: str | None = context.project_id or ""
-        if _truthy(query.get("all_tenants")):
-            if not context.is_admin:
-                which = "detail" if request.path.endswith("/detail") else "index"
-                raise ApiError("forbidden", f"Policy doesn't allow os_compute_api:servers:"
-                                            f"{which}:get_all_tenants to be performed.")
-            project = query.get("project_id") or query.get("tenant_id") or None
-        name = query.get("name")
-        if name is not None:
-            try:
-                re.compile(name)
-            except re.error:
-                raise ApiError("bad_request", f"Invalid filter name [{name}]") from None
-        where = ServerFilter(project_id=project, name=name or None,
-                             status=query.get("status"), image=query.get("image"),
-                             flavor=query.get("flavor"),
-                             host=query.get("host") if context.is_admin else None)
-        found = await read_servers(self.store, where)
-        marker = query.get("marker")
-        if marker is not None:
-            ids = [s.id for s in found]
-            if marker not in ids:
-                raise ApiError("bad_request", f"marker [{marker}] not found")
-            found = found[ids.index(marker) + 1:]
-        limit = _limit(query.get("limit"))
-        return found[:limit], len(found) > limit and query.get("limit") is not None
+        return json_response({"server": DocMaker(request, context).server(server)})
 
     async def _server(self, server_id: str, context: AuthContext) -> ServerView:
         """A live server ``context`` may see, else 404 itemNotFound."""
@@ -319,6 +302,39 @@ class ServersApi:
 # --- request checks -------------------------------------------------------------------------
 
 
+def _list_query(request: web.Request,
+                context: AuthContext) -> tuple[ServerFilter, int, str | None]:
+    """The filters, limit and marker of a list request (403 for all_tenants from a
+    non-admin, 400 for a bad name regex or limit)."""
+    query = request.query
+    project: str | None = context.project_id or ""
+    if _truthy(query.get("all_tenants")):
+        if not context.is_admin:
+            which = "detail" if request.path.endswith("/detail") else "index"
+            raise ApiError("forbidden", f"Policy doesn't allow os_compute_api:servers:"
+                                        f"{which}:get_all_tenants to be performed.")
+        project = query.get("project_id") or query.get("tenant_id") or None
+    name = query.get("name")
+    if name is not None:
+        try:
+            re.compile(name)
+        except re.error:
+            raise ApiError("bad_request", f"Invalid filter name [{name}]") from None
+    where = ServerFilter(project_id=project, name=name or None,
+                         status=query.get("status"), image=query.get("image"),
+                         flavor=query.get("flavor"),
+                         host=query.get("host") if context.is_admin else None)
+    return where, _limit(query.get("limit")), query.get("marker")
+
+
+async def _read(reading: Awaitable[T]) -> T:
+    """A list read; an unknown marker is 400 as Nova answers."""
+    try:
+        return await reading
+    except MarkerNotFound as exc:
+        raise ApiError("bad_request", str(exc)) from None
+
+
 def _writer(context: AuthContext, rule: str) -> None:
     if "member" not in context.roles and not context.is_admin:
         raise ApiError("forbidden", f"Policy doesn't allow {rule} to be performed.")
@@ -395,7 +411,10 @@ def _base(request: web.Request) -> str:
 
 
 def _links(request: web.Request, server_id: str) -> list[Doc]:
-    base = _base(request)
+    return _links_at(_base(request), server_id)
+
+
+def _links_at(base: str, server_id: str) -> list[Doc]:
     return [{"rel": "self", "href": f"{base}/v2.1/servers/{server_id}"},
             {"rel": "bookmark", "href": f"{base}/servers/{server_id}"}]
 
@@ -412,6 +431,7 @@ def _z(stamp: str | None) -> str | None:
     return None if stamp is None else stamp[:19] + "Z"
 
 
+@lru_cache(maxsize=4096)
 def host_id(project_id: str, host: str | None) -> str:
     """Nova's ``hostId``: sha224 of project and host, "" while unplaced."""
     if not host:
@@ -425,38 +445,56 @@ def instance_name(server_id: str) -> str:
 
 def server_doc(request: web.Request, s: ServerView, context: AuthContext) -> Doc:
     """Nova 2.1's server, field for field (admin-only attributes for admins)."""
-    base = _base(request)
-    status = s.status
-    doc: Doc = {
-        "id": s.id, "name": s.name, "status": status, "tenant_id": s.project_id,
-        "user_id": s.user_id, "metadata": s.metadata, "hostId": host_id(s.project_id, s.host),
-        "image": {"id": s.image.id, "links": [
-            {"rel": "bookmark", "href": f"{base}/images/{s.image.id}"}]},
-        "flavor": {"id": s.flavor.id, "links": [
-            {"rel": "bookmark", "href": f"{base}/flavors/{s.flavor.id}"}]},
-        "created": _z(s.created_at), "updated": _z(s.updated_at), "addresses": {},
-        "accessIPv4": "", "accessIPv6": "", "links": _links(request, s.id),
-        "OS-DCF:diskConfig": "MANUAL", "key_name": s.key_name, "config_drive": "",
-        "OS-EXT-AZ:availability_zone": s.availability_zone or AVAILABILITY_ZONE,
-        "OS-EXT-STS:vm_state": s.vm_state, "OS-EXT-STS:task_state": s.task_state,
-        "OS-EXT-STS:power_state": s.power_state,
-        "OS-SRV-USG:launched_at": s.launched_at, "OS-SRV-USG:terminated_at": s.terminated_at,
-        "os-extended-volumes:volumes_attached": [],
-        "security_groups": [{"name": "default"}],
-    }
-    if status in _PROGRESS:
-        doc["progress"] = 100 if s.vm_state == ACTIVE else 0
-    if context.is_admin:
-        doc["OS-EXT-SRV-ATTR:host"] = s.host
-        doc["OS-EXT-SRV-ATTR:hypervisor_hostname"] = s.host
-        doc["OS-EXT-SRV-ATTR:instance_name"] = instance_name(s.id)
-    if s.fault is not None and s.vm_state in (ERROR, DELETED):
-        fault: Doc = {"code": s.fault.code, "message": s.fault.message,
-                      "created": s.fault.created.strftime("%Y-%m-%dT%H:%M:%SZ")}
-        if context.is_admin or s.fault.code != 500:
-            fault["details"] = s.fault.details
-        doc["fault"] = fault
-    return doc
+    return DocMaker(request, context).server(s)
+
+
+class DocMaker:
+    """Nova 2.1's server documents for one request: what every server shares (base URL,
+    admin or not) is worked out once; metadata is embedded as stored, not decoded."""
+
+    def __init__(self, request: web.Request, context: AuthContext) -> None:
+        self.base = _base(request)
+        self.admin = context.is_admin
+
+    def server(self, s: ServerView) -> Doc:
+        base = self.base
+        status = s.status
+        doc: Doc = {
+            "id": s.id, "name": s.name, "status": status, "tenant_id": s.project_id,
+            "user_id": s.user_id, "metadata": msgspec.Raw(s.metadata_json),
+            "hostId": host_id(s.project_id, s.host),
+            "image": {"id": s.image_id, "links": [
+                {"rel": "bookmark", "href": f"{base}/images/{s.image_id}"}]},
+            "flavor": {"id": s.flavor_id, "links": [
+                {"rel": "bookmark", "href": f"{base}/flavors/{s.flavor_id}"}]},
+            "created": _z(s.created_at), "updated": _z(s.updated_at), "addresses": {},
+            "accessIPv4": "", "accessIPv6": "", "links": _links_at(base, s.id),
+            "OS-DCF:diskConfig": "MANUAL", "key_name": s.key_name, "config_drive": "",
+            "OS-EXT-AZ:availability_zone": s.availability_zone or AVAILABILITY_ZONE,
+            "OS-EXT-STS:vm_state": s.vm_state, "OS-EXT-STS:task_state": s.task_state,
+            "OS-EXT-STS:power_state": s.power_state,
+            "OS-SRV-USG:launched_at": s.launched_at,
+            "OS-SRV-USG:terminated_at": s.terminated_at,
+            "os-extended-volumes:volumes_attached": [],
+            "security_groups": [{"name": "default"}],
+        }
+        if status in _PROGRESS:
+            doc["progress"] = 100 if s.vm_state == ACTIVE else 0
+        if self.admin:
+            doc["OS-EXT-SRV-ATTR:host"] = s.host
+            doc["OS-EXT-SRV-ATTR:hypervisor_hostname"] = s.host
+            doc["OS-EXT-SRV-ATTR:instance_name"] = instance_name(s.id)
+        fault = s.fault if s.vm_state in (ERROR, DELETED) else None
+        if fault is not None:
+            doc["fault"] = self._fault(fault)
+        return doc
+
+    def _fault(self, fault: Fault) -> Doc:
+        doc: Doc = {"code": fault.code, "message": fault.message,
+                    "created": fault.created.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        if self.admin or fault.code != 500:
+            doc["details"] = fault.details
+        return doc
 
 
 def _action(a: ActionView) -> Doc:
