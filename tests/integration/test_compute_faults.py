@@ -17,7 +17,6 @@ starts (which needs its domain on the host).
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -30,9 +29,8 @@ from actors.instance import Deadlines
 from bus.routing import Names
 from tests.support.backends import eventually
 from tests.support.cloud import Cloud, running_cloud
-from tests.support.deployment import Deployment, deployment, hostd_options
+from tests.support.deployment import SERVERS, Api, deployment, hostd_options
 
-SERVERS = "/compute/v2.1/servers"
 DEADLINES = {"scheduling": 10.0, "spawning": 20.0}
 #: fake hosts roomy enough for 50 m1.tiny on each
 ROOMY = "64,65536,2000"
@@ -42,66 +40,6 @@ def _hypervisor() -> str:
     """libvirt test:///default once ``orrery hostd`` can fetch images (an image path is
     needed to define a libvirt domain), else the fake."""
     return "libvirt" if {"--image-dir", "--image-url"} & hostd_options() else "fake"
-
-
-class Api:
-    """The admin talking to a deployment's API with aiohttp."""
-
-    def __init__(self, dep: Deployment, http: aiohttp.ClientSession) -> None:
-        self.dep, self.http = dep, http
-        self.headers = {"X-Auth-Token": dep.token()}
-
-    async def call(self, method: str, path: str, body: Any = None,
-                   expect: tuple[int, ...] = (200,)) -> Any:
-        async with self.http.request(method, self.dep.url + path, json=body,
-                                     headers=self.headers) as resp:
-            text = await resp.text()
-            assert resp.status in expect, f"{method} {path}: {resp.status} {text}"
-            return await resp.json() if text else None
-
-    async def image(self) -> str:
-        made = await self.call("POST", "/image/v2/images", {
-            "name": "faults", "disk_format": "raw", "container_format": "bare"},
-            expect=(201,))
-        async with self.http.put(f"{self.dep.url}/image/v2/images/{made['id']}/file",
-                                 data=os.urandom(4096), headers={
-                                     **self.headers,
-                                     "Content-Type": "application/octet-stream"}) as resp:
-            assert resp.status == 204, await resp.text()
-        return str(made["id"])
-
-    async def boot(self, name: str, image: str, flavor: str = "1") -> str:
-        made = await self.call("POST", SERVERS, {"server": {
-            "name": name, "imageRef": image, "flavorRef": flavor}}, expect=(202,))
-        return str(made["server"]["id"])
-
-    async def servers(self) -> dict[str, dict[str, Any]]:
-        found = await self.call("GET", f"{SERVERS}/detail")
-        return {s["id"]: s for s in found["servers"]}
-
-    async def hosts(self) -> dict[str, dict[str, Any]]:
-        found = await self.call("GET", "/compute/v2.1/os-hypervisors/detail")
-        return {h["hypervisor_hostname"]: h for h in found["hypervisors"]}
-
-    async def wait_settled(self, ids: list[str], timeout: float) -> dict[str, dict[str, Any]]:
-        """Until none of ``ids`` is in BUILD (or a transitional task); the servers."""
-        deadline = time.monotonic() + timeout
-        while True:
-            servers = await self.servers()
-            pending = [i for i in ids if servers.get(i, {}).get("status") not in
-                       ("ACTIVE", "ERROR", "SHUTOFF")]
-            if not pending:
-                return servers
-            if time.monotonic() > deadline:
-                stuck = {i: servers.get(i, {}).get("status") for i in pending}
-                raise AssertionError(f"{len(pending)} servers not settled: {stuck}")
-            await asyncio.sleep(0.3)
-
-    async def wait_status(self, sid: str, status: str, timeout: float = 30.0) -> None:
-        async def reached() -> bool:
-            shown = await self.call("GET", f"{SERVERS}/{sid}")
-            return bool(shown["server"]["status"] == status)
-        await eventually(reached, timeout=timeout, what=f"{sid} {status}")
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ restarts the parts and talks to the API over plain HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import os
@@ -25,11 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from orrery.clouds import write_clouds_yaml
+from tests.support.backends import eventually
 from tests.support.procs import ROOT
 from tests.support.serve import free_port
 
 ADMIN_PASSWORD = "s3cret-admin"
+SERVERS = "/compute/v2.1/servers"
 
 
 @functools.cache
@@ -58,12 +63,14 @@ class Deployment:
 
     # -- processes ---------------------------------------------------------------------------
 
-    def start(self, role: str, *args: str) -> subprocess.Popen[bytes]:
-        """``orrery <role> <args>``, its output in ``<log_dir>/<role>-<n>.log``."""
+    def start(self, role: str, *args: str,
+              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """``orrery <role> <args>`` (``env`` on top of the deployment's), its output in
+        ``<log_dir>/<role>-<n>.log``."""
         name = f"{role}-{len(self.running) + 1}"
         with open(self.log_dir / f"{name}.log", "wb") as log:  # the child keeps its copy
             proc = subprocess.Popen([sys.executable, "-m", "orrery.cli", role, *args],
-                                    env=self.env, cwd=ROOT, stdout=log,
+                                    env={**self.env, **(env or {})}, cwd=ROOT, stdout=log,
                                     stderr=subprocess.STDOUT)
         self.running.append((name, proc))
         return proc
@@ -216,3 +223,65 @@ def deployment(
         raise
     finally:
         dep.stop_all()
+
+
+class Api:
+    """The admin talking to a deployment's API (at ``url``, else the deployment's) with
+    aiohttp: images, boots, server and host listings, waits."""
+
+    def __init__(self, dep: Deployment, http: aiohttp.ClientSession,
+                 url: str | None = None) -> None:
+        self.dep, self.http, self.url = dep, http, url or dep.url
+        self.headers = {"X-Auth-Token": dep.token()}
+
+    async def call(self, method: str, path: str, body: Any = None,
+                   expect: tuple[int, ...] = (200,)) -> Any:
+        async with self.http.request(method, self.url + path, json=body,
+                                     headers=self.headers) as resp:
+            text = await resp.text()
+            assert resp.status in expect, f"{method} {path}: {resp.status} {text}"
+            return await resp.json() if text else None
+
+    async def image(self) -> str:
+        made = await self.call("POST", "/image/v2/images", {
+            "name": "faults", "disk_format": "raw", "container_format": "bare"},
+            expect=(201,))
+        async with self.http.put(f"{self.url}/image/v2/images/{made['id']}/file",
+                                 data=os.urandom(4096), headers={
+                                     **self.headers,
+                                     "Content-Type": "application/octet-stream"}) as resp:
+            assert resp.status == 204, await resp.text()
+        return str(made["id"])
+
+    async def boot(self, name: str, image: str, flavor: str = "1") -> str:
+        made = await self.call("POST", SERVERS, {"server": {
+            "name": name, "imageRef": image, "flavorRef": flavor}}, expect=(202,))
+        return str(made["server"]["id"])
+
+    async def servers(self) -> dict[str, dict[str, Any]]:
+        found = await self.call("GET", f"{SERVERS}/detail")
+        return {s["id"]: s for s in found["servers"]}
+
+    async def hosts(self) -> dict[str, dict[str, Any]]:
+        found = await self.call("GET", "/compute/v2.1/os-hypervisors/detail")
+        return {h["hypervisor_hostname"]: h for h in found["hypervisors"]}
+
+    async def wait_settled(self, ids: list[str], timeout: float) -> dict[str, dict[str, Any]]:
+        """Until none of ``ids`` is in BUILD (or a transitional task); the servers."""
+        deadline = time.monotonic() + timeout
+        while True:
+            servers = await self.servers()
+            pending = [i for i in ids if servers.get(i, {}).get("status") not in
+                       ("ACTIVE", "ERROR", "SHUTOFF")]
+            if not pending:
+                return servers
+            if time.monotonic() > deadline:
+                stuck = {i: servers.get(i, {}).get("status") for i in pending}
+                raise AssertionError(f"{len(pending)} servers not settled: {stuck}")
+            await asyncio.sleep(0.3)
+
+    async def wait_status(self, sid: str, status: str, timeout: float = 30.0) -> None:
+        async def reached() -> bool:
+            shown = await self.call("GET", f"{SERVERS}/{sid}")
+            return bool(shown["server"]["status"] == status)
+        await eventually(reached, timeout=timeout, what=f"{sid} {status}")
