@@ -362,19 +362,20 @@ NAME_CHUNK = 500
 
 
 async def read_servers(store: QueryStore, where: ServerFilter, *, limit: int | None = None,
-                       marker: str | None = None) -> list[ServerView]:
+                       marker: str | None = None, chunk: int = NAME_CHUNK) -> list[ServerView]:
     """Live servers matching ``where``, newest first (created_at desc, id desc): at most
     ``limit`` (all when None), after the server ``marker`` (`MarkerNotFound` if it is not
-    one of the listed project's servers, live or deleted)."""
-    rows = await _page(store, VIEW_COLUMNS, 3, 15, where, limit, marker)
+    one of the listed project's servers, live or deleted). A name regex filters rows
+    fetched at least ``chunk`` at a time."""
+    rows = await _page(store, VIEW_COLUMNS, 3, 15, where, limit, marker, chunk)
     return [_server(r) for r in rows]
 
 
 async def read_server_refs(store: QueryStore, where: ServerFilter, *,
-                           limit: int | None = None,
-                           marker: str | None = None) -> list[ServerRef]:
+                           limit: int | None = None, marker: str | None = None,
+                           chunk: int = NAME_CHUNK) -> list[ServerRef]:
     """As `read_servers`, only id and name (what ``GET /servers`` shows)."""
-    rows = await _page(store, "id, name, created_at", 1, 2, where, limit, marker)
+    rows = await _page(store, "id, name, created_at", 1, 2, where, limit, marker, chunk)
     return [ServerRef(r[0], r[1]) for r in rows]
 
 
@@ -405,14 +406,14 @@ async def _marker_key(store: QueryStore, marker: str,
 
 
 async def _page(store: QueryStore, columns: str, name_at: int, created_at: int,
-                where: ServerFilter, limit: int | None,
-                marker: str | None) -> list[tuple[Any, ...]]:
+                where: ServerFilter, limit: int | None, marker: str | None,
+                name_chunk: int) -> list[tuple[Any, ...]]:
     """Rows of ``columns`` (``id`` first, the name and created_at at the given indexes),
     filtered and ordered in SQL, then by the name regex a chunk at a time."""
     conds, args = _conditions(where)
     after = await _marker_key(store, marker, where.project_id) if marker is not None else None
     pattern = re.compile(where.name) if where.name else None
-    chunk = limit if pattern is None else max(limit or 0, NAME_CHUNK)
+    chunk = limit if pattern is None else max(limit or 0, name_chunk, 1)
     found: list[tuple[Any, ...]] = []
     while limit is None or len(found) < limit:
         page_conds, page_args = list(conds), list(args)

@@ -1,5 +1,6 @@
-"""The instances projection folds an instance's events into ``servers`` and
-``instance_actions`` (on a SQLite log): states, times, fault, actions by request id."""
+"""The instances projection folds an instance's events into ``servers_v2`` and
+``instance_actions_v2`` (on a SQLite log and on PostgreSQL): states, times, fault, actions
+by request id, and the lists filtered, ordered and paged in SQL."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import pytest
 
 from actors.instance import (
     INSTANCE_EVENTS,
+    REBOOTING,
+    REBOOTING_HARD,
     Fault,
     FlavorInfo,
     ImageInfo,
@@ -25,14 +28,18 @@ from actors.instance import (
     InstanceFailed,
     InstanceScheduled,
     InstanceSpawned,
+    status,
 )
 from actors.instance_views import (
     InstancesProjection,
+    MarkerNotFound,
     ServerFilter,
     read_action,
     read_actions,
     read_server,
+    read_server_refs,
     read_servers,
+    status_sql,
 )
 from schemas import SYSTEM_EVENTS
 from store.projections import ProjectionRunner
@@ -47,17 +54,35 @@ def at(seconds: int) -> dt.datetime:
     return T0 + dt.timedelta(seconds=seconds)
 
 
-def created(name: str, project: str = "p1", seconds: int = 0) -> InstanceCreated:
+def created(name: str, project: str = "p1", seconds: int = 0, flavor: str = "1",
+            image: str = "img") -> InstanceCreated:
     return InstanceCreated(
         instance_id="x", name=name, project_id=project, user_id="u1",
-        flavor=FlavorInfo(id="1", name="m1.tiny", vcpus=1, ram=512, disk=1),
-        image=ImageInfo(id="img", size=10), metadata={"k": "v"}, request="r0", at=at(seconds))
+        flavor=FlavorInfo(id=flavor, name="m1.tiny", vcpus=1, ram=512, disk=1),
+        image=ImageInfo(id=image, size=10), metadata={"k": "v"}, request="r0", at=at(seconds))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """A fresh SQLite file or a fresh PostgreSQL database (``pg_dsn`` runs its own loop,
+    so it is pulled in here, outside the test's)."""
+    if request.param == "sqlite":
+        return "sqlite", str(tmp_path / "log.sqlite")
+    return "postgres", request.getfixturevalue("pg_dsn")
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Any]:
+async def store(backend: tuple[str, str]) -> AsyncIterator[Any]:
+    """An empty log with the projection's tables, on SQLite and on PostgreSQL."""
     types = EventTypes([*INSTANCE_EVENTS, *SYSTEM_EVENTS])
-    log = await SqliteEventStore.open(tmp_path / "log.sqlite", types)
+    kind, where = backend
+    log: Any
+    if kind == "sqlite":
+        log = await SqliteEventStore.open(where, types)
+    else:
+        from store.postgres import PostgresEventStore
+
+        log = await PostgresEventStore.connect(where, types)
     await log.run_ddl(InstancesProjection.ddl)
     try:
         yield log
@@ -131,3 +156,78 @@ async def test_a_failed_boot_keeps_its_fault_and_the_lists_filter(store: Any) ->
     assert [s.id for s in web] == ["s1"]
     errors = await read_servers(store, ServerFilter(status="error"))
     assert [s.id for s in errors] == ["s1"]
+
+
+async def append(store: Any, server_id: str, *events: msgspec.Struct) -> None:
+    version = await store.stream_version(f"instance:{server_id}")
+    await store.append(f"instance:{server_id}",
+                       [new_event(e, correlation_id=f"req-{server_id}") for e in events],
+                       version)
+
+
+async def project(store: Any) -> None:
+    async with ProjectionRunner(store, InstancesProjection()) as runner:
+        assert await runner.wait_until(await store.head(), 5.0)
+
+
+async def test_the_status_column_follows_novas_status_of_every_state(store: Any) -> None:
+    """The SQL that keeps the status column agrees with actors.instance.status for every
+    vm_state and task_state (and an unknown vm_state is UNKNOWN)."""
+    tasks = [None, "scheduling", "spawning", "powering-off", "powering-on", REBOOTING,
+             REBOOTING_HARD, "deleting"]
+    for vm_state in ("building", "active", "stopped", "error", "deleted", "shelved"):
+        for task in tasks:
+            rows = await store.query(f"SELECT {status_sql('$1', '$2')}", vm_state, task)
+            assert rows[0][0] == status(vm_state, task), (vm_state, task)
+
+
+async def test_lists_filter_order_and_page_in_sql(store: Any) -> None:
+    """Status, image, flavor and host filter; newest first with ties by id descending; a
+    marker pages on from that server (400-worthy MarkerNotFound when it is not the
+    project's); a name regex with a limit fetches on until the page is full; /servers
+    refs are the same servers; deleted servers are never listed."""
+    for i, sid in enumerate(("a1", "a2", "a3", "a4", "a5", "a6")):
+        await append(store, sid, created(f"{'web' if i % 2 else 'db'}-{i}", seconds=i // 2 * 10,
+                                         flavor="2" if sid == "a3" else "1",
+                                         image="other" if sid == "a4" else "img"))
+    for sid in ("a2", "a5"):
+        await append(store, sid, InstanceScheduled(host="h2", request="r1", at=at(30)),
+                     InstanceSpawned(host="h2", power_state=1, at=at(31)))
+    await append(store, "a7", created("web-7", seconds=60))
+    await append(store, "a7", InstanceDeleted(instance_id="a7", host=None, at=at(61)))
+    await append(store, "b1", created("web-b", project="p2", seconds=70))
+    await project(store)
+    p1 = ServerFilter(project_id="p1")
+    newest = ["a6", "a5", "a4", "a3", "a2", "a1"]  # created_at desc, then id desc
+    assert [s.id for s in await read_servers(store, p1)] == newest
+    assert [s.id for s in await read_server_refs(store, p1)] == newest
+    assert [(s.id, s.status) for s in await read_servers(
+        store, ServerFilter(project_id="p1", status="active"))] == [("a5", "ACTIVE"),
+                                                                    ("a2", "ACTIVE")]
+    building = await read_server_refs(store, ServerFilter(project_id="p1", status="BUILD"))
+    assert [s.id for s in building] == ["a6", "a4", "a3", "a1"]
+    assert [s.id for s in await read_servers(store, ServerFilter(image="other"))] == ["a4"]
+    assert [s.id for s in await read_servers(store, ServerFilter(flavor="2"))] == ["a3"]
+    assert [s.id for s in await read_servers(store, ServerFilter(host="h2"))] == ["a5", "a2"]
+    paged: list[str] = []
+    marker = None
+    while True:
+        page = await read_servers(store, p1, limit=2, marker=marker)
+        paged += [s.id for s in page]
+        if len(page) < 2:
+            break
+        marker = page[-1].id
+    assert paged == newest
+    after = await read_server_refs(store, ServerFilter(project_id="p1", status="BUILD"),
+                                   limit=2, marker="a5")
+    assert [s.id for s in after] == ["a4", "a3"]
+    for bad in ("nope", "b1"):
+        with pytest.raises(MarkerNotFound):
+            await read_servers(store, p1, marker=bad)
+    web = ServerFilter(project_id="p1", name="^web-")
+    assert [s.id for s in await read_servers(store, web, limit=2, chunk=1)] == ["a6", "a4"]
+    assert [s.id for s in await read_server_refs(store, web, limit=5, chunk=2,
+                                                 marker="a6")] == ["a4", "a2"]
+    assert await read_servers(store, p1, limit=0) == []
+    every = await read_servers(store, ServerFilter())
+    assert [s.id for s in every] == ["b1", *newest]
