@@ -30,7 +30,7 @@ async def test_multiprocess_deployment_spreads_servers_and_a_second_api_agrees(
     (spread by free RAM);
     os-hypervisors counts each host's servers and their m1.tiny claims; a second `orrery
     api` started later reads the same servers and hosts from its own projections."""
-    hypervisor = "libvirt" if {"--image-dir", "--image-url"} & hostd_options() else "fake"
+    hypervisor = "libvirt" if "--images-from" in hostd_options() else "fake"
     with deployment(pg_dsn=pg_dsn, amqp_url=amqp_url, prefix=amqp_cleanup.prefix,
                     tmp_path=tmp_path, workers=2, hypervisor=hypervisor) as dep:
         api = Api(dep, http)

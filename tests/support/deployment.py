@@ -81,11 +81,8 @@ class Deployment:
                 "--heartbeat-every", str(self.heartbeat_every)]
         if self.hypervisor == "libvirt":
             args += ["--libvirt-uri", "test:///default"]
-        options = hostd_options()
-        if "--image-dir" in options:  # the image store's directory, on this same machine
-            args += ["--image-dir", str(self.data_dir / "images")]
-        elif "--image-url" in options:
-            args += ["--image-url", f"{self.url}/image"]
+        if "--images-from" in hostd_options():  # the image store's directory, same machine
+            args += ["--images-from", str(self.data_dir / "images")]
         self.hostds[host] = self.start("hostd", *args)
         return self.hostds[host]
 
