@@ -426,9 +426,9 @@ def _next(request: web.Request, path: str, marker: str) -> list[Doc]:
     return [{"rel": "next", "href": f"{_base(request)}/v2.1/{path}?{qs}"}]
 
 
-def _z(stamp: str | None) -> str | None:
+def _z(stamp: str) -> str:
     """A stored time as Nova's ``created``/``updated`` (seconds, ``Z``)."""
-    return None if stamp is None else stamp[:19] + "Z"
+    return stamp[:19] + "Z"
 
 
 @lru_cache(maxsize=4096)
@@ -522,7 +522,7 @@ class DocMaker:
                               f'"href":"{base}/images/{image}"}}]}}'),
             flavor=msgspec.Raw(f'{{"id":"{flavor}","links":[{{"rel":"bookmark",'
                                f'"href":"{base}/flavors/{flavor}"}}]}}'),
-            created=s.created_at[:19] + "Z", updated=s.updated_at[:19] + "Z",
+            created=_z(s.created_at), updated=_z(s.updated_at),
             links=msgspec.Raw(f'[{{"rel":"self","href":"{base}/v2.1/servers/{sid}"}},'
                               f'{{"rel":"bookmark","href":"{base}/servers/{sid}"}}]'),
             key_name=s.key_name,
