@@ -169,7 +169,8 @@ def _sdk_round_trip(cli: Os, *, image_id: str, flavor_id: str) -> None:
                                             flavor_id=flavor_id, networks="none")
         server = conn.compute.wait_for_server(server, status="ACTIVE", wait=60)
         assert server.status == "ACTIVE"
-        assert conn.get_server("sdk-vm").id == server.id
+        found = conn.get_server("sdk-vm")
+        assert found is not None and found.id == server.id
         assert conn.delete_server(server.id, wait=True, timeout=60) is True
         assert conn.get_server(server.id) is None
     finally:

@@ -230,7 +230,8 @@ async def test_domain_stopped_behind_orrerys_back_shows_shutoff(
     through Orrery: the instance shows SHUTOFF (power state 4), and starts again."""
     which, kw = backends
     async with running_cloud(which, tmp_path, names=bus_names, hosts=1,
-                             deadlines=Deadlines(scheduling=10, spawning=20), **kw) as cloud:
+                             pg_dsn=kw.get("pg_dsn"), amqp_url=kw.get("amqp_url"),
+                             deadlines=Deadlines(scheduling=10, spawning=20)) as cloud:
         headers, sid = await _boot_in(cloud)
 
         async def is_(status: str) -> bool:
