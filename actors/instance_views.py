@@ -76,7 +76,7 @@ SERVER_COLUMNS = (
 VIEW_COLUMNS = (
     "id, project_id, user_id, name, status, vm_state, task_state, power_state, host,"
     " flavor_id, image_id, metadata, key_name, availability_zone, fault, created_at,"
-    " updated_at, launched_at, terminated_at, deleted")
+    " updated_at, launched_at, terminated_at, deleted, description")
 ACTION_COLUMNS = (
     "instance_id, request_id, action, project_id, user_id, start_time, finish_time,"
     " result, message, host, updated_at")
@@ -172,6 +172,7 @@ class ServerView(msgspec.Struct, frozen=True):
     launched_at: str | None
     terminated_at: str | None
     deleted: bool
+    description: str | None = None
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -329,10 +330,11 @@ class MarkerNotFound(LookupError):
 def _server(row: tuple[Any, ...]) -> ServerView:
     (sid, project_id, user_id, name, status_, vm_state, task_state, power_state, host,
      flavor_id, image_id, metadata, key_name, zone, fault, created_at, updated_at,
-     launched_at, terminated_at, deleted) = row
+     launched_at, terminated_at, deleted, description) = row
     return ServerView(sid, project_id, user_id, name, status_, vm_state, task_state,
                       int(power_state), host, flavor_id, image_id, metadata, key_name, zone,
-                      fault, created_at, updated_at, launched_at, terminated_at, bool(deleted))
+                      fault, created_at, updated_at, launched_at, terminated_at, bool(deleted),
+                      description)
 
 
 async def read_server(store: QueryStore, server_id: str, *,

@@ -46,7 +46,7 @@ class GatewaySettings:
 
     max_body_bytes: int = 1 << 20  # JSON APIs; routes may raise or lift it (ServiceRouter)
     body_timeout: float = 30.0  # seconds to receive a request body
-    compute_max_version: str = "2.1"  # highest compute microversion we implement
+    compute_max_version: str = "2.37"  # highest compute microversion we implement
     volume_max_version: str = "3.0"  # highest block-storage microversion we implement
 
 

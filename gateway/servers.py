@@ -26,6 +26,7 @@ from aiohttp import web
 
 from actors.client import ActorClient
 from actors.flavor_views import read_flavor
+from actors.host_views import read_hosts
 from actors.instance import (
     ACTIVE,
     DELETED,
@@ -67,6 +68,8 @@ log = structlog.get_logger("orrery.servers")
 Doc = dict[str, Any]
 T = TypeVar("T")
 V2_1 = APIVersion(2, 1)
+V2_3, V2_9, V2_16 = APIVersion(2, 3), APIVersion(2, 9), APIVersion(2, 16)
+V2_19, V2_26, V2_37 = APIVersion(2, 19), APIVersion(2, 26), APIVersion(2, 37)
 MAX_LIMIT = 1000
 AVAILABILITY_ZONE = "nova"
 _CODES: dict[str, ErrorCode] = {"not_found": "not_found", "conflict": "conflict",
@@ -155,7 +158,7 @@ class ServersApi:
         where, limit, marker = _list_query(request, context)
         found: list[ServerView] = await _read(read_servers(
             self.store, where, limit=limit + 1, marker=marker))
-        doc = DocMaker(request, context)
+        doc = await self._doc_maker(request, context)
         body: Doc = {"servers": [doc.server(s) for s in found[:limit]]}
         if len(found) > limit and limit and "limit" in request.query:
             body["servers_links"] = _next(request, "servers/detail", found[limit - 1].id)
@@ -164,7 +167,15 @@ class ServersApi:
     async def show_server(self, request: web.Request) -> web.Response:
         context = await authenticate(request)
         server = await self._server(request.match_info["id"], context)
-        return json_response({"server": DocMaker(request, context).server(server)})
+        doc = await self._doc_maker(request, context)
+        return json_response({"server": doc.server(server)})
+
+    async def _doc_maker(self, request: web.Request, context: AuthContext) -> DocMaker:
+        """The representation maker; at 2.16 and above an admin also sees host status."""
+        hosts_up: dict[str, bool] | None = None
+        if context.is_admin and _version(request) >= V2_16:
+            hosts_up = {h.id: h.up for h in await read_hosts(self.store)}
+        return DocMaker(request, context, hosts_up)
 
     async def _server(self, server_id: str, context: AuthContext) -> ServerView:
         """A live server ``context`` may see, else 404 itemNotFound."""
@@ -180,6 +191,9 @@ class ServersApi:
         _writer(context, "os_compute_api:servers:create")
         body = decode(await read_body(request), ServerRequest).server
         _check_body(body)
+        if body.networks is None and _version(request) >= V2_37:
+            raise ApiError("bad_request", "Invalid input for field/attribute server. Value:"
+                                          " 'networks' is a required property.")
         flavor = await self._flavor(str(body.flavorRef), context)
         image = await self._image(body, context)
         if flavor.disk and image.size > flavor.disk * (1 << 30):
@@ -495,6 +509,31 @@ class ServerDoc(msgspec.Struct, kw_only=True, gc=False):
     instance_name: str | msgspec.UnsetType = _F(default=msgspec.UNSET,
                                                 name="OS-EXT-SRV-ATTR:instance_name")
     fault: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    # 2.3, admin only
+    reservation_id: str | msgspec.UnsetType = _F(default=msgspec.UNSET,
+                                                 name="OS-EXT-SRV-ATTR:reservation_id")
+    launch_index: int | msgspec.UnsetType = _F(default=msgspec.UNSET,
+                                               name="OS-EXT-SRV-ATTR:launch_index")
+    hostname: str | msgspec.UnsetType = _F(default=msgspec.UNSET,
+                                           name="OS-EXT-SRV-ATTR:hostname")
+    kernel_id: str | msgspec.UnsetType = _F(default=msgspec.UNSET,
+                                            name="OS-EXT-SRV-ATTR:kernel_id")
+    ramdisk_id: str | msgspec.UnsetType = _F(default=msgspec.UNSET,
+                                             name="OS-EXT-SRV-ATTR:ramdisk_id")
+    root_device_name: str | msgspec.UnsetType | None = _F(
+        default=msgspec.UNSET, name="OS-EXT-SRV-ATTR:root_device_name")
+    user_data: str | msgspec.UnsetType | None = _F(default=msgspec.UNSET,
+                                                   name="OS-EXT-SRV-ATTR:user_data")
+    locked: bool | msgspec.UnsetType = msgspec.UNSET  # 2.9
+    host_status: str | msgspec.UnsetType = msgspec.UNSET  # 2.16, admin only
+    description: str | msgspec.UnsetType | None = msgspec.UNSET  # 2.19
+    tags: list[str] | msgspec.UnsetType = msgspec.UNSET  # 2.26
+
+
+def _hostname(name: str) -> str:
+    """Nova's sanitised hostname of a display name."""
+    text = re.sub(r"[^a-z0-9.-]+", "-", name.lower().replace("_", "-")).strip(".-")
+    return text[:63] or "server"
 
 
 def _text(value: str) -> str:
@@ -508,9 +547,12 @@ class DocMaker:
     """Nova 2.1's server documents for one request: what every server shares (base URL,
     admin or not) is worked out once; metadata is embedded as stored, not decoded."""
 
-    def __init__(self, request: web.Request, context: AuthContext) -> None:
+    def __init__(self, request: web.Request, context: AuthContext,
+                 hosts_up: dict[str, bool] | None = None) -> None:
         self.base = _text(_base(request))
         self.admin = context.is_admin
+        self.version = _version(request)
+        self.hosts_up = hosts_up or {}
 
     def server(self, s: ServerView) -> ServerDoc:
         base = self.base
@@ -534,6 +576,22 @@ class DocMaker:
         if self.admin:
             doc.host = doc.hypervisor_hostname = s.host
             doc.instance_name = instance_name(s.id)
+        if self.version >= V2_3 and self.admin:
+            doc.reservation_id = "r-" + s.id.replace("-", "")[:8]
+            doc.launch_index = 0
+            doc.hostname = _hostname(s.name)
+            doc.kernel_id = doc.ramdisk_id = ""
+            doc.root_device_name = "/dev/vda" if s.host else None
+            doc.user_data = None
+        if self.version >= V2_9:
+            doc.locked = False
+        if self.version >= V2_16 and self.admin:
+            up = self.hosts_up.get(s.host or "")
+            doc.host_status = "" if up is None else "UP" if up else "DOWN"
+        if self.version >= V2_19:
+            doc.description = s.description
+        if self.version >= V2_26:
+            doc.tags = []
         fault = s.fault if s.vm_state in (ERROR, DELETED) else None
         if fault is not None:
             doc.fault = msgspec.Raw(_JSON.encode(self._fault(fault)))

@@ -316,3 +316,32 @@ async def test_no_hosts_means_error_no_valid_host(backends: tuple[str, dict[str,
         sid = await api.boot(api.member)
         server = await api.wait_status(sid, "ERROR")
         assert "No valid host" in server["fault"]["message"]
+
+
+async def test_microversions_up_to_2_37(api: Api) -> None:
+    """At 2.37 a create must say which networks; the server gains locked (2.9),
+    description (2.19), tags (2.26), and for admins the 2.3 attributes and host_status
+    (2.16); at 2.1 none of them appear."""
+    v237 = {"OpenStack-API-Version": "compute 2.37"}
+    server = {"name": "vm-mv", "imageRef": api.image, "flavorRef": "1"}
+    head = await api.cloud.head()
+    status, body = await api.req("POST", "/servers", api.member, json={"server": server},
+                                 headers=v237)
+    assert status == 400 and "networks" in body["badRequest"]["message"]
+    assert await api.cloud.head() == head
+    _, body = await api.req("POST", "/servers", api.member, status=202, headers=v237, json={
+        "server": {**server, "networks": "none", "description": "a test"}})
+    sid = body["server"]["id"]
+    await api.wait_status(sid, "ACTIVE")
+    _, body = await api.req("GET", f"/servers/{sid}", api.admin, status=200, headers=v237)
+    new = body["server"]
+    assert new["locked"] is False and new["tags"] == [] and new["description"] == "a test"
+    assert new["host_status"] == "UP" and new["OS-EXT-SRV-ATTR:hostname"] == "vm-mv"
+    assert new["OS-EXT-SRV-ATTR:launch_index"] == 0
+    _, body = await api.req("GET", f"/servers/{sid}", api.member, status=200, headers=v237)
+    assert "host_status" not in body["server"] and "locked" in body["server"]
+    assert not any(k.startswith("OS-EXT-SRV-ATTR") for k in body["server"])
+    old = await api.show(sid)
+    for key in ("locked", "tags", "description", "host_status",
+                "OS-EXT-SRV-ATTR:hostname"):
+        assert key not in old, key

@@ -382,9 +382,9 @@ DISCOVERY = [
     ("/identity/", 300, {"versions": {"values": [KEYSTONE_V3]}}),
     ("/identity/v3", 200, {"version": KEYSTONE_V3}),
     ("/identity/v3/", 200, {"version": KEYSTONE_V3}),
-    ("/compute/", 200, {"versions": [nova_v21("2.1")]}),
-    ("/compute/v2.1", 200, {"version": nova_v21("2.1")}),
-    ("/compute/v2.1/", 200, {"version": nova_v21("2.1")}),
+    ("/compute/", 200, {"versions": [nova_v21("2.37")]}),
+    ("/compute/v2.1", 200, {"version": nova_v21("2.37")}),
+    ("/compute/v2.1/", 200, {"version": nova_v21("2.37")}),
     ("/networking/", 200, {"versions": [{
         "id": "v2.0", "status": "CURRENT",
         "links": [{"rel": "self", "href": f"{BASE}/networking/v2.0/"}]}]}),
