@@ -264,6 +264,16 @@ class InstancePowerSynced(msgspec.Struct, frozen=True, kw_only=True,
     at: dt.datetime
 
 
+class InstanceRetried(msgspec.Struct, frozen=True, kw_only=True, tag="instance.retried"):
+    """A build step passed its deadline without an answer: its request is sent once more
+    (same request id: a claim and a spawn are idempotent per instance) under a new
+    deadline. Covers a request lost with a worker that died between recording the step
+    and sending it."""
+
+    task: str
+    at: dt.datetime
+
+
 class InstanceDeleting(msgspec.Struct, frozen=True, kw_only=True, tag="instance.deleting"):
     """Delete asked; hostd destroys the domain as ``request``."""
 
@@ -289,6 +299,7 @@ INSTANCE_EVENTS: tuple[type[msgspec.Struct], ...] = (
     InstanceCreated, InstanceClaimRefused, InstanceScheduled, InstanceImageReady,
     InstanceSpawned, InstanceFailed, InstanceActionStarted, InstanceActionDone,
     InstanceActionFailed, InstancePowerSynced, InstanceDeleting, InstanceDeleted,
+    InstanceRetried,
 )
 
 
@@ -323,6 +334,7 @@ class InstanceState(msgspec.Struct, kw_only=True):
     awaiting: str | None = None
     action: str | None = None
     refused: list[str] = []
+    retried: list[str] = []
     deadline: dt.datetime | None = None
     timer: str | None = None
     timer_at: dt.datetime | None = None
@@ -522,9 +534,12 @@ class InstanceDecider:
             return [InstanceDeleted(instance_id=ctx.actor_id, host=state.host, at=ctx.now,
                                     note="the host did not confirm in time; it removes the"
                                          " domain when it reconciles")]
+        if task in (SCHEDULING, SPAWNING) and task not in state.retried:
+            return [InstanceRetried(task=task, at=ctx.now),
+                    self._arm(ctx.now + self._limit(task), ctx)]
         if task in (SCHEDULING, SPAWNING):
             where = f" on host {state.host}" if state.host else ""
-            return self._fail(state, ctx, f"Timed out while {task}{where} after"
+            return self._fail(state, ctx, f"Timed out while {task}{where}, twice"
                               f" {self._limit(task).total_seconds():g} s", timer_fired=True)
         return [InstanceActionFailed(action=state.action or task, at=ctx.now,
                                      message=f"Timed out while {task} after"
@@ -566,6 +581,12 @@ class InstanceDecider:
             match event:
                 case InstanceCreated() | InstanceClaimRefused():
                     out.append(self._place(state, ctx))
+                case InstanceRetried(task="scheduling"):
+                    out.append(self._place(state, ctx))
+                case InstanceRetried(task="spawning") if state.host and state.awaiting:
+                    out.append(TellHost(host=state.host, command=self._spawn(state, ctx),
+                                        request_id=state.awaiting,
+                                        timeout=self.deadlines.spawning))
                 case InstanceScheduled(host=host, request=request):
                     out.append(TellHost(host=host, command=self._spawn(state, ctx),
                                         request_id=request,
@@ -671,6 +692,9 @@ class InstanceEvolver:
                 self._task(state, None, at)
             case InstancePowerSynced(vm_state=vm_state, power_state=power):
                 state.vm_state, state.power_state = vm_state, power
+            case InstanceRetried(task=task, at=at):
+                state.retried = [*state.retried, task]
+                self._task(state, task, at)
             case InstanceDeleting(request=request, at=at):
                 state.awaiting = request
                 self._task(state, DELETING, at)

@@ -194,6 +194,15 @@ def test_every_build_step_has_a_deadline(step: str) -> None:
         saga.now = T0 + dt.timedelta(seconds=25)
     else:
         saga.now = T0 + dt.timedelta(seconds=10)
+    events = saga.fire_due()  # the first deadline sends the step's request once more
+    assert saga.types(events)[0] == "instance.retried" and saga.state.vm_state == BUILDING
+    (again,) = saga.effects
+    if step == "spawning":
+        assert isinstance(again, TellHost) and isinstance(again.command, SpawnDomain)
+        assert again.request_id == saga.state.awaiting
+    else:
+        assert isinstance(again, Place) and again.request == place.request
+    saga.now += dt.timedelta(seconds=20)
     events = saga.fire_due()
     assert isinstance(events[0], InstanceFailed)
     assert saga.state.vm_state == ERROR and saga.state.fault is not None
