@@ -12,6 +12,7 @@ Errors: ``NoValidHost`` (its message is the instance fault, as Nova words it).
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -178,12 +179,30 @@ class Placement:
     """Carries out the instance's ``Place`` effect: rank the hosts from the hosts view, and
     send a ``Claim`` to the best one not excluded, as command ``request@host``, whose answer
     goes to the instance. With no candidate, the instance is answered ``no_valid_host``
-    with the reasons, as Nova words its fault."""
+    with the reasons, as Nova words its fault.
 
-    def __init__(self, bus: Bus, read_hosts: HostsReader, *, timeout: float = CLAIM_TIMEOUT):
+    The hosts view lags the claims by a moment, so placements made at the same time would
+    all pick the same "emptiest" host. As Nova's scheduler consumes its host states, the
+    claims this process sent in the last ``recent`` seconds are counted as used when
+    weighing, never when filtering (the host actor decides whether each claim fits).
+    """
+
+    def __init__(self, bus: Bus, read_hosts: HostsReader, *, timeout: float = CLAIM_TIMEOUT,
+                 recent: float = 2.0):
         self.bus = bus
         self.read_hosts = read_hosts
         self.timeout = timeout
+        self.recent = recent
+        self._sent: list[tuple[float, str, Resources]] = []
+
+    def _pending(self) -> dict[str, Resources]:
+        """What this process claimed lately, per host."""
+        cutoff = time.monotonic() - self.recent
+        self._sent = [c for c in self._sent if c[0] >= cutoff]
+        pending: dict[str, Resources] = {}
+        for _, host, need in self._sent:
+            pending[host] = pending.get(host, Resources()).plus(need)
+        return pending
 
     async def __call__(self, origin: Origin, place: Place) -> None:
         request = PlacementRequest(instance_id=place.instance_id, vcpus=place.vcpus,
@@ -199,7 +218,10 @@ class Placement:
             await self.bus.send(reply_envelope(origin.message, origin.kind, origin.actor_id,
                                                reply))
             return
-        best = min(passing, key=weigh)
+        pending = self._pending()  # only for weighing: the view may count them already
+        best = min(passing, key=lambda h: weigh(msgspec.structs.replace(
+            h, used=h.used.plus(pending[h.id]))) if h.id in pending else weigh(h))
+        self._sent.append((time.monotonic(), best.id, request.needs))
         claim = Claim(instance_id=place.instance_id, **msgspec.structs.asdict(request.needs))
         await self.bus.send(request_envelope(origin, KIND, best.id, claim,
                                              f"{place.request}@{best.id}", self.timeout))
