@@ -158,10 +158,12 @@ class PostgresEventStore:
             finally:
                 await conn.close(timeout=timeout)
             pool = await asyncpg.create_pool(dsn, min_size=1, max_size=read_pool_size,
-                                             init=init_conn, timeout=timeout)
+                                             init=init_conn, timeout=timeout,
+                                             reset=_light_reset)
             try:
                 append_pool = await asyncpg.create_pool(
-                    dsn, min_size=writers, max_size=writers, init=init_conn, timeout=timeout)
+                    dsn, min_size=writers, max_size=writers, init=init_conn, timeout=timeout,
+                    reset=_light_reset)
             except BaseException:
                 await pool.close()
                 raise
@@ -361,3 +363,12 @@ class PostgresEventStore:
 
 
 __all__ = ["EVENTS_CHANNEL", "PROJECTIONS_CHANNEL", "PostgresEventStore", "StoreError"]
+
+
+async def _light_reset(conn: asyncpg.Connection) -> None:
+    """What a pooled connection needs on release: out of any transaction a cancelled task
+    left open. asyncpg's default reset (RESET ALL, UNLISTEN, unlock every advisory lock,
+    close cursors) costs a round trip per release, and pool connections never take
+    session state: LISTEN and session locks live on connections of their own."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
