@@ -20,7 +20,7 @@ from schemas import EVENT_DECODER, stream_name
 from store.postgres import PostgresEventStore
 from store.registry import EventTypes
 from tests.support.backends import eventually
-from tests.support.counter import Increment, StartTimer
+from tests.support.counter import COUNTER, Increment, StartTimer
 from tests.support.events import Noted, new_event
 from tests.support.procs import Procs, orrery_processes
 
@@ -87,7 +87,9 @@ async def test_workers_share_the_shards_and_take_over_a_dead_ones(
     first, second = procs.start("worker"), procs.start("worker")
 
     def owned(proc: Any) -> set[int]:
-        lines = [x for x in procs.log_lines(proc) if x.get("event") == "shards_owned"]
+        """The counter kind's shards the worker owns now (every kind logs its own)."""
+        lines = [x for x in procs.log_lines(proc)
+                 if x.get("event") == "shards_owned" and x.get("kind") == COUNTER.name]
         return set(lines[-1]["shards"]) if lines else set()  # type: ignore[arg-type]
 
     async def split() -> bool:
