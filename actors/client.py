@@ -2,44 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import uuid
-
 import msgspec
 
-from actors.kind import tag_of
+from bus.envelopes import DEFAULT_TIMEOUT, command_envelope
 from bus.protocol import Bus
-from schemas import CommandEnvelope, Reply
-from schemas.envelope import ENCODER
+from schemas import Reply
 
-DEFAULT_TIMEOUT = 30.0
-
-
-def command_envelope(
-    kind: str,
-    actor_id: str,
-    command: msgspec.Struct,
-    *,
-    correlation_id: str | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
-    command_id: str | None = None,
-    project_id: str | None = None,
-    user_id: str | None = None,
-) -> CommandEnvelope:
-    """Wrap ``command`` for ``(kind, actor_id)`` with an id, a correlation id and a deadline."""
-    cid = command_id or str(uuid.uuid4())
-    return CommandEnvelope(
-        command_id=cid,
-        kind=kind,
-        actor_id=actor_id,
-        type=tag_of(type(command)),
-        body=msgspec.Raw(ENCODER.encode(command)),
-        correlation_id=correlation_id or f"req-{uuid.uuid4()}",
-        deadline=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=timeout),
-        project_id=project_id,
-        user_id=user_id,
-    )
-
+__all__ = ["DEFAULT_TIMEOUT", "ActorClient", "command_envelope"]
 
 class ActorClient:
     """Casts and calls to actors over a Bus, every message with a deadline."""

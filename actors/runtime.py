@@ -17,14 +17,14 @@ import structlog
 from actors import metrics
 from actors.cell import REACT, ActorCell
 from actors.codec import KindCodec
-from actors.kind import ActorKind, Tell, TellHost, tag_of
+from actors.kind import ActorKind, Tell, TellHost
 from actors.shards import ShardBalancer
+from bus.envelopes import command_envelope
 from bus.errors import BadMessage
 from bus.protocol import Bus, Delivery, Subscription
 from bus.replies import actor_address, answer
 from bus.routing import HOST_KIND
 from schemas import COMMAND_DECODER, EVENT_DECODER, CommandEnvelope, Reply
-from schemas.envelope import ENCODER
 from store.protocol import EventStore
 
 log = structlog.get_logger(__name__)
@@ -234,19 +234,11 @@ def request_envelope(
 ) -> CommandEnvelope:
     """A request from ``origin``'s actor whose answer comes back to that actor."""
     msg = origin.message
-    return CommandEnvelope(
-        command_id=request_id,
-        kind=kind,
-        actor_id=actor_id,
-        type=tag_of(type(command)),
-        body=msgspec.Raw(ENCODER.encode(command)),
-        correlation_id=msg.correlation_id,
-        causation_id=msg.command_id,
-        deadline=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=timeout),
+    return command_envelope(
+        kind, actor_id, command, command_id=request_id, timeout=timeout,
+        correlation_id=msg.correlation_id, causation_id=msg.command_id,
         reply_to=actor_address(origin.kind, origin.actor_id),
-        project_id=msg.project_id,
-        user_id=msg.user_id,
-    )
+        project_id=msg.project_id, user_id=msg.user_id)
 
 
 class _Router:

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import datetime as dt
 
-import msgspec
-
+from bus.envelopes import command_envelope
 from bus.protocol import Bus
 from schemas import CommandEnvelope, Reply
-from schemas.envelope import ENCODER
 
 ACTOR_PREFIX = "actor:"
-#: the envelope type of an answer delivered to an actor
+#: the envelope type of an answer delivered to an actor (Reply's own tag)
 REPLY_TYPE = "reply"
 #: how long an answer to an actor may wait in its shard queue
 REPLY_DEADLINE = dt.timedelta(days=7)
@@ -42,18 +40,10 @@ def parse_actor_address(reply_to: str) -> tuple[str, str] | None:
 def reply_envelope(msg: CommandEnvelope, kind: str, actor_id: str, reply: Reply) -> CommandEnvelope:
     """The message that carries ``reply`` (to ``msg``) to actor ``(kind, actor_id)``."""
     suffix = f":{reply.result}" if reply.partial else ""
-    return CommandEnvelope(
-        command_id=f"reply:{reply.command_id}{suffix}",
-        kind=kind,
-        actor_id=actor_id,
-        type=REPLY_TYPE,
-        body=msgspec.Raw(ENCODER.encode(reply)),
-        correlation_id=msg.correlation_id,
-        causation_id=msg.command_id,
-        deadline=dt.datetime.now(dt.UTC) + REPLY_DEADLINE,
-        project_id=msg.project_id,
-        user_id=msg.user_id,
-    )
+    return command_envelope(
+        kind, actor_id, reply, command_id=f"reply:{reply.command_id}{suffix}",
+        timeout=REPLY_DEADLINE.total_seconds(), correlation_id=msg.correlation_id,
+        causation_id=msg.command_id, project_id=msg.project_id, user_id=msg.user_id)
 
 
 async def answer(bus: Bus, msg: CommandEnvelope, reply: Reply) -> None:

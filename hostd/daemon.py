@@ -17,6 +17,7 @@ import datetime as dt
 import msgspec
 import structlog
 
+from bus.envelopes import command_envelope
 from bus.errors import BadMessage, BusError
 from bus.protocol import Bus, Delivery
 from bus.replies import answer, parse_actor_address
@@ -24,7 +25,7 @@ from bus.routing import HOST_KIND
 from hostd.commands import HostCommands, decode_command
 from hostd.hypervisor import Hypervisor, HypervisorError, ObservationStream
 from hostd.image_cache import ImageCache
-from hostd.reconcile import Reconciler, actor_envelope, is_instance_id, observed_envelope
+from hostd.reconcile import Reconciler, is_instance_id, observed_envelope
 from schemas import COMMAND_DECODER, CommandEnvelope, Reply
 from schemas.hostd import (
     HOST_ACTOR_KIND,
@@ -53,7 +54,7 @@ FORWARDED_EVENTS = frozenset({"started", "stopped", "suspended", "resumed", "shu
 
 def host_envelope(host: str, command: msgspec.Struct, *, timeout: float) -> CommandEnvelope:
     """Wrap ``command`` for the ``host`` actor named ``host``, due within ``timeout`` s."""
-    return actor_envelope(HOST_ACTOR_KIND, host, command, timeout=timeout)
+    return command_envelope(HOST_ACTOR_KIND, host, command, timeout=timeout)
 
 
 class HostDaemon:

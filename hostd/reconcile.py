@@ -24,11 +24,11 @@ from collections.abc import Callable
 import msgspec
 import structlog
 
+from bus.envelopes import command_envelope
 from bus.errors import BusError
 from bus.protocol import Bus
 from hostd.hypervisor import Hypervisor, HypervisorError
 from schemas import CommandEnvelope
-from schemas.envelope import ENCODER
 from schemas.hostd import (
     HOST_ACTOR_KIND,
     INSTANCE_ACTOR_KIND,
@@ -52,24 +52,10 @@ def is_instance_id(value: str) -> bool:
         return False
 
 
-def actor_envelope(kind: str, actor_id: str, command: msgspec.Struct, *,
-                   timeout: float) -> CommandEnvelope:
-    """Wrap ``command`` for actor ``(kind, actor_id)``, due within ``timeout`` seconds."""
-    return CommandEnvelope(
-        command_id=str(uuid.uuid4()),
-        kind=kind,
-        actor_id=actor_id,
-        type=type(command).__struct_config__.tag,  # type: ignore[arg-type]
-        body=msgspec.Raw(ENCODER.encode(command)),
-        correlation_id=f"req-{uuid.uuid4()}",
-        deadline=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=timeout),
-    )
-
-
 def observed_envelope(instance_id: str, observed: InstanceObserved) -> CommandEnvelope:
     """``observed`` on its way to the instance actor."""
-    return actor_envelope(INSTANCE_ACTOR_KIND, instance_id, observed,
-                          timeout=OBSERVATION_DEADLINE)
+    return command_envelope(INSTANCE_ACTOR_KIND, instance_id, observed,
+                            timeout=OBSERVATION_DEADLINE)
 
 
 class RoundResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -122,7 +108,7 @@ class Reconciler:
 
     async def _expected(self) -> set[str] | None:
         """The instances with a claim on this host; None if the host actor did not say."""
-        env = actor_envelope(HOST_ACTOR_KIND, self.host, ExpectedDomains(),
+        env = command_envelope(HOST_ACTOR_KIND, self.host, ExpectedDomains(),
                              timeout=self.call_timeout)
         try:
             reply = await self.bus.call(env, timeout=self.call_timeout)
