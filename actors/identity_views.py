@@ -91,6 +91,22 @@ INSERT INTO identity_tokens (token_hash, user_id, project_id, expires_at, docume
 VALUES ($1, $2, $3, $4, $5, 0) ON CONFLICT (token_hash) DO NOTHING"""
 
 
+class AccessChanges:
+    """How many times this process's identity projection has folded something that can
+    take access away (a revoked token, a disabled or deleted user or project, a removed
+    role: anything but a new token). Token caches keyed to it never outlive such a change
+    they could have seen."""
+
+    generation = 0
+
+    @classmethod
+    def bump(cls) -> None:
+        cls.generation += 1
+
+
+_GRANTS_NOTHING = frozenset({"token.issued"})
+
+
 class IdentityProjection:
     """Folds identity events into ``identity_projects``, ``identity_users``,
     ``identity_assignments`` and ``identity_tokens``; ignores every other event."""
@@ -100,9 +116,13 @@ class IdentityProjection:
     drop: Sequence[str] = DROP
 
     async def apply(self, tx: SqlTx, events: Sequence[EventEnvelope]) -> None:
+        changed = False
         for envelope in events:
             if envelope.type in _TAGS:
+                changed = changed or envelope.type not in _GRANTS_NOTHING
                 await _fold(tx, _DECODER.decode(bytes(envelope.data)))
+        if changed:  # before the commit: a read that could see the change sees the bump
+            AccessChanges.bump()
 
 
 async def _fold(tx: SqlTx, event: msgspec.Struct) -> None:

@@ -11,6 +11,7 @@ Errors: ``NoValidHost`` (its message is the instance fault, as Nova words it).
 
 from __future__ import annotations
 
+import collections
 import math
 import time
 from collections import Counter
@@ -193,16 +194,25 @@ class Placement:
         self.read_hosts = read_hosts
         self.timeout = timeout
         self.recent = recent
-        self._sent: list[tuple[float, str, Resources]] = []
+        #: claims sent lately, oldest first, and their running sum per host
+        self._sent: collections.deque[tuple[float, str, Resources]] = collections.deque()
+        self._pending_sum: dict[str, Resources] = {}
+
+    def _note_sent(self, host: str, need: Resources) -> None:
+        self._sent.append((time.monotonic(), host, need))
+        self._pending_sum[host] = self._pending_sum.get(host, Resources()).plus(need)
 
     def _pending(self) -> dict[str, Resources]:
         """What this process claimed lately, per host."""
         cutoff = time.monotonic() - self.recent
-        self._sent = [c for c in self._sent if c[0] >= cutoff]
-        pending: dict[str, Resources] = {}
-        for _, host, need in self._sent:
-            pending[host] = pending.get(host, Resources()).plus(need)
-        return pending
+        while self._sent and self._sent[0][0] < cutoff:
+            _, host, need = self._sent.popleft()
+            left = self._pending_sum[host].plus(need, -1)
+            if left == Resources():
+                del self._pending_sum[host]
+            else:
+                self._pending_sum[host] = left
+        return self._pending_sum
 
     async def __call__(self, origin: Origin, place: Place) -> None:
         request = PlacementRequest(instance_id=place.instance_id, vcpus=place.vcpus,
@@ -221,7 +231,7 @@ class Placement:
         pending = self._pending()  # only for weighing: the view may count them already
         best = min(passing, key=lambda h: weigh(msgspec.structs.replace(
             h, used=h.used.plus(pending[h.id]))) if h.id in pending else weigh(h))
-        self._sent.append((time.monotonic(), best.id, request.needs))
+        self._note_sent(best.id, request.needs)
         claim = Claim(instance_id=place.instance_id, **msgspec.structs.asdict(request.needs))
         await self.bus.send(request_envelope(origin, KIND, best.id, claim,
                                              f"{place.request}@{best.id}", self.timeout))

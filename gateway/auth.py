@@ -21,6 +21,7 @@ import base64
 import datetime as dt
 import hashlib
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -37,7 +38,7 @@ from actors.identity import (
     RevokeToken,
     effective_roles,
 )
-from actors.identity_views import PROJECTION_NAME
+from actors.identity_views import PROJECTION_NAME, AccessChanges
 from actors.passwords import verify_password
 from bus.errors import CallTimeout
 from gateway.errors import ApiError
@@ -164,15 +165,26 @@ class _Document(msgspec.Struct):
 _DOC = msgspec.json.Decoder(_Document)
 
 
+#: how long a validated token is trusted without a look at the identity tables. Changes
+#: this process's identity projection folds end it at once (AccessChanges); the bound is
+#: for changes another API process folded (keystonemiddleware trusts tokens for 300 s).
+VALIDATION_CACHE_SECONDS = 2.0
+_CACHE_SIZE = 10_000
+
+
 class TokenService:
     """Issues, validates and revokes tokens (see the module docstring)."""
 
     def __init__(self, store: ProjectionStore, client: ActorClient, *, ttl: float = DEFAULT_TTL,
-                 wait_timeout: float = 10.0) -> None:
+                 wait_timeout: float = 10.0,
+                 cache_seconds: float = VALIDATION_CACHE_SECONDS) -> None:
         self.store = store
         self.client = client
         self.ttl = ttl
         self.wait_timeout = wait_timeout
+        self.cache_seconds = cache_seconds
+        #: digest -> (AccessChanges generation, trusted until (monotonic), expiry, context)
+        self._valid: dict[str, tuple[int, float, dt.datetime, AuthContext]] = {}
 
     async def issue(self, subject: Subject, *, base_url: str, correlation_id: str,
                     ) -> tuple[str, str]:
@@ -192,12 +204,28 @@ class TokenService:
                        ) -> AuthContext | None:
         """The context of a live token; None for an unknown, revoked or expired one."""
         digest = token_hash(token)
+        now = now or dt.datetime.now(dt.UTC)
+        generation, clock = AccessChanges.generation, time.monotonic()
+        cached = self._valid.get(digest)
+        if cached is not None and cached[0] == generation and clock < cached[1]:
+            return cached[3] if now < cached[2] else None
+        context, expires = await self._look_up(digest, now)
+        if context is not None and self.cache_seconds > 0:
+            if len(self._valid) >= _CACHE_SIZE:
+                self._valid.clear()
+            self._valid[digest] = (generation, clock + self.cache_seconds, expires, context)
+        return context
+
+    async def _look_up(self, digest: str, now: dt.datetime,
+                       ) -> tuple[AuthContext | None, dt.datetime]:
+        """The token's context as the identity tables say now, and its expiry."""
         rows = await self.store.query(_VALIDATE, digest)
         if not rows:
-            return None
+            return None, now
         document, user_id, project_id, expires_at = rows[0]
-        if _parse_stamp(expires_at) <= (now or dt.datetime.now(dt.UTC)):
-            return None
+        expires = _parse_stamp(expires_at)
+        if expires <= now:
+            return None, now
         issued = {role.name for role in _DOC.decode(document).token.roles}
         held: set[str] = set()
         if project_id is not None:
@@ -205,9 +233,9 @@ class TokenService:
             held = set(effective_roles({ROLE_NAMES.get(r[0], "") for r in assigned}))
         roles = tuple(name for name in ROLES if name in issued & held)
         if project_id is not None and not roles:
-            return None  # every role it was issued with has been revoked
+            return None, now  # every role it was issued with has been revoked
         return AuthContext(user_id=user_id, project_id=project_id, roles=roles,
-                           token_hash=digest, document=document)
+                           token_hash=digest, document=document), expires
 
     async def revoke(self, token: str, *, correlation_id: str) -> None:
         """Revoke ``token`` everywhere; ApiError ``not_found`` if it was never issued."""

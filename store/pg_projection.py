@@ -12,6 +12,12 @@ import structlog
 from store.errors import ConcurrencyError
 from store.pg_common import PROJECTIONS_CHANNEL, mapped
 
+#: move the checkpoint and tell every listener its new value ("name position"), one trip
+_MOVE_CHECKPOINT = (
+    "WITH moved AS (UPDATE projection_checkpoints SET position = $2 WHERE name = $1"
+    " RETURNING name) SELECT pg_notify($3, $1 || ' ' || $2::text) FROM moved"
+)
+
 log = structlog.get_logger(__name__)
 
 
@@ -69,11 +75,8 @@ class PgProjectionTx:
         try:
             if commit:
                 with mapped():
-                    await conn.execute(
-                        "UPDATE projection_checkpoints SET position = $2 WHERE name = $1",
-                        self._name, self._new, timeout=self._timeout)
-                    await conn.execute("SELECT pg_notify($1, $2)", PROJECTIONS_CHANNEL,
-                                       self._name, timeout=self._timeout)
+                    await conn.execute(_MOVE_CHECKPOINT, self._name, self._new,
+                                       PROJECTIONS_CHANNEL, timeout=self._timeout)
                     await self._tx.commit()
             else:
                 await self._rollback(conn)

@@ -83,6 +83,8 @@ class _Listener:
         self._lock = asyncio.Lock()
         self.wake = asyncio.Event()
         self.projection_moved = asyncio.Event()
+        #: checkpoints as the notifications since the last (re)connect told them
+        self.checkpoints: dict[str, int] = {}
 
     async def ensure(self) -> None:
         """Connect and LISTEN if not already; after a reconnect, wake every subscriber."""
@@ -97,13 +99,19 @@ class _Listener:
                 await conn.add_listener(PROJECTIONS_CHANNEL, self._on_projection)
             conn.add_termination_listener(self._on_lost)
             self._conn = conn
-            self._fire()  # notifications may have been missed while not listening
+            self.checkpoints.clear()  # notifications may have been missed while not listening
+            self._fire()
             self._on_projection()
 
     def _on_notify(self, *_: object) -> None:
         self._fire()
 
-    def _on_projection(self, *_: object) -> None:
+    def _on_projection(self, *args: object) -> None:
+        payload = args[3] if len(args) > 3 else None
+        if isinstance(payload, str):  # "name position", sent in commit order
+            name, _, position = payload.rpartition(" ")
+            if name and position.isdigit():
+                self.checkpoints[name] = int(position)
         moved, self.projection_moved = self.projection_moved, asyncio.Event()
         moved.set()
 
@@ -298,13 +306,19 @@ class PostgresEventStore:
 
     async def wait_for_projection(self, name: str, position: int, timeout: float) -> bool:
         """True once ``name``'s checkpoint reaches ``position``, whichever process runs the
-        projection (its commits notify); False after ``timeout`` seconds."""
+        projection; False after ``timeout`` seconds. Each projection commit notifies its
+        new checkpoint, so a waiter reads the table only when the listener has not heard of
+        ``name`` since it (re)connected."""
+        listener = self._listener
         try:
             async with asyncio.timeout(timeout):
                 while True:
-                    await self._listener.ensure()
-                    moved = self._listener.projection_moved
-                    if await self.projection_checkpoint(name) >= position:
+                    await listener.ensure()
+                    moved = listener.projection_moved
+                    known = listener.checkpoints.get(name)
+                    if known is None:
+                        known = await self.projection_checkpoint(name)
+                    if known >= position:
                         return True
                     await moved.wait()
         except TimeoutError:
@@ -315,7 +329,8 @@ class PostgresEventStore:
 
     async def reset_projection(self, name: str, ddl_drop: Sequence[str]) -> None:
         await self._in_tx([*((sql, ()) for sql in ddl_drop),
-                           ("DELETE FROM projection_checkpoints WHERE name = $1", (name,))])
+                           ("DELETE FROM projection_checkpoints WHERE name = $1", (name,)),
+                           ("SELECT pg_notify($1, $2)", (PROJECTIONS_CHANNEL, f"{name} 0"))])
 
     async def query(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
         """A read-only query on projection tables (``$1`` placeholders)."""

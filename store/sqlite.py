@@ -268,6 +268,8 @@ class SqliteEventStore:
         #: set and replaced each time an append commits past ``_head`` (wakes subscribers)
         self._committed = asyncio.Event()
         self._moved = asyncio.Event()
+        #: projection checkpoints as this process (the only writer) last committed them
+        self._checkpoints: dict[str, int] = {}
         self._head = 0
         self._closed = False
         self._queue: list[_Pending] = []
@@ -464,30 +466,45 @@ class SqliteEventStore:
             return await self._read(statement, args)
 
     async def load(self, stream: str) -> tuple[Snapshot | None, list[EventEnvelope]]:
-        """The latest snapshot and the events after it (two local reads)."""
-        snapshot = await self.load_snapshot(stream)
-        after = snapshot.version if snapshot is not None else 0
-        return snapshot, await self.read_stream(stream, after + 1)
+        """The latest snapshot and the events after it (one job on the reader thread)."""
+        conn = self._reader_conn
+
+        def both() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+            snap = conn.execute(
+                "SELECT stream, version, type, data FROM snapshots WHERE stream = ?", (stream,)
+            ).fetchall()
+            after = snap[0][1] if snap else 0
+            return snap, conn.execute(
+                f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND version > ?"
+                " ORDER BY version", (stream, after)).fetchall()
+
+        snap, rows = await self._run(self._reader, both)
+        snapshot = None if not snap else Snapshot(
+            stream=snap[0][0], version=snap[0][1], type=snap[0][2], data=bytes(snap[0][3]))
+        return snapshot, [_envelope(r) for r in rows]
 
     def projection_tx(self, name: str, expected: int, new: int) -> SqliteProjectionTx:
         return SqliteProjectionTx(self, name, expected, new)
 
-    def _projection_moved(self) -> None:
+    def _projection_moved(self, name: str, position: int) -> None:
+        self._checkpoints[name] = position
         moved, self._moved = self._moved, asyncio.Event()
         moved.set()
 
     async def wait_for_projection(self, name: str, position: int, timeout: float) -> bool:
-        """True once ``name``'s checkpoint reaches ``position`` (woken by each projection
-        commit in this process, the only writer); False after ``timeout`` seconds."""
+        """True once ``name``'s checkpoint reaches ``position``; False after ``timeout``
+        seconds. This process is the log's only writer, so after one read the checkpoint
+        is known from its own projection commits, each of which wakes the waiters."""
+        if name not in self._checkpoints:
+            known = await self.projection_checkpoint(name)
+            self._checkpoints[name] = max(known, self._checkpoints.get(name, 0))
         try:
             async with asyncio.timeout(timeout):
-                while True:
-                    moved = self._moved
-                    if await self.projection_checkpoint(name) >= position:
-                        return True
-                    await moved.wait()
+                while self._checkpoints[name] < position:
+                    await self._moved.wait()
         except TimeoutError:
             return False
+        return True
 
     async def reset_projection(self, name: str, ddl_drop: Sequence[str]) -> None:
         def reset(conn: sqlite3.Connection) -> None:
@@ -497,6 +514,7 @@ class SqliteEventStore:
                 conn.execute("DELETE FROM projection_checkpoints WHERE name = ?", (name,))
 
         await self._write(reset)
+        self._checkpoints[name] = 0
         log.info("projection_reset", projection=name)
 
     async def run_ddl(self, ddl: Sequence[str]) -> None:
@@ -591,7 +609,7 @@ class SqliteProjectionTx:
             pending = self._take()
             async with store._write_lock:
                 await store._run(store._writer, lambda: self._whole(pending))
-            store._projection_moved()
+            store._projection_moved(self._name, self._new)
             return None
         try:
             if exc[0] is None:
@@ -601,7 +619,7 @@ class SqliteProjectionTx:
                     self._commit()
 
                 await store._run(store._writer, finish)
-                store._projection_moved()
+                store._projection_moved(self._name, self._new)
             else:
                 loop = asyncio.get_running_loop()
                 # submitted now, so it runs next on the writer thread even if we are cancelled
