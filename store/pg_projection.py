@@ -1,5 +1,15 @@
-"""Projection transactions on PostgreSQL: the checkpoint row locked, moved and notified
-in the same transaction as the projection's writes."""
+"""Projection transactions on PostgreSQL: the projection's writes, the checkpoint move
+and its notification committed together.
+
+Readers of the log only see below the oldest open writing transaction in the cluster
+(store/postgres.py), so every write transaction that stays open holds every reader back.
+A projection transaction therefore writes as late and as briefly as it can: ``execute``
+only queues a statement, and the block's end sends BEGIN, the queued statements (each run
+of one statement as one pipelined ``executemany``), the checkpoint move and COMMIT back to
+back. The checkpoint move is conditional (``position = expected``), so a runner that lost
+the race to another finds out there, and its writes are rolled back. A ``fetch`` (which
+must see the transaction's own writes) opens the transaction early and flushes the queue.
+"""
 
 from __future__ import annotations
 
@@ -12,71 +22,104 @@ import structlog
 from store.errors import ConcurrencyError
 from store.pg_common import PROJECTIONS_CHANNEL, mapped
 
-#: move the checkpoint and tell every listener its new value ("name position"), one trip
+#: move the checkpoint if it is where the runner expects it, and tell every listener its
+#: new value ("name position"), one trip; no row back: another runner moved it first
 _MOVE_CHECKPOINT = (
     "WITH moved AS (UPDATE projection_checkpoints SET position = $2 WHERE name = $1"
-    " RETURNING name) SELECT pg_notify($3, $1 || ' ' || $2::text) FROM moved"
+    " AND position = $4 RETURNING name) SELECT pg_notify($3, $1 || ' ' || $2::text) FROM moved"
 )
+_ENSURE_CHECKPOINT = ("INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0)"
+                      " ON CONFLICT (name) DO NOTHING")
 
 log = structlog.get_logger(__name__)
 
 
-class PgTx:
-    """SqlTx over one asyncpg connection inside an open transaction."""
-
-    def __init__(self, conn: Any, timeout: float) -> None:
-        self._conn = conn
-        self._timeout = timeout
-
-    async def execute(self, sql: str, *args: object) -> None:
-        with mapped():
-            await self._conn.execute(sql, *args, timeout=self._timeout)
-
-    async def fetch(self, sql: str, *args: object) -> list[tuple[object, ...]]:
-        with mapped():
-            rows = await self._conn.fetch(sql, *args, timeout=self._timeout)
-        return [tuple(r) for r in rows]
-
-
 class PgProjectionTx:
-    """The transaction of projection_tx: checkpoint locked on enter, moved on clean exit."""
+    """The transaction of projection_tx; the object is also the SqlTx ``apply`` writes to."""
 
     def __init__(self, pool: Any, name: str, expected: int, new: int, timeout: float) -> None:
         self._pool, self._name, self._timeout = pool, name, timeout
         self._expected, self._new = expected, new
         self._conn: Any = None
         self._tx: Any = None
+        self._pending: list[tuple[str, tuple[object, ...]]] = []
 
-    async def __aenter__(self) -> PgTx:
+    async def __aenter__(self) -> PgProjectionTx:
+        return self
+
+    async def execute(self, sql: str, *args: object) -> None:
+        self._pending.append((sql, args))
+
+    async def fetch(self, sql: str, *args: object) -> list[tuple[object, ...]]:
+        await self._open()
+        await self._flush()
+        with mapped():
+            rows = await self._conn.fetch(sql, *args, timeout=self._timeout)
+        return [tuple(r) for r in rows]
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            if self._conn is not None:
+                await self._release(commit=False)
+            return
+        await self._open()
+        try:
+            await self._flush()
+            with mapped():
+                moved = await self._conn.fetch(_MOVE_CHECKPOINT, self._name, self._new,
+                                               PROJECTIONS_CHANNEL, self._expected,
+                                               timeout=self._timeout)
+            if not moved:
+                raise ConcurrencyError(self._name, self._expected, await self._current())
+        except BaseException:
+            await self._release(commit=False)
+            raise
+        await self._release(commit=True)
+
+    async def _open(self) -> None:
+        if self._conn is not None:
+            return
         with mapped():
             self._conn = await self._pool.acquire(timeout=self._timeout)
         try:
             with mapped():
                 self._tx = self._conn.transaction()
                 await self._tx.start()
-                await self._conn.execute(
-                    "INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0)"
-                    " ON CONFLICT (name) DO NOTHING", self._name, timeout=self._timeout)
-                current = await self._conn.fetchval(
-                    "SELECT position FROM projection_checkpoints WHERE name = $1 FOR UPDATE",
-                    self._name, timeout=self._timeout)
-            if current != self._expected:
-                raise ConcurrencyError(self._name, self._expected, current)
+                if self._expected == 0:  # the first batch ever: the row may not exist yet
+                    await self._conn.execute(_ENSURE_CHECKPOINT, self._name,
+                                             timeout=self._timeout)
         except BaseException:
-            await self._finish(commit=False)
+            await self._release(commit=False)
             raise
-        return PgTx(self._conn, self._timeout)
 
-    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
-        await self._finish(commit=exc_type is None)
+    async def _flush(self) -> None:
+        """Send the queued statements, each run of one statement as one executemany."""
+        pending, self._pending = self._pending, []
+        start = 0
+        with mapped():
+            while start < len(pending):
+                sql = pending[start][0]
+                end = start + 1
+                while end < len(pending) and pending[end][0] == sql:
+                    end += 1
+                if end - start == 1:
+                    await self._conn.execute(sql, *pending[start][1], timeout=self._timeout)
+                else:
+                    await self._conn.executemany(sql, [args for _, args in pending[start:end]],
+                                                 timeout=self._timeout)
+                start = end
 
-    async def _finish(self, commit: bool) -> None:
+    async def _current(self) -> int:
+        with mapped():
+            return int(await self._conn.fetchval(
+                "SELECT position FROM projection_checkpoints WHERE name = $1", self._name,
+                timeout=self._timeout) or 0)
+
+    async def _release(self, commit: bool) -> None:
         conn, self._conn = self._conn, None
         try:
             if commit:
                 with mapped():
-                    await conn.execute(_MOVE_CHECKPOINT, self._name, self._new,
-                                       PROJECTIONS_CHANNEL, timeout=self._timeout)
                     await self._tx.commit()
             else:
                 await self._rollback(conn)

@@ -151,7 +151,7 @@ class PostgresEventStore:
 
     @classmethod
     async def connect(cls, dsn: str, types: EventTypes, *, writers: int = 2,
-                      max_batch_events: int = 500, read_pool_size: int = 4,
+                      max_batch_events: int = 500, read_pool_size: int = 10,
                       timeout: float = 30.0, settle_timeout: float = 2.0
                       ) -> PostgresEventStore:
         """Apply pending migrations and open the pools (``writers`` append connections).
