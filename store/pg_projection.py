@@ -6,8 +6,11 @@ Readers of the log only see below the oldest open writing transaction in the clu
 A projection transaction therefore writes as late and as briefly as it can: ``execute``
 only queues a statement, and the block's end sends BEGIN, the queued statements (each run
 of one statement as one pipelined ``executemany``), the checkpoint move and COMMIT back to
-back. The checkpoint move is conditional (``position = expected``), so a runner that lost
-the race to another finds out there, and its writes are rolled back. A ``fetch`` (which
+back. A runner that is behind another finds out before it writes (the checkpoint is read
+first, without a lock); the checkpoint move is conditional (``position = expected``), so
+of two runners on the same batch the second finds out there and its writes are rolled
+back. A deadlock between two such runners ends the loser's transaction the same way
+(ConcurrencyError: the runner re-reads the checkpoint and follows on). A ``fetch`` (which
 must see the transaction's own writes) opens the transaction early and flushes the queue.
 """
 
@@ -64,11 +67,14 @@ class PgProjectionTx:
             return
         await self._open()
         try:
-            await self._flush()
-            with mapped():
-                moved = await self._conn.fetch(_MOVE_CHECKPOINT, self._name, self._new,
-                                               PROJECTIONS_CHANNEL, self._expected,
-                                               timeout=self._timeout)
+            try:
+                await self._flush()
+                with mapped():
+                    moved = await self._conn.fetch(_MOVE_CHECKPOINT, self._name, self._new,
+                                                   PROJECTIONS_CHANNEL, self._expected,
+                                                   timeout=self._timeout)
+            except asyncpg.DeadlockDetectedError as exc:
+                raise ConcurrencyError(self._name, self._expected, -1) from exc
             if not moved:
                 raise ConcurrencyError(self._name, self._expected, await self._current())
         except BaseException:
@@ -88,6 +94,9 @@ class PgProjectionTx:
                 if self._expected == 0:  # the first batch ever: the row may not exist yet
                     await self._conn.execute(_ENSURE_CHECKPOINT, self._name,
                                              timeout=self._timeout)
+            current = await self._current()
+            if current != self._expected:
+                raise ConcurrencyError(self._name, self._expected, current)
         except BaseException:
             await self._release(commit=False)
             raise
