@@ -73,8 +73,9 @@ class World:
 
     async def dhcp(self, guest: str) -> dict[str, str]:
         """Run udhcpc in the guest; the lease it got."""
-        out = await in_ns(self.guests[guest].ns, "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-O", "mtu",
-                          "-t", "5", "-T", "2", "-s", str(self.script), timeout=60)
+        out = await in_ns(self.guests[guest].ns, "udhcpc", "-i", "eth0", "-f", "-q", "-n",
+                          "-O", "mtu", "-t", "5", "-T", "2", "-s", str(self.script),
+                          timeout=60)
         line = next(ln for ln in out.splitlines() if ln.startswith("LEASE "))
         return dict(kv.split("=", 1) for kv in line.split()[1:])
 
@@ -118,7 +119,7 @@ async def plug_guest(world: World, name: str, host: str, port: PortSpec) -> None
 
 async def build(world: World) -> None:
     """Hosts joined by the underlay, both networks, three guests plugged."""
-    for host, ip in UNDERLAY.items():
+    for host in UNDERLAY:
         await sh("ip", "netns", "add", world.host_ns(host))
         await in_ns(world.host_ns(host), "ip", "link", "set", "lo", "up")
     await in_ns(world.host_ns("a"), "ip", "link", "add", "ul0", "type", "veth",
