@@ -1,23 +1,28 @@
 """Netlink in one namespace, the few calls the network driver needs, each with a timeout.
 
-A thin layer over pyroute2's AsyncIPRoute: look a link up by name, make a link exist
-with the given kind and attributes (recreating it when an attribute that cannot change,
-such as a VNI, differs), set what can change only when it differs (so an unchanged data
-plane is not touched at all), and keep a VXLAN device's flood list. Netlink errors are
-mapped once here to the HostNetwork errors.
+A thin layer over pyroute2's IPRoute, run on one worker thread per namespace: pyroute2's
+AsyncIPRoute cannot open its netlink socket on uvloop (which our processes run on), and
+a thread keeps the blocking calls off the event loop, as the libvirt driver does.
+
+Look a link up by name, make a link exist with the given kind and attributes
+(recreating it when an attribute that cannot change, such as a VNI, differs), set what
+can change only when it differs (so an unchanged data plane is not touched at all), and
+keep a VXLAN device's flood list. Netlink errors are mapped once here to the HostNetwork
+errors.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, TypeVar
 
 import structlog
-from pyroute2 import AsyncIPRoute
+from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from hostd.network import CapabilityMissing, NetlinkFailed
@@ -51,8 +56,9 @@ def is_up(link: Link) -> bool:
 class Links:
     """Netlink calls in one namespace (``netns`` None: this process's own)."""
 
-    def __init__(self, ipr: AsyncIPRoute, *, timeout: float) -> None:
+    def __init__(self, ipr: IPRoute, pool: ThreadPoolExecutor, *, timeout: float) -> None:
         self._ipr = ipr
+        self._pool = pool
         self.timeout = timeout
 
     @classmethod
@@ -68,15 +74,23 @@ class Links:
     @classmethod
     async def open(cls, netns: str | None, *, timeout: float) -> Links:
         """Open a netlink socket in ``netns`` (which must exist)."""
-        ipr = AsyncIPRoute(netns=netns, flags=0) if netns else AsyncIPRoute()
-        await _call(ipr.setup_endpoint, timeout, "open netlink")
-        return cls(ipr, timeout=timeout)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
+        opener = partial(IPRoute, netns=netns, flags=0) if netns else IPRoute
+        try:
+            ipr = await _call(pool, opener, timeout, f"open netlink in {netns or 'own'}")
+        except BaseException:
+            pool.shutdown(wait=False)
+            raise
+        return cls(ipr, pool, timeout=timeout)
 
     async def close(self) -> None:
-        self._ipr.close()
+        try:
+            await _call(self._pool, self._ipr.close, self.timeout, "close netlink")
+        finally:
+            self._pool.shutdown(wait=False)
 
-    async def _do(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        return await _call(call, self.timeout, what)
+    async def _do(self, what: str, call: Callable[[], T]) -> T:
+        return await _call(self._pool, call, self.timeout, what)
 
     async def get(self, name: str) -> Link | None:
         """The link called ``name``, None if there is none."""
@@ -90,9 +104,7 @@ class Links:
 
     async def dump(self) -> list[Link]:
         """Every link in the namespace."""
-        async def collect() -> list[Link]:
-            return [link async for link in await self._ipr.link("dump")]
-        return await self._do("dump links", collect)
+        return await self._do("dump links", lambda: list(self._ipr.link("dump")))
 
     async def delete(self, name: str) -> bool:
         """Delete the link if it exists; whether it did."""
@@ -151,8 +163,8 @@ class Links:
 
     async def flood_peers(self, index: int) -> set[str]:
         """The destinations of a VXLAN device's all-zero (flood) FDB entries."""
-        async def collect() -> set[str]:
-            return {e.get("dst") async for e in await self._ipr.fdb("dump", ifindex=index)
+        def collect() -> set[str]:
+            return {e.get("dst") for e in self._ipr.fdb("dump", ifindex=index)
                     if e["ifindex"] == index and e.get("lladdr") == FLOOD_MAC and e.get("dst")}
         return await self._do("dump fdb", collect)
 
@@ -171,10 +183,9 @@ class Links:
 
     async def addresses(self, index: int) -> set[tuple[str, int]]:
         """The IPv4 addresses (address, prefix length) on a link."""
-        async def collect() -> set[tuple[str, int]]:
-            return {(a.get("address"), a["prefixlen"])
-                    async for a in await self._ipr.addr("dump", index=index, family=2)}
-        return await self._do("dump addresses", collect)
+        return await self._do("dump addresses", lambda: {
+            (a.get("address"), a["prefixlen"])
+            for a in self._ipr.addr("dump", index=index, family=2)})
 
     async def set_addresses(self, index: int, want: set[tuple[str, int]]) -> None:
         """Make the link carry exactly these IPv4 addresses."""
@@ -187,11 +198,14 @@ class Links:
                 self._ipr.addr, "del", index=index, address=ip, prefixlen=plen))
 
 
-async def _call(call: Callable[[], Awaitable[T]], timeout: float, what: str) -> T:
-    """One netlink request with a deadline; its errors as HostNetwork errors."""
+async def _call(pool: ThreadPoolExecutor, call: Callable[[], T], timeout: float,
+                what: str) -> T:
+    """One netlink request on the worker thread with a deadline; its errors as
+    HostNetwork errors. A call past its deadline is abandoned, not interrupted."""
+    loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout):
-            return await call()
+            return await loop.run_in_executor(pool, call)
     except NetlinkError as exc:
         if exc.code == errno.EOPNOTSUPP:
             raise CapabilityMissing(f"{what}: the kernel does not support it") from exc

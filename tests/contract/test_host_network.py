@@ -380,3 +380,23 @@ async def test_reconcile_builds_the_rest_when_one_network_fails(host: Host) -> N
     with pytest.raises(UnknownPhysicalNetwork):
         await host.net.reconcile(DesiredHostNetwork(networks=(bad, good)))
     assert bridge_name(good.network_id) in (await host.net.inspect()).devices
+
+
+def test_the_pyroute2_driver_runs_on_uvloop(tmp_path: Path) -> None:
+    """Regression: pyroute2's AsyncIPRoute cannot open netlink on uvloop, which our
+    processes run on; the driver must build a network there all the same."""
+    need_netns()
+    uvloop = pytest.importorskip("uvloop")
+    host = Host("pyroute2", tmp_path, underlay_ip=UNDERLAY)
+
+    async def build() -> HostNetworkView:
+        await host.start()
+        try:
+            spec = vxlan_net()
+            await host.net.ensure_network(spec)
+            return await host.net.inspect()
+        finally:
+            await host.stop()
+
+    view = uvloop.run(build())
+    assert any(d.kind == "vxlan" for d in view.devices.values())
