@@ -27,8 +27,6 @@ import re
 from collections.abc import Iterable
 from typing import Protocol
 
-import msgspec
-
 from schemas.hostnet import (
     Capabilities,
     DesiredHostNetwork,
@@ -250,7 +248,3 @@ def dhcp_prefixlen(spec: NetworkSpec, ip: str) -> int:
             return net.prefixlen
     raise _invalid(spec, f"address {ip} is in no subnet")
 
-
-def spec_digest(spec: NetworkSpec) -> bytes:
-    """A stable encoding of a spec, to tell whether it changed."""
-    return msgspec.json.encode(spec)
