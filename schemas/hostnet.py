@@ -1,0 +1,126 @@
+"""What a host's network driver is asked to build and what it reports: specs and views.
+
+These travel from the control plane to hostd (inside hostd commands), so they are plain
+frozen Structs with no logic. A host builds a network's plumbing from a NetworkSpec and
+plugs an instance from a PortSpec; ``DesiredHostNetwork`` is everything one host should
+have, the input of a reconcile.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+#: How a network reaches other hosts: a pre-configured bridge per physical network
+#: (``flat``), an 802.1Q subinterface of it (``vlan``), or a VXLAN overlay (``vxlan``).
+NetworkType = Literal["flat", "vlan", "vxlan"]
+
+
+class SubnetSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One IPv4 subnet of a network, as DHCP hands it to guests."""
+
+    subnet_id: str
+    cidr: str
+    gateway_ip: str | None = None
+    dns_nameservers: tuple[str, ...] = ()
+    enable_dhcp: bool = True
+
+
+class DhcpHost(msgspec.Struct, frozen=True, kw_only=True):
+    """One static DHCP entry: the guest with this MAC gets this address."""
+
+    mac: str
+    ip: str
+
+
+class DhcpSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """This host serves DHCP for the network: the network's DHCP port (its MAC and one
+    address per DHCP-enabled subnet) and the static entries for every port of the
+    network, on this host or another (guests elsewhere reach it over the overlay)."""
+
+    mac: str
+    ips: tuple[str, ...]
+    hosts: tuple[DhcpHost, ...] = ()
+
+
+class NetworkSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One network's plumbing on a host.
+
+    ``segmentation_id`` is the VNI (vxlan) or VLAN id (vlan); ``physical_network`` names
+    the pre-configured bridge (flat, vlan). ``peers`` are the underlay addresses of the
+    other hosts on a VXLAN network. ``dhcp`` is None on hosts that do not serve DHCP for it.
+    """
+
+    network_id: str
+    type: NetworkType
+    physical_network: str | None = None
+    segmentation_id: int | None = None
+    mtu: int = 1500
+    subnets: tuple[SubnetSpec, ...] = ()
+    dhcp: DhcpSpec | None = None
+    peers: tuple[str, ...] = ()
+
+
+class PortSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """An instance's interface on a network: the guest's ``mac`` and ``ips``, and the
+    host ``device`` (tap) that stands for it on the network's bridge."""
+
+    port_id: str
+    network_id: str
+    mac: str
+    ips: tuple[str, ...] = ()
+    device: str
+
+
+class DesiredHostNetwork(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything one host should have: what a reconcile makes true."""
+
+    networks: tuple[NetworkSpec, ...] = ()
+    ports: tuple[PortSpec, ...] = ()
+
+
+class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
+    """Which network types this host can carry, and why not where it cannot
+    (``missing`` maps a type to the reason). The scheduler avoids hosts that lack a
+    network's type or physical network."""
+
+    flat: bool
+    vxlan: bool
+    vlan: bool
+    physical_networks: tuple[str, ...] = ()
+    missing: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class DeviceView(msgspec.Struct, frozen=True, kw_only=True):
+    """One network device as the host has it. ``kind`` is bridge, vxlan, vlan, tap, veth
+    or other; ``peers`` are a VXLAN device's flood endpoints, sorted."""
+
+    name: str
+    index: int
+    kind: str
+    mac: str
+    mtu: int
+    up: bool
+    master: str | None = None
+    vni: int | None = None
+    peers: tuple[str, ...] = ()
+
+
+class DhcpView(msgspec.Struct, frozen=True, kw_only=True):
+    """The DHCP server of one network on this host: whether it runs, its interface's
+    MAC and addresses, and the static entries it serves (sorted by MAC)."""
+
+    network_id: str
+    running: bool
+    mac: str
+    ips: tuple[str, ...]
+    hosts: tuple[DhcpHost, ...]
+
+
+class HostNetworkView(msgspec.Struct, frozen=True, kw_only=True):
+    """What a host's network looks like now: every device (Orrery's and others') by
+    name, and every DHCP server Orrery runs there by network id."""
+
+    devices: dict[str, DeviceView]
+    dhcp: dict[str, DhcpView]
