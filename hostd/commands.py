@@ -13,8 +13,9 @@ Reply conventions:
   ``conflict`` (wrong state, e.g. soft reboot of a shut-off domain), ``bad_request``
   (inconsistent command), ``hypervisor_error``, ``unavailable`` (retryable),
   ``image_error`` (the image could not be cached: retryable when fetching failed, not when
-  it is corrupt or missing) and ``deadline_exceeded`` (retryable when it ran out
-  mid-operation), ``error`` the text.
+  it is corrupt or missing), ``network_error`` (the host could not build a network or
+  plug a port; retryable when the kernel call failed) and ``deadline_exceeded``
+  (retryable when it ran out mid-operation), ``error`` the text.
 
 A body that does not decode is no Reply: the handler raises BadMessage (dead letter).
 """
@@ -38,6 +39,7 @@ from hostd.hypervisor import (
     HypervisorUnavailable,
 )
 from hostd.image_cache import ImageCache, ImageCacheError
+from hostd.network import HostNetwork, HostNetworkError
 from schemas import CommandEnvelope, Reply
 from schemas.hostd import (
     HOSTD_COMMAND_DECODER,
@@ -100,11 +102,15 @@ async def _no_interim(_reply: Reply) -> None:
 
 class HostCommands:
     """Runs decoded hostd commands against one hypervisor; with ``images``, a spawn's image
-    is brought into that cache first (without, ``spec.image_path`` is used as given)."""
+    is brought into that cache first (without, ``spec.image_path`` is used as given).
+    With ``network``, a spawn's networks are ensured and its ports plugged before the
+    domain is defined, and a destroy unplugs the ports it names."""
 
-    def __init__(self, hypervisor: Hypervisor, images: ImageCache | None = None) -> None:
+    def __init__(self, hypervisor: Hypervisor, images: ImageCache | None = None,
+                 network: HostNetwork | None = None) -> None:
         self.hypervisor = hypervisor
         self.images = images
+        self.network = network
         self._locks: dict[str, asyncio.Lock] = {}
         self._users: dict[str, int] = {}
         self._done: dict[str, dt.datetime] = {}
@@ -136,6 +142,9 @@ class HostCommands:
         except HypervisorError as exc:
             return self._failed(msg, CommandFailed(_error_type(exc), str(exc),
                                                    retryable=exc.retryable))
+        except HostNetworkError as exc:
+            return self._failed(msg, CommandFailed("network_error", str(exc),
+                                                   retryable=exc.retryable))
         except TimeoutError:
             return self._failed(msg, CommandFailed(
                 "deadline_exceeded", f"{msg.type} ran past its deadline", retryable=True))
@@ -152,6 +161,7 @@ class HostCommands:
                 if spec.uuid != uuid:
                     raise CommandFailed("bad_request",
                                         f"spec uuid {spec.uuid} is not instance {uuid}")
+                await self._plug(command)
                 if image is not None and self.images is not None:
                     path = await self._ensure_image(image)
                     spec = msgspec.structs.replace(spec, image_path=str(path),
@@ -167,11 +177,25 @@ class HostCommands:
                 await hv.start(uuid)
             case RebootDomain(hard=hard):
                 await hv.reboot(uuid, hard=hard)
-            case DestroyDomain():
+            case DestroyDomain(ports=ports):
                 await hv.undefine(uuid)
+                if self.network is not None:
+                    for port_id in ports:
+                        await self.network.remove_port(port_id)
             case GetDomainState():
                 pass
         return await hv.state(uuid)
+
+    async def _plug(self, spawn: SpawnDomain) -> None:
+        """The spawn's networks and ports on this host (each step idempotent)."""
+        if not spawn.ports and not spawn.networks:
+            return
+        if self.network is None:
+            raise CommandFailed("network_error", "this host has no network driver")
+        for spec in spawn.networks:
+            await self.network.ensure_network(spec)
+        for port in spawn.ports:
+            await self.network.ensure_port(port)
 
     async def _ensure_image(self, image: ImageRef) -> str:
         assert self.images is not None

@@ -25,6 +25,7 @@ from bus.routing import HOST_KIND
 from hostd.commands import HostCommands, decode_command
 from hostd.hypervisor import Hypervisor, HypervisorError, ObservationStream
 from hostd.image_cache import ImageCache
+from hostd.network import HostNetwork
 from hostd.reconcile import Reconciler, is_instance_id, observed_envelope
 from schemas import COMMAND_DECODER, CommandEnvelope, Reply
 from schemas.hostd import (
@@ -62,12 +63,15 @@ class HostDaemon:
 
     ``images``: the cache spawns with an image boot from (None: ``spec.image_path`` as
     given). A managed domain no instance claims is removed after ``orphan_grace`` s.
+    ``network``: the driver that builds networks and plugs ports (None: no networking;
+    a spawn with ports fails). Its capabilities go with every capacity report.
     """
 
     def __init__(
         self, bus: Bus, hypervisor: Hypervisor, host: str, *, heartbeat_every: float = 5.0,
         call_timeout: float = 10.0, prefetch: int = 32, images: ImageCache | None = None,
         reconcile_every: float = 60.0, orphan_grace: float = 300.0,
+        network: HostNetwork | None = None,
     ) -> None:
         if heartbeat_every <= 0 or call_timeout <= 0 or reconcile_every <= 0:
             raise ValueError("heartbeat_every, call_timeout, reconcile_every must be positive")
@@ -79,7 +83,8 @@ class HostDaemon:
         self.prefetch = prefetch
         self.images = images
         self.reconcile_every = reconcile_every
-        self.commands = HostCommands(hypervisor, images)
+        self.network = network
+        self.commands = HostCommands(hypervisor, images, network)
         self.reconciler = Reconciler(bus, hypervisor, host, orphan_grace=orphan_grace,
                                      call_timeout=call_timeout, busy=self.commands.busy)
         self.reported = asyncio.Event()
@@ -162,7 +167,11 @@ class HostDaemon:
 
     async def _capacity(self) -> Capacity:
         async with asyncio.timeout(self.call_timeout):
-            return await self.hypervisor.capacity()
+            capacity = await self.hypervisor.capacity()
+            if self.network is not None:
+                capacity = msgspec.structs.replace(
+                    capacity, networks=await self.network.capabilities())
+            return capacity
 
     # -- observing and reconciling ----------------------------------------------------------
 

@@ -31,7 +31,7 @@ def domain_type_for(uri: str) -> DomainType:
 
 
 def build_domain_xml(spec: DomainSpec, domain_type: DomainType = "kvm") -> str:
-    """The ``<domain>`` document defining ``spec`` (no network yet)."""
+    """The ``<domain>`` document defining ``spec``."""
     if domain_type not in DOMAIN_TYPES:
         raise ValueError(f"unknown domain type {domain_type!r}; expected one of {DOMAIN_TYPES}")
     domain = ET.Element("domain", type=domain_type)
@@ -86,6 +86,11 @@ def _devices(domain: ET.Element, spec: DomainSpec) -> None:
     ET.SubElement(disk, "driver", name="qemu", type=spec.image_format)
     ET.SubElement(disk, "source", file=spec.image_path)
     ET.SubElement(disk, "target", dev="vda", bus="virtio")
+    for nic in spec.nics:  # a tap hostd made and plugged: libvirt only uses it
+        interface = ET.SubElement(devices, "interface", type="ethernet")
+        ET.SubElement(interface, "mac", address=nic.mac)
+        ET.SubElement(interface, "target", dev=nic.device, managed="no")
+        ET.SubElement(interface, "model", type="virtio")
     serial = ET.SubElement(devices, "serial", type="pty")
     ET.SubElement(serial, "target", port="0")
     console = ET.SubElement(devices, "console", type="pty")

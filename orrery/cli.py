@@ -35,13 +35,16 @@ from orrery.services import (
 )
 from orrery.wiring import (
     HYPERVISORS,
+    NETWORK_DRIVERS,
     event_types,
     image_cache,
     libvirt_available,
     load_kinds,
     open_bus,
+    open_host_network,
     open_hypervisor,
     open_store,
+    parse_bridge_mappings,
     test_node_uri,
 )
 from store.projections import ProjectionRunner
@@ -111,8 +114,12 @@ async def run_processes(cfg: Config, kinds_spec: Sequence[str], *, worker: bool,
                 name = f"host-{i + 1}"
                 uri = test_node_uri(Path(cfg.data_dir) / "hosts", name) \
                     if hypervisor == "libvirt" else ""
+                network = await open_host_network(
+                    "fake", state_dir=Path(cfg.data_dir) / "hosts" / name / "network",
+                    underlay_ip=f"192.0.2.{i + 1}")
                 daemon = HostDaemon(bus, await open_hypervisor(hypervisor, uri), name,
-                                    images=image_cache(Path(cfg.data_dir), name))
+                                    images=image_cache(Path(cfg.data_dir), name),
+                                    network=network)
                 tg.create_task(daemon.run(), name=f"hostd-{i + 1}")
             if http:
                 tg.create_task(_serve_http(cfg, store, bus, write_clouds=hosts > 0),
@@ -135,15 +142,22 @@ async def run_hostd(cfg: Config, args: argparse.Namespace) -> None:
     bus = await open_bus(cfg)
     try:
         hypervisor = await open_hypervisor(args.hypervisor, args.libvirt_uri)
+        network = None
         try:
             images = image_cache(Path(cfg.data_dir), args.host, args.images_from,
                                  args.image_cache)
+            network = await open_host_network(
+                args.network, state_dir=Path(cfg.data_dir) / "hosts" / args.host / "network",
+                underlay_ip=args.underlay_ip, netns=args.network_netns,
+                bridge_mappings=parse_bridge_mappings(args.bridge_mapping) or None)
             daemon = HostDaemon(bus, hypervisor, args.host,
                                 heartbeat_every=args.heartbeat_every, images=images,
                                 reconcile_every=args.reconcile_every,
-                                orphan_grace=args.orphan_grace)
+                                orphan_grace=args.orphan_grace, network=network)
             await daemon.run()
         finally:
+            if network is not None:
+                await network.close()
             await hypervisor.close()
     finally:
         await bus.close()
@@ -164,6 +178,14 @@ def _add_hostd(sub: Any) -> None:
     p.add_argument("--reconcile-every", type=float, default=60.0, metavar="SECONDS")
     p.add_argument("--orphan-grace", type=float, default=300.0, metavar="SECONDS",
                    help="how long an unknown domain is left alone before it is removed")
+    p.add_argument("--network", choices=NETWORK_DRIVERS, default="fake",
+                   help="the data plane driver: the recording fake, or pyroute2 (netlink)")
+    p.add_argument("--underlay-ip", metavar="ADDRESS",
+                   help="this host's tunnel endpoint for VXLAN networks")
+    p.add_argument("--bridge-mapping", action="append", default=[], metavar="PHYSNET=BRIDGE",
+                   help="a physical network's pre-configured bridge (repeatable)")
+    p.add_argument("--network-netns", metavar="NAME",
+                   help="build the data plane inside this network namespace")
 
 
 def _run(main: Callable[[], Awaitable[None]]) -> int:

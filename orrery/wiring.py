@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import os
 from collections.abc import Iterable
@@ -114,6 +115,44 @@ async def open_hypervisor(kind: str, uri: str = "test:///default") -> Hypervisor
 
         return await LibvirtHypervisor.open(uri)
     raise ValueError(f"unknown hypervisor {kind!r} (choose from {', '.join(HYPERVISORS)})")
+
+
+NETWORK_DRIVERS = ("fake", "pyroute2")
+#: the physical network every fake host offers (flat networks name it)
+DEFAULT_PHYSNET = "physnet1"
+
+
+def parse_bridge_mappings(specs: Iterable[str]) -> dict[str, str]:
+    """``physnet=bridge`` pairs (as Neutron's bridge_mappings) as a dict; ValueError on a
+    pair without both halves."""
+    mappings: dict[str, str] = {}
+    for spec in specs:
+        physnet, _, bridge = spec.partition("=")
+        if not physnet.strip() or not bridge.strip():
+            raise ValueError(f"bridge mapping {spec!r}: expected PHYSNET=BRIDGE")
+        mappings[physnet.strip()] = bridge.strip()
+    return mappings
+
+
+async def open_host_network(kind: str, *, state_dir: Path, underlay_ip: str | None = None,
+                            bridge_mappings: dict[str, str] | None = None,
+                            netns: str | None = None) -> Any:
+    """A host's network driver: the recording fake (with one flat physical network when
+    no mapping is given), or pyroute2 on this host (or in ``netns``)."""
+    if kind == "fake":
+        from hostd.net_fake import FakeHostNetwork
+
+        return FakeHostNetwork(underlay_ip=underlay_ip or "192.0.2.1",
+                               bridge_mappings=bridge_mappings or {DEFAULT_PHYSNET: "br-phys"})
+    if kind == "pyroute2":
+        from hostd.net_pyroute2 import Pyroute2HostNetwork
+
+        await asyncio.to_thread(state_dir.mkdir, parents=True, exist_ok=True)
+        return await Pyroute2HostNetwork.open(netns=netns, underlay_ip=underlay_ip,
+                                              bridge_mappings=bridge_mappings,
+                                              state_dir=state_dir)
+    raise ValueError(f"unknown network driver {kind!r} (choose from"
+                     f" {', '.join(NETWORK_DRIVERS)})")
 
 
 def image_cache(data_dir: Path, host: str, origin: str | None = None,

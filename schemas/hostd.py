@@ -8,6 +8,8 @@ from typing import Literal
 
 import msgspec
 
+from schemas.hostnet import Capabilities, NetworkSpec, PortSpec
+
 #: The disk image formats a domain can boot from.
 DiskFormat = Literal["qcow2", "raw"]
 
@@ -48,14 +50,25 @@ class DomainSpec(msgspec.Struct, frozen=True, kw_only=True):
     disk_gb: int
     image_path: str
     image_format: DiskFormat = "qcow2"
+    nics: tuple[Nic, ...] = ()
+
+
+class Nic(msgspec.Struct, frozen=True, kw_only=True):
+    """A network interface of a domain: the guest's ``mac`` on the host tap ``device``
+    that hostd's network driver plugged into the network's bridge."""
+
+    mac: str
+    device: str
 
 
 class Capacity(msgspec.Struct, frozen=True, kw_only=True):
-    """What a host offers: physical CPUs, memory in MiB, instance disk in GiB."""
+    """What a host offers: physical CPUs, memory in MiB, instance disk in GiB, and which
+    network types it can carry (None: the host has no network driver)."""
 
     vcpus: int
     ram_mb: int
     disk_gb: int
+    networks: Capabilities | None = None
 
 
 class Observation(msgspec.Struct, frozen=True, kw_only=True):
@@ -123,6 +136,10 @@ class SpawnDomain(msgspec.Struct, frozen=True, kw_only=True, tag="hostd.spawn"):
     instance_id: str
     spec: DomainSpec
     image: ImageRef | None = None
+    #: the plumbing of every network the instance has a port on, then its ports: each
+    #: network is ensured and each port plugged before the domain is defined
+    networks: tuple[NetworkSpec, ...] = ()
+    ports: tuple[PortSpec, ...] = ()
 
 
 class StopDomain(msgspec.Struct, frozen=True, kw_only=True, tag="hostd.stop"):
@@ -146,9 +163,11 @@ class RebootDomain(msgspec.Struct, frozen=True, kw_only=True, tag="hostd.reboot"
 
 
 class DestroyDomain(msgspec.Struct, frozen=True, kw_only=True, tag="hostd.destroy"):
-    """Power off and forget the domain; an unknown domain is no error."""
+    """Power off and forget the domain, then unplug ``ports`` (port ids); an unknown
+    domain or port is no error."""
 
     instance_id: str
+    ports: tuple[str, ...] = ()
 
 
 class GetDomainState(msgspec.Struct, frozen=True, kw_only=True, tag="hostd.state"):

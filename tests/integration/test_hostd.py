@@ -22,6 +22,8 @@ from bus.protocol import Bus
 from bus.routing import HOST_KIND, Names
 from hostd.daemon import HostDaemon
 from hostd.fake import FakeHypervisor
+from hostd.net_fake import FakeHostNetwork
+from hostd.network import port_device
 from schemas import SYSTEM_EVENTS, Reply
 from schemas.hostd import (
     Capacity,
@@ -34,6 +36,7 @@ from schemas.hostd import (
     StartDomain,
     StopDomain,
 )
+from schemas.hostnet import NetworkSpec, PortSpec, SubnetSpec
 from store.postgres import PostgresEventStore
 from store.projections import ProjectionRunner
 from store.registry import EventTypes
@@ -55,6 +58,7 @@ class Embedded:
     bus: Bus
     hypervisor: FakeHypervisor
     client: ActorClient
+    network: FakeHostNetwork
 
     async def hostd(self, command: msgspec.Struct, timeout: float = 5.0) -> Reply:
         return await self.client.call(HOST_KIND, HOST, command, timeout=timeout)
@@ -73,12 +77,13 @@ async def embedded(tmp_path: Path, bus_names: Names) -> AsyncIterator[Embedded]:
         runtime = ActorRuntime(store, bus, [make_host_kind(down_after=30.0)])
         await store.run_ddl(HostsProjection.ddl)
         hypervisor = FakeHypervisor(capacity=CAP, shutdown_delay=0.05)
-        daemon = HostDaemon(bus, hypervisor, HOST, heartbeat_every=0.1)
+        network = FakeHostNetwork(bridge_mappings={"physnet1": "br-phys"})
+        daemon = HostDaemon(bus, hypervisor, HOST, heartbeat_every=0.1, network=network)
         async with runtime, ProjectionRunner(store, HostsProjection()), \
                 asyncio.TaskGroup() as tg:
             tg.create_task(daemon.run())
             try:
-                yield Embedded(store, bus, hypervisor, ActorClient(bus, timeout=5))
+                yield Embedded(store, bus, hypervisor, ActorClient(bus, timeout=5), network)
             finally:
                 daemon.shutdown()
         await hypervisor.close()
@@ -94,7 +99,48 @@ async def test_hostd_reports_its_capacity_and_the_host_shows_up(embedded: Embedd
 
     await eventually(up, timeout=10, what="h1 up in the hosts projection")
     view = await embedded.host_view()
-    assert view is not None and view.capacity == CAP
+    assert view is not None
+    assert (view.capacity.vcpus, view.capacity.ram_mb, view.capacity.disk_gb) == \
+        (CAP.vcpus, CAP.ram_mb, CAP.disk_gb)
+
+
+NET = NetworkSpec(network_id="9a1f0c52-0c52-4c52-8c52-0c520c520c52", type="vxlan",
+                  segmentation_id=1001, mtu=1450,
+                  subnets=(SubnetSpec(subnet_id="s1", cidr="10.0.0.0/24", gateway_ip="10.0.0.1"),))
+PORT = PortSpec(port_id="4b2d0e61-0e61-4e61-8e61-0e610e610e61", network_id=NET.network_id,
+                mac="fa:16:3e:00:00:01", ips=("10.0.0.5",),
+                device=port_device("4b2d0e61-0e61-4e61-8e61-0e610e610e61"))
+
+
+async def test_spawn_plugs_its_ports_before_the_domain_and_destroy_unplugs_them(
+        embedded: Embedded) -> None:
+    """A spawn with networks and ports builds each network and plugs each port (the tap
+    on the network's bridge) before the domain boots; the domain's spec carries the NIC;
+    destroy unplugs the ports it names and keeps the network."""
+    nic_spec = msgspec.structs.replace(spec("i9"), nics=())
+    reply = await embedded.hostd(SpawnDomain(instance_id="i9", spec=nic_spec,
+                                             networks=(NET,), ports=(PORT,)))
+    assert reply.ok, reply.error
+    view = await embedded.network.inspect()
+    tap = view.devices[PORT.device]
+    assert tap.kind == "tap" and tap.master is not None
+    assert view.devices[tap.master].kind == "bridge"
+    reply = await embedded.hostd(DestroyDomain(instance_id="i9", ports=(PORT.port_id,)))
+    assert reply.ok, reply.error
+    view = await embedded.network.inspect()
+    assert PORT.device not in view.devices
+    assert any(d.kind == "vxlan" and d.vni == 1001 for d in view.devices.values())
+
+
+async def test_a_spawn_on_a_network_the_host_cannot_carry_fails_and_boots_nothing(
+        embedded: Embedded) -> None:
+    """A flat network on a physical network the host has no bridge for is a
+    network_error, and no domain is defined."""
+    flat = NetworkSpec(network_id=NET.network_id, type="flat", physical_network="nowhere")
+    reply = await embedded.hostd(SpawnDomain(instance_id="i8", spec=spec("i8"),
+                                             networks=(flat,), ports=(PORT,)))
+    assert not reply.ok and reply.error_type == "network_error", reply
+    assert "i8" not in await embedded.hypervisor.list_domains()
 
 
 async def test_spawn_defines_and_boots_and_is_idempotent(embedded: Embedded) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+import msgspec
 import pytest
 
 from hostd.domain_xml import (
@@ -13,7 +14,7 @@ from hostd.domain_xml import (
     domain_name,
     domain_type_for,
 )
-from schemas.hostd import DomainSpec
+from schemas.hostd import DomainSpec, Nic
 
 SPEC = DomainSpec(
     uuid="0b5e0c7e-1d8a-4b1e-9a43-6a4f3f0d2c11", name="web-1", vcpus=2, ram_mb=2048,
@@ -88,7 +89,7 @@ def test_boot_disk_is_virtio_from_the_image_file(image_format: str) -> None:
 
 
 def test_serial_console_and_no_network() -> None:
-    """A pty serial port with a console on it; no interfaces until networking arrives."""
+    """A pty serial port with a console on it; no interface without NICs."""
     devices = parse().find("devices")
     assert devices is not None
     serial, console = devices.find("serial"), devices.find("console")
@@ -133,3 +134,19 @@ def test_metadata_marks_the_domain_as_orrerys() -> None:
 def test_domain_type_defaults_from_the_uri(uri: str, expected: str) -> None:
     """Without configuration, the test driver gets type test and anything else kvm."""
     assert domain_type_for(uri) == expected
+
+
+def test_each_nic_is_an_unmanaged_ethernet_tap_with_the_ports_mac() -> None:
+    """hostd plugs the tap itself, so libvirt gets ``type=ethernet`` with the tap as an
+    unmanaged target, the port's MAC, and virtio, one interface per NIC in order."""
+    spec = msgspec.structs.replace(SPEC, nics=(
+        Nic(mac="fa:16:3e:00:00:01", device="otp4b2d0e610e6"),
+        Nic(mac="fa:16:3e:00:00:02", device="otp77aa0e610e6")))
+    interfaces = parse(spec).findall("devices/interface")
+    assert [i.get("type") for i in interfaces] == ["ethernet", "ethernet"]
+    assert [i.find("mac").get("address") for i in interfaces] == [  # type: ignore[union-attr]
+        "fa:16:3e:00:00:01", "fa:16:3e:00:00:02"]
+    targets = [i.find("target") for i in interfaces]
+    assert [(t.get("dev"), t.get("managed")) for t in targets if t is not None] == [
+        ("otp4b2d0e610e6", "no"), ("otp77aa0e610e6", "no")]
+    assert all(i.find("model").get("type") == "virtio" for i in interfaces)  # type: ignore[union-attr]
