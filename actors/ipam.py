@@ -144,7 +144,7 @@ def _pools(cidr: str, pools: Sequence[tuple[str, str]], first: int, last: int) -
         if lo < first or hi > last:
             raise PlanError(f"The allocation pool {start}-{end} spans beyond the subnet "
                             f"cidr {cidr}.")
-        if any(lo <= h and l <= hi for l, h in ranges):
+        if any(lo <= b and a <= hi for a, b in ranges):
             raise PlanError(f"Found overlapping allocation pools: {start}-{end} and "
                             "another pool.")
         ranges.append([lo, hi])

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from actors import holds, ipam
-from actors.holds import CheckHold, Ledger, ReleaseHolds
+from actors.holds import Ledger, ReleaseHolds
 from actors.kind import ActorKind, Context, Events, Rejected
 from schemas import Reply, TimerFired
 
