@@ -61,6 +61,10 @@ class UpdatePort(msgspec.Struct, frozen=True, kw_only=True, tag="port.update"):
     device_id: str | None = None
     device_owner: str | None = None
     fixed_ips: list[FixedIp] | None = None
+    #: deltas that need no read of the current list (the DHCP port's, updated by
+    #: concurrent subnet creates and deletes): addresses added, a subnet's ones dropped
+    add_fixed_ips: list[FixedIp] = []
+    drop_subnet: str | None = None
 
 
 class DeletePort(msgspec.Struct, frozen=True, kw_only=True, tag="port.delete"):
@@ -223,6 +227,8 @@ def _released(port_id: str, ips: list[FixedIp]) -> Events:
 
 def _update(state: PortState, cmd: UpdatePort, ctx: Context) -> Events:
     ips = state.fixed_ips if cmd.fixed_ips is None else cmd.fixed_ips
+    ips = [f for f in ips if f.subnet_id != cmd.drop_subnet]
+    ips += [f for f in cmd.add_fixed_ips if f not in ips]
     updated = PortUpdated(
         port_id=ctx.actor_id, at=ctx.now, fixed_ips=ips,
         name=state.name if cmd.name is None else cmd.name,
