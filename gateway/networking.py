@@ -529,6 +529,7 @@ class NetworkingApi:
         body = (await read_json(request, docs.PortRequest)).port
         net = await self._network(body.network_id, context)
         _check_port_body(body, context)
+        owner = _owner(context, body.project_id or body.tenant_id)
         mac = None
         if body.mac_address is not None:
             mac = ipam.normalise_mac(body.mac_address)
@@ -537,17 +538,18 @@ class NetworkingApi:
                            "not a valid MAC address.")
         subnets = await read_subnets(self.store, Where().eq("network_id", net.id))
         wanted = _fixed_ip_requests(body.fixed_ips, subnets, net.id)
+        await self._in_use(net.id, mac, wanted)
         port_id = str(uuid.uuid4())
-        got = await self.cmd.do(request, "network", net.id,
-                                AddPort(port_id=port_id, mac_address=mac))
-        try:
-            ips = await self._allocate(request, port_id, wanted, subnets)
-        except ApiError:
-            await self.cmd.release(request, "network", net.id, port_id)
-            raise
+        # addresses first: a full pool, the most common refusal, then records nothing
+        ips = await self._allocate(request, port_id, wanted, subnets)
+        got = await self.cmd.ask(request, "network", net.id,
+                                 AddPort(port_id=port_id, mac_address=mac))
+        if not got.ok:
+            await self._give_back(request, net.id, port_id, ips)
+            raise _refused(got)
         reply = await self.cmd.ask(request, "port", port_id, CreatePort(
-            network_id=net.id, project_id=_owner(context, body.project_id or body.tenant_id),
-            mac_address=got.result or "", fixed_ips=ips, name=body.name,
+            network_id=net.id, project_id=owner, mac_address=got.result or "",
+            fixed_ips=ips, name=body.name,
             description=body.description, admin_state_up=body.admin_state_up,
             device_id=body.device_id, device_owner=body.device_owner))
         if not reply.ok:
@@ -556,6 +558,22 @@ class NetworkingApi:
         await self.cmd.seen(reply)
         port = await self._port(port_id, context)
         return json_response({"port": docs.port_doc(port, context.is_admin)}, status=201)
+
+    async def _in_use(self, network_id: str, mac: str | None,
+                      wanted: list[tuple[str | None, str | None]] | None) -> None:
+        """Refuse a MAC or address the projection already shows in use, before anything
+        is handed out (the owners still decide races: this only spares the log)."""
+        if mac is not None and await read_ports(self.store, Where().eq(
+                "network_id", network_id).eq("mac_address", mac)):
+            raise ApiError("conflict", f"Unable to complete operation for network "
+                           f"{network_id}. The mac address {mac} is in use.",
+                           error_type="MacAddressInUse")
+        for subnet_id, address in wanted or []:
+            if address is not None and await self.store.query(
+                    "SELECT port_id FROM net_port_ips WHERE subnet_id = $1 AND"
+                    " ip_address = $2", subnet_id, address):
+                raise ApiError("conflict", f"IP address {address} already allocated in "
+                               f"subnet {subnet_id}", error_type="IpAddressAlreadyAllocated")
 
     async def _allocate(self, request: web.Request, port_id: str,
                         wanted: list[tuple[str | None, str | None]] | None,
@@ -715,8 +733,21 @@ def _fixed_ip_requests(asked: list[docs.FixedIpBody] | None, subnets: list[Subne
         if subnet_id is None:
             assert item.ip_address is not None
             subnet_id = _subnet_holding(item.ip_address, subnets, network_id)
+        elif item.ip_address is not None:
+            _check_in_subnet(item.ip_address, by_id[subnet_id])
         out.append((subnet_id, item.ip_address))
     return out
+
+
+def _check_in_subnet(address: str, subnet: SubnetView) -> None:
+    try:
+        value = ipam.parse_ip(address)
+    except ipam.PlanError as exc:
+        raise _bad(str(exc)) from None
+    first, last = ipam.hosts(ipam.parse_cidr(subnet.cidr))
+    if not first <= value <= last:
+        raise _bad(f"IP address {address} is not a valid IP for the specified subnet.",
+                   "InvalidIpForSubnet")
 
 
 def _subnet_holding(address: str, subnets: list[SubnetView], network_id: str) -> str:
