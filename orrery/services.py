@@ -21,10 +21,10 @@ from actors.kind import ActorKind
 from actors.network import make_network_kind
 from actors.network_views import NetworkingProjection
 from actors.port import PORT
-from actors.segment import NetworkSettings, make_segment_kind
-from actors.subnet import make_subnet_kind
 from actors.runtime import EffectHandler
 from actors.scheduler import Placement
+from actors.segment import NetworkSettings, make_segment_kind
+from actors.subnet import make_subnet_kind
 from bus.protocol import Bus
 from gateway.app import ServiceApi
 from gateway.compute import ComputeApi
