@@ -142,7 +142,8 @@ class NetworkBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     network_type: str | None = msgspec.field(default=None, name="provider:network_type")
     physical_network: str | None = msgspec.field(default=None,
                                                  name="provider:physical_network")
-    segmentation_id: int | None = msgspec.field(default=None, name="provider:segmentation_id")
+    segmentation_id: int | str | None = msgspec.field(default=None,
+                                                      name="provider:segmentation_id")
     external: bool = msgspec.field(default=False, name="router:external")
     mtu: int | None = None
     availability_zone_hints: list[str] = []

@@ -275,7 +275,8 @@ class NetworkingApi:
 
     def _network_plan(self, body: docs.NetworkBody,
                       context: AuthContext) -> tuple[str, CreateNetwork]:
-        provider = (body.network_type, body.physical_network, body.segmentation_id)
+        seg = _segmentation_id(body.segmentation_id)
+        provider = (body.network_type, body.physical_network, seg)
         if not context.is_admin:
             if any(v is not None for v in provider):
                 raise ApiError("forbidden", "(rule:create_network:provider:network_type) is"
@@ -290,7 +291,7 @@ class NetworkingApi:
         physnet = body.physical_network
         if body.network_type is None and kind != "vxlan":
             physnet = physnet or next(iter(sorted(self.settings.physnets())), None)
-        self._check_provider(kind, physnet, body.segmentation_id)
+        self._check_provider(kind, physnet, seg)
         mtu = self.settings.mtu_of(kind)
         if body.mtu is not None and not 68 <= body.mtu <= mtu:
             raise _bad(f"Invalid input for mtu. Reason: {body.mtu} is not in 68..{mtu}.")
@@ -299,7 +300,7 @@ class NetworkingApi:
             project_id=project, name=body.name, description=body.description,
             admin_state_up=body.admin_state_up, shared=bool(body.shared),
             network_type=kind, physical_network=physnet,
-            segmentation_id=body.segmentation_id, mtu=body.mtu or mtu)
+            segmentation_id=seg, mtu=body.mtu or mtu)
 
     def _check_provider(self, kind: str, physnet: str | None, seg: int | None) -> None:
         if kind not in ("flat", "vlan", "vxlan"):
@@ -656,6 +657,16 @@ class NetworkingApi:
         await self.cmd.seen(reply)
         log.info("port_deleted", port_id=port.id)
         return web.Response(status=204)
+
+
+def _segmentation_id(value: int | str | None) -> int | None:
+    """Neutron converts the segmentation id to an integer (the CLI sends a string)."""
+    if value is None or isinstance(value, int):
+        return value
+    if not value.strip().isdigit():
+        raise _bad(f"Invalid input for provider:segmentation_id. Reason: '{value}' is not"
+                   " an integer.")
+    return int(value)
 
 
 def _owner(context: AuthContext, asked: str | None) -> str:
