@@ -110,12 +110,13 @@ class ActorCell:
             if msg.type in self.codec.query_tags:
                 return self._answer(msg, now)
             try:
-                payloads, cause, meta, ctx = self._decide(msg, now)
+                payloads, cause, meta, ctx, command = self._decide(msg, now)
             except Rejected as exc:
                 return Reply(command_id=msg.command_id, ok=False, error=exc.message,
                              error_type=exc.code, version=self.version)
             if not payloads:
-                return Reply(command_id=msg.command_id, ok=True, version=self.version)
+                return Reply(command_id=msg.command_id, ok=True, version=self.version,
+                             result=self._result(command, ctx))
             events = [to_new_event(p, **meta) for p in payloads]
             try:
                 result = await self.store.append(self.stream, events, self.version, cause=cause)
@@ -133,8 +134,16 @@ class ActorCell:
                     self.outbox = list(self.kind.effects(self.state, payloads, ctx))
                 await self._maybe_snapshot()
             return Reply(command_id=msg.command_id, ok=True, version=result.version,
-                         position=result.position)
+                         position=result.position,
+                         result=None if result.duplicate else self._result(command, ctx))
         raise ConcurrencyError(self.stream, self.version, -1)
+
+    def _result(self, command: msgspec.Struct | None, ctx: Context) -> str | None:
+        """The kind's result for a command just decided (None for reactions, timers and
+        replies, which have no caller waiting)."""
+        if self.kind.result is None or command is None:
+            return None
+        return self.kind.result(self.state, command, ctx)
 
     def _context(self, msg: CommandEnvelope, now: dt.datetime) -> Context:
         return Context(actor_id=self.actor_id, message_id=msg.command_id,
@@ -154,7 +163,9 @@ class ActorCell:
 
     def _decide(
         self, msg: CommandEnvelope, now: dt.datetime
-    ) -> tuple[Sequence[msgspec.Struct], str, dict[str, str | None], Context]:
+    ) -> tuple[Sequence[msgspec.Struct], str, dict[str, str | None], Context,
+               msgspec.Struct | None]:
+        """(events, cause, metadata, context, the command when the message is one)."""
         meta: dict[str, str | None] = {
             "correlation_id": msg.correlation_id,
             "causation_id": msg.command_id,
@@ -164,18 +175,19 @@ class ActorCell:
         ctx = self._context(msg, now)
         if msg.type in self.codec.command_tags:
             command = _decode(self.codec.commands, msg.body, msg.type)
-            return self.kind.decide(self.state, command, ctx), msg.command_id, meta, ctx
+            return (self.kind.decide(self.state, command, ctx), msg.command_id, meta, ctx,
+                    command)
         if msg.type == REACT:
-            return (*self._decide_reaction(msg, ctx, meta), ctx)
+            return (*self._decide_reaction(msg, ctx, meta), ctx, None)
         if msg.type == TIMER_FIRE:
             fired = _decode(_FIRED, msg.body, msg.type)
             if fired.timer_id not in self.timers or self.kind.on_timer is None:
-                return [], f"timer:{fired.timer_id}", meta, ctx
+                return [], f"timer:{fired.timer_id}", meta, ctx, None
             events = [*self.kind.on_timer(self.state, fired, ctx), fired]
-            return events, f"timer:{fired.timer_id}", meta, ctx
+            return events, f"timer:{fired.timer_id}", meta, ctx, None
         if msg.type == REPLY_TYPE and self.kind.on_reply is not None:
             reply = _decode(REPLY_DECODER, msg.body, msg.type)
-            return self.kind.on_reply(self.state, reply, ctx), msg.command_id, meta, ctx
+            return self.kind.on_reply(self.state, reply, ctx), msg.command_id, meta, ctx, None
         raise BadMessage(f"{self.kind.name} has no command {msg.type!r}")
 
     def _decide_reaction(

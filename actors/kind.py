@@ -93,7 +93,8 @@ class ActorKind(Generic[S]):
     ``on_reply(state, reply, ctx)`` decides on the answer to a request the actor made
     through an effect; ``effects(state, events, ctx)`` says what to send once ``events``
     are recorded. ``answer(state, query, ctx)`` answers a read-only ``queries`` message
-    with a string result and records nothing.
+    with a string result and records nothing. ``result(state, command, ctx)`` is what the
+    Reply to a command carries, read from the state once its events are recorded.
     """
 
     name: str
@@ -111,6 +112,9 @@ class ActorKind(Generic[S]):
     effects: Effects | None = None
     queries: Sequence[type[msgspec.Struct]] = ()
     answer: Callable[[Any, Any, Context], str] | None = None
+    #: what the Reply to a command carries as ``result`` (e.g. the address a pool handed
+    #: out), from the state after the command's events; None: no result
+    result: Callable[[Any, Any, Context], str | None] | None = None
     snapshot_every: int = 100
 
     def __post_init__(self) -> None:

@@ -55,6 +55,17 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     passivate_after: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     snapshot_every: AtLeastOne = 100
     command_max_attempts: AtLeastOne = 5
+    #: Networking: tenant segmentation ranges as Neutron writes them (vni_ranges
+    #: ``1:1000,2000:2100``; network_vlan_ranges ``physnet1:100:199``), the physical
+    #: networks flat networks may use, the type a member's network gets, the MTU of the
+    #: physical networks (VXLAN networks get 50 less) and how long an address handed out
+    #: may wait for its port before the pool asks the port about it.
+    network_vni_ranges: str = "1:65535"
+    network_vlan_ranges: str = "physnet1:1:4094"
+    network_flat_networks: str = "physnet1"
+    network_tenant_type: Literal["vxlan", "vlan", "flat"] = "vxlan"
+    network_mtu: Annotated[int, msgspec.Meta(ge=1280, le=9216)] = 1500
+    network_hold_lease: Annotated[float, msgspec.Meta(gt=0)] = 120.0
 
     @property
     def embedded_store(self) -> bool:
@@ -166,9 +177,24 @@ def _check_scheme(field: str, url: str) -> str | None:
     return None
 
 
+def _check_ranges(field: str, text: str) -> str | None:
+    """``lo:hi,...`` (vni) or ``physnet:lo:hi,...`` (vlan) with lo <= hi."""
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        parts = item.split(":")
+        bounds = parts[1:] if field == "network_vlan_ranges" else parts
+        if len(bounds) != 2 or not all(b.isdigit() for b in bounds) \
+                or int(bounds[0]) > int(bounds[1]) or int(bounds[0]) < 1 \
+                or (field == "network_vlan_ranges" and not parts[0]):
+            form = "physnet:lo:hi" if field == "network_vlan_ranges" else "lo:hi"
+            return f"each range must be {form} with 1 <= lo <= hi"
+    return None
+
+
 _CHECKS: dict[str, Callable[[str, Any], str | None]] = {
     "database_url": _check_scheme,
     "amqp_url": _check_scheme,
+    "network_vni_ranges": _check_ranges,
+    "network_vlan_ranges": _check_ranges,
 }
 
 

@@ -18,20 +18,37 @@ from actors.image_views import ImageProjection
 from actors.instance import INSTANCE, Place
 from actors.instance_views import InstancesProjection
 from actors.kind import ActorKind
+from actors.network import make_network_kind
+from actors.network_views import NetworkingProjection
+from actors.port import PORT
 from actors.runtime import EffectHandler
 from actors.scheduler import Placement
+from actors.segment import NetworkSettings, make_segment_kind
+from actors.subnet import make_subnet_kind
 from bus.protocol import Bus
 from gateway.app import ServiceApi
 from gateway.compute import ComputeApi
 from gateway.image import ImageApi
-from orrery.config import load_config
+from gateway.networking import NetworkingApi
+from orrery.config import Config, load_config
 from store.blobs import DirectoryImageStore
 from store.projections import Projection
 
 
-def cloud_kinds() -> list[ActorKind[Any]]:
+def network_settings(cfg: Config | None = None) -> NetworkSettings:
+    """The networking settings of ``cfg`` (default: the configured ones)."""
+    c = cfg or load_config()
+    return NetworkSettings.parse(
+        vni_ranges=c.network_vni_ranges, vlan_ranges=c.network_vlan_ranges,
+        flat_networks=c.network_flat_networks, tenant_type=c.network_tenant_type,
+        mtu=c.network_mtu, hold_lease=c.network_hold_lease)
+
+
+def cloud_kinds(net: NetworkSettings | None = None) -> list[ActorKind[Any]]:
     """Every resource kind a worker hosts."""
-    return [*IDENTITY_KINDS, HOST, IMAGE, FLAVOR, INSTANCE]
+    net = net or network_settings()
+    return [*IDENTITY_KINDS, HOST, IMAGE, FLAVOR, INSTANCE, make_network_kind(net.hold_lease),
+            make_subnet_kind(net.hold_lease), PORT, make_segment_kind(net)]
 
 
 def cloud_effects(store: Any, bus: Bus) -> dict[type, EffectHandler]:
@@ -50,7 +67,7 @@ def worker_projections() -> list[Projection]:
 def cloud_projections() -> list[Projection]:
     """Every projection an API process keeps folded (the tables its reads come from)."""
     return [IdentityProjection(), HostsProjection(), ImageProjection(), FlavorProjection(),
-            InstancesProjection()]
+            InstancesProjection(), NetworkingProjection()]
 
 
 def cloud_apis(store: Any, client: ActorClient, data_dir: str | None = None) -> list[ServiceApi]:
@@ -59,5 +76,7 @@ def cloud_apis(store: Any, client: ActorClient, data_dir: str | None = None) -> 
     Image data lives in ``<data_dir>/images``; without `data_dir`, the configured one
     (``ORRERY_DATA_DIR`` or ``$ORRERY_CONFIG``; pass ``cfg.data_dir`` when ``--config``).
     """
-    images = DirectoryImageStore(Path(data_dir or load_config().data_dir) / "images")
-    return [ImageApi(store, client, images), ComputeApi(store, client)]
+    cfg = load_config()
+    images = DirectoryImageStore(Path(data_dir or cfg.data_dir) / "images")
+    return [ImageApi(store, client, images), ComputeApi(store, client),
+            NetworkingApi(store, client, settings=network_settings(cfg))]

@@ -171,9 +171,22 @@ def test_every_field_is_settable_from_its_variable() -> None:
         "data_dir": "/srv/o", "api_host": "0.0.0.0", "api_port": "1", "metrics_port": "2",
         "log_level": "error", "log_format": "json", "worker_id": "w", "require_services": "1",
         "passivate_after": "3", "snapshot_every": "4", "command_max_attempts": "6",
+        "network_vni_ranges": "100:200", "network_vlan_ranges": "phys2:10:20",
+        "network_flat_networks": "phys2", "network_tenant_type": "vlan",
+        "network_mtu": "9000", "network_hold_lease": "30",
     }
     config = load_config(env={env_var(field): value for field, value in env.items()})
     loaded = msgspec.structs.asdict(config)
     assert sorted(loaded) == sorted(env)
     defaults = msgspec.structs.asdict(Config())
     assert all(loaded[field] != default for field, default in defaults.items())
+
+
+@pytest.mark.parametrize("field, value", [
+    ("network_vni_ranges", "5:1"), ("network_vni_ranges", "a:b"),
+    ("network_vlan_ranges", "100:200"), ("network_vlan_ranges", ":1:2"),
+])
+def test_bad_segment_ranges_are_refused(field: str, value: str) -> None:
+    """Segmentation ranges must read lo:hi (vni) or physnet:lo:hi (vlan), lo <= hi."""
+    with pytest.raises(ConfigError, match=env_var(field)):
+        load_config(env={env_var(field): value})

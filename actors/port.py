@@ -1,0 +1,306 @@
+"""The ``port`` actor kind: one Neutron port, its MAC and fixed IPs, and its binding.
+
+The gateway reserves the MAC on the network (``network.add_port``) and each address on
+its subnet (``subnet.allocate``) before ``port.create``; the port records what it was
+given. Each address is also its own event (``port.ip_bound`` / ``port.ip_released``), so
+the subnet that owns it confirms or frees it by reacting, and ``port.created`` /
+``port.deleted`` tell the network. A port answers the owners' ``hold.check``: ``held``
+while it is live and has that MAC or address.
+
+Commands for the boot saga and hostd (the lead's instance saga uses these):
+
+- ``port.bind`` (``host_id``, ``device_id``, ``device_owner``): the port is bound to an
+  instance on a host (``binding:host_id``); status stays ``DOWN``. A port bound to
+  another device is 409 ``PortInUse``; binding again to the same device is a no-op.
+- ``port.plug`` (``host_id``): hostd has plugged the port on that host: ``ACTIVE``.
+  From another host than the binding's, or unbound, it is refused (409).
+- ``port.unbind``: host, device id and owner cleared, status ``DOWN`` (a port the user
+  created survives its server; one the saga created is deleted instead).
+
+``port.update`` changes name, description, admin_state_up, device_id/owner and fixed IPs
+(the gateway allocates the new addresses first and frees the dropped ones after).
+The network's DHCP port is deleted when its network is (a reaction to
+``network.deleted``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import msgspec
+
+from actors import holds
+from actors.holds import CheckHold
+from actors.kind import ActorKind, Context, Events, Rejected
+
+KIND = "port"
+DOWN, ACTIVE = "DOWN", "ACTIVE"
+
+
+class FixedIp(msgspec.Struct, frozen=True, kw_only=True):
+    subnet_id: str
+    ip_address: str
+
+
+class CreatePort(msgspec.Struct, frozen=True, kw_only=True, tag="port.create"):
+    network_id: str
+    project_id: str
+    mac_address: str
+    fixed_ips: list[FixedIp] = []
+    name: str = ""
+    description: str = ""
+    admin_state_up: bool = True
+    device_id: str = ""
+    device_owner: str = ""
+
+
+class UpdatePort(msgspec.Struct, frozen=True, kw_only=True, tag="port.update"):
+    name: str | None = None
+    description: str | None = None
+    admin_state_up: bool | None = None
+    device_id: str | None = None
+    device_owner: str | None = None
+    fixed_ips: list[FixedIp] | None = None
+    #: deltas that need no read of the current list (the DHCP port's, updated by
+    #: concurrent subnet creates and deletes): addresses added, a subnet's ones dropped
+    add_fixed_ips: list[FixedIp] = []
+    drop_subnet: str | None = None
+
+
+class DeletePort(msgspec.Struct, frozen=True, kw_only=True, tag="port.delete"):
+    pass
+
+
+class BindPort(msgspec.Struct, frozen=True, kw_only=True, tag="port.bind"):
+    host_id: str
+    device_id: str
+    device_owner: str = "compute:nova"
+
+
+class PlugPort(msgspec.Struct, frozen=True, kw_only=True, tag="port.plug"):
+    """hostd's report: the port is plugged on ``host_id``."""
+
+    host_id: str
+
+
+class UnbindPort(msgspec.Struct, frozen=True, kw_only=True, tag="port.unbind"):
+    pass
+
+
+class PortCreated(msgspec.Struct, frozen=True, kw_only=True, tag="port.created"):
+    port_id: str
+    network_id: str
+    project_id: str
+    mac_address: str
+    fixed_ips: list[FixedIp]
+    name: str
+    description: str
+    admin_state_up: bool
+    device_id: str
+    device_owner: str
+    at: dt.datetime
+
+
+class PortUpdated(msgspec.Struct, frozen=True, kw_only=True, tag="port.updated"):
+    """The updatable fields as they are now."""
+
+    port_id: str
+    name: str
+    description: str
+    admin_state_up: bool
+    device_id: str
+    device_owner: str
+    fixed_ips: list[FixedIp]
+    at: dt.datetime
+
+
+class PortIpBound(msgspec.Struct, frozen=True, kw_only=True, tag="port.ip_bound"):
+    port_id: str
+    subnet_id: str
+    ip_address: str
+
+
+class PortIpReleased(msgspec.Struct, frozen=True, kw_only=True, tag="port.ip_released"):
+    port_id: str
+    subnet_id: str
+    ip_address: str
+
+
+class PortBound(msgspec.Struct, frozen=True, kw_only=True, tag="port.bound"):
+    port_id: str
+    host_id: str
+    device_id: str
+    device_owner: str
+    at: dt.datetime
+
+
+class PortPlugged(msgspec.Struct, frozen=True, kw_only=True, tag="port.plugged"):
+    port_id: str
+    host_id: str
+    at: dt.datetime
+
+
+class PortUnbound(msgspec.Struct, frozen=True, kw_only=True, tag="port.unbound"):
+    port_id: str
+    at: dt.datetime
+
+
+class PortDeleted(msgspec.Struct, frozen=True, kw_only=True, tag="port.deleted"):
+    port_id: str
+    network_id: str
+    at: dt.datetime
+
+
+PORT_EVENTS: tuple[type[msgspec.Struct], ...] = (
+    PortCreated, PortUpdated, PortIpBound, PortIpReleased, PortBound, PortPlugged,
+    PortUnbound, PortDeleted)
+
+
+class PortState(msgspec.Struct, kw_only=True):
+    exists: bool = False
+    deleted: bool = False
+    network_id: str = ""
+    mac_address: str = ""
+    fixed_ips: list[FixedIp] = []
+    name: str = ""
+    description: str = ""
+    admin_state_up: bool = True
+    device_id: str = ""
+    device_owner: str = ""
+    host_id: str = ""
+    status: str = DOWN
+
+    @property
+    def live(self) -> bool:
+        return self.exists and not self.deleted
+
+
+class NetworkDeletedRef(msgspec.Struct, frozen=True, kw_only=True, tag="network.deleted"):
+    network_id: str
+    dhcp_port_id: str
+
+
+def decide(state: PortState, command: msgspec.Struct, ctx: Context) -> Events:
+    if isinstance(command, CreatePort):
+        if state.exists:
+            raise Rejected("conflict", f"Port {ctx.actor_id} already exists.")
+        fields = msgspec.structs.asdict(command)
+        return [PortCreated(port_id=ctx.actor_id, at=ctx.now, **fields),
+                *_bound(ctx.actor_id, command.fixed_ips)]
+    if not state.live:
+        raise Rejected("PortNotFound", f"Port {ctx.actor_id} could not be found.")
+    match command:
+        case UpdatePort():
+            return _update(state, command, ctx)
+        case DeletePort():
+            return _delete(state, ctx)
+        case BindPort(host_id=host, device_id=device, device_owner=owner):
+            if state.device_id not in ("", device):
+                raise Rejected("PortInUse", f"Unable to complete operation on port "
+                               f"{ctx.actor_id} for network {state.network_id}. Port already "
+                               f"has an attached device {state.device_id}.")
+            if (state.host_id, state.device_id, state.device_owner) == (host, device, owner):
+                return []
+            return [PortBound(port_id=ctx.actor_id, host_id=host, device_id=device,
+                              device_owner=owner, at=ctx.now)]
+        case PlugPort(host_id=host):
+            if not state.host_id or host != state.host_id:
+                raise Rejected("conflict", f"Port {ctx.actor_id} is not bound to host {host}.")
+            return [] if state.status == ACTIVE else [
+                PortPlugged(port_id=ctx.actor_id, host_id=host, at=ctx.now)]
+        case UnbindPort():
+            if not (state.host_id or state.device_id or state.device_owner):
+                return []
+            return [PortUnbound(port_id=ctx.actor_id, at=ctx.now)]
+    raise Rejected("bad_request", f"port has no command {type(command).__name__}")
+
+
+def _bound(port_id: str, ips: list[FixedIp]) -> Events:
+    return [PortIpBound(port_id=port_id, subnet_id=f.subnet_id, ip_address=f.ip_address)
+            for f in ips]
+
+
+def _released(port_id: str, ips: list[FixedIp]) -> Events:
+    return [PortIpReleased(port_id=port_id, subnet_id=f.subnet_id, ip_address=f.ip_address)
+            for f in ips]
+
+
+def _update(state: PortState, cmd: UpdatePort, ctx: Context) -> Events:
+    ips = state.fixed_ips if cmd.fixed_ips is None else cmd.fixed_ips
+    ips = [f for f in ips if f.subnet_id != cmd.drop_subnet]
+    ips += [f for f in cmd.add_fixed_ips if f not in ips]
+    updated = PortUpdated(
+        port_id=ctx.actor_id, at=ctx.now, fixed_ips=ips,
+        name=state.name if cmd.name is None else cmd.name,
+        description=state.description if cmd.description is None else cmd.description,
+        admin_state_up=state.admin_state_up if cmd.admin_state_up is None
+        else cmd.admin_state_up,
+        device_id=state.device_id if cmd.device_id is None else cmd.device_id,
+        device_owner=state.device_owner if cmd.device_owner is None else cmd.device_owner)
+    gone = [f for f in state.fixed_ips if f not in ips]
+    new = [f for f in ips if f not in state.fixed_ips]
+    return [updated, *_bound(ctx.actor_id, new), *_released(ctx.actor_id, gone)]
+
+
+def _delete(state: PortState, ctx: Context) -> Events:
+    return [*_released(ctx.actor_id, state.fixed_ips),
+            PortDeleted(port_id=ctx.actor_id, network_id=state.network_id, at=ctx.now)]
+
+
+def react(state: PortState, event: msgspec.Struct, ctx: Context) -> Events:
+    """The network's DHCP port goes with its network."""
+    if isinstance(event, NetworkDeletedRef) and state.live:
+        return _delete(state, ctx)
+    return []
+
+
+def evolve(state: PortState, event: msgspec.Struct) -> PortState:
+    match event:
+        case PortCreated():
+            state.exists, state.deleted = True, False
+            state.network_id, state.mac_address = event.network_id, event.mac_address
+            state.fixed_ips, state.name = list(event.fixed_ips), event.name
+            state.description, state.admin_state_up = event.description, event.admin_state_up
+            state.device_id, state.device_owner = event.device_id, event.device_owner
+        case PortUpdated():
+            state.fixed_ips, state.name = list(event.fixed_ips), event.name
+            state.description, state.admin_state_up = event.description, event.admin_state_up
+            state.device_id, state.device_owner = event.device_id, event.device_owner
+        case PortBound():
+            state.host_id, state.device_id = event.host_id, event.device_id
+            state.device_owner, state.status = event.device_owner, DOWN
+        case PortPlugged():
+            state.status = ACTIVE
+        case PortUnbound():
+            state.host_id = state.device_id = state.device_owner = ""
+            state.status = DOWN
+        case PortDeleted():
+            state.deleted = True
+    return state
+
+
+def answer(state: PortState, query: CheckHold, ctx: Context) -> str:
+    """``held`` while live and holding the MAC (asked by the network) or the address
+    (asked by the subnet)."""
+    if not state.live:
+        return holds.FREE
+    if query.owner_kind == "network":
+        return holds.answer_held(query.key == f"mac:{state.mac_address}")
+    return holds.answer_held(any(f.subnet_id == query.owner_id and f.ip_address == query.key
+                                 for f in state.fixed_ips))
+
+
+def _dhcp_port(event: NetworkDeletedRef) -> str:
+    return event.dhcp_port_id
+
+
+def initial(_actor_id: str) -> PortState:
+    return PortState()
+
+
+PORT = ActorKind(
+    name=KIND, state_type=PortState, initial=initial, decide=decide, evolve=evolve,
+    commands=(CreatePort, UpdatePort, DeletePort, BindPort, PlugPort, UnbindPort),
+    events=PORT_EVENTS, reactions={"network.deleted": _dhcp_port},
+    reaction_events=(NetworkDeletedRef,), react=react, queries=(CheckHold,), answer=answer,
+)
