@@ -36,7 +36,9 @@ from collections.abc import Sequence
 
 import msgspec
 
-from actors.kind import ActorKind, Context, Events, Rejected, TellHost
+from actors.kind import ActorKind, Context, Events, Rejected, Tell, TellHost
+from actors.port import KIND as PORT_KIND
+from actors.port import BindPort, DeletePort, PlugPort, UnbindPort
 from schemas import Reply, TimerCancelled, TimerFired, TimerSet
 from schemas.hostd import (
     DestroyDomain,
@@ -45,11 +47,13 @@ from schemas.hostd import (
     DomainState,
     ImageRef,
     InstanceObserved,
+    Nic,
     RebootDomain,
     SpawnDomain,
     StartDomain,
     StopDomain,
 )
+from schemas.hostnet import NetworkSpec, PortSpec
 
 KIND = "instance"
 DEADLINE_TIMER = "deadline"
@@ -96,6 +100,21 @@ class ImageInfo(msgspec.Struct, frozen=True, kw_only=True):
     disk_format: str = "qcow2"
 
 
+class NicInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One network interface of the server: the port the gateway created for it
+    (``created``: deleted with the server) or the user's port it was given (unbound when
+    the server goes), its MAC and addresses, and the network's plumbing for hostd."""
+
+    port_id: str
+    network_id: str
+    network_name: str
+    mac: str
+    ips: tuple[str, ...] = ()
+    created: bool = True
+    device: str
+    network: NetworkSpec
+
+
 class Fault(msgspec.Struct, frozen=True, kw_only=True):
     """Why a server is in ERROR, as Nova's ``fault``: code, message, details, created."""
 
@@ -137,6 +156,9 @@ class CreateInstance(msgspec.Struct, frozen=True, kw_only=True, tag="instance.cr
     user_data: str | None = None
     availability_zone: str | None = None
     description: str | None = None
+    nics: list[NicInfo] = []
+    #: why the gateway could not give the server its ports: the boot ends in ERROR
+    nic_error: str | None = None
 
 
 class StopInstance(msgspec.Struct, frozen=True, kw_only=True, tag="instance.stop"):
@@ -174,6 +196,7 @@ class InstanceCreated(msgspec.Struct, frozen=True, kw_only=True, tag="instance.c
     user_data: str | None = None
     availability_zone: str | None = None
     description: str | None = None
+    nics: list[NicInfo] = []
     request: str
     at: dt.datetime
 
@@ -340,6 +363,7 @@ class InstanceState(msgspec.Struct, kw_only=True):
     timer_at: dt.datetime | None = None
     created_at: dt.datetime | None = None
     launched_at: dt.datetime | None = None
+    nics: list[NicInfo] = []
 
 
 def status(vm_state: str, task_state: str | None) -> str:
@@ -396,8 +420,14 @@ class InstanceDecider:
         if state.exists:
             raise Rejected("conflict", f"Instance {ctx.actor_id} already exists.")
         fields = msgspec.structs.asdict(cmd)
+        nic_error = fields.pop("nic_error")
         created = InstanceCreated(instance_id=ctx.actor_id, request=ctx.derive_id(),
                                   at=ctx.now, **fields)
+        if nic_error is not None:  # nothing claimed yet: the ports it got are given back
+            return [created, InstanceFailed(
+                instance_id=ctx.actor_id, host=None, task=SCHEDULING, at=ctx.now,
+                fault=Fault(code=500, created=ctx.now, message=f"Build of instance"
+                            f" {ctx.actor_id} aborted: {nic_error}"))]
         return [created, self._arm(ctx.now + self._limit(SCHEDULING), ctx)]
 
     @staticmethod
@@ -579,7 +609,7 @@ class InstanceDecider:
         out: list[object] = []
         for event in events:
             match event:
-                case InstanceCreated() | InstanceClaimRefused():
+                case InstanceCreated() | InstanceClaimRefused() if state.vm_state == BUILDING:
                     out.append(self._place(state, ctx))
                 case InstanceRetried(task="scheduling"):
                     out.append(self._place(state, ctx))
@@ -588,9 +618,13 @@ class InstanceDecider:
                                         request_id=state.awaiting,
                                         timeout=self.deadlines.spawning))
                 case InstanceScheduled(host=host, request=request):
+                    out += _to_ports(state, ctx, "bind", BindPort(
+                        host_id=host, device_id=ctx.actor_id))
                     out.append(TellHost(host=host, command=self._spawn(state, ctx),
                                         request_id=request,
                                         timeout=self.deadlines.spawning))
+                case InstanceSpawned() if state.host:
+                    out += _to_ports(state, ctx, "plug", PlugPort(host_id=state.host))
                 case InstanceActionStarted(action=action, request=request, hard=hard):
                     assert state.host is not None
                     out.append(TellHost(host=state.host, request_id=request,
@@ -598,15 +632,24 @@ class InstanceDecider:
                                         timeout=self.deadlines.of(state.task_state or "")))
                 case InstanceDeleting(request=request) if state.host:
                     out.append(TellHost(host=state.host, request_id=request,
-                                        command=DestroyDomain(instance_id=ctx.actor_id),
+                                        command=self._destroy(state, ctx),
                                         timeout=self.deadlines.deleting))
-                case InstanceFailed(host=str(host), task=task) if task in (SCHEDULING,
-                                                                          SPAWNING):
-                    # a late spawn must not leave a domain behind
-                    out.append(TellHost(host=host, request_id=f"{ctx.message_id}/cleanup",
-                                        command=DestroyDomain(instance_id=ctx.actor_id),
-                                        timeout=self.deadlines.deleting))
+                case InstanceDeleted():
+                    out += _release_ports(state, ctx)
+                case InstanceFailed(host=host, task=task) if task in (SCHEDULING, SPAWNING):
+                    # a failed build gives its ports back (as Nova's build cleanup does),
+                    # and a late spawn must not leave a domain behind
+                    out += _release_ports(state, ctx)
+                    if host is not None:
+                        out.append(TellHost(host=host, request_id=f"{ctx.message_id}/cleanup",
+                                            command=self._destroy(state, ctx),
+                                            timeout=self.deadlines.deleting))
         return out
+
+    @staticmethod
+    def _destroy(state: InstanceState, ctx: Context) -> DestroyDomain:
+        return DestroyDomain(instance_id=ctx.actor_id,
+                             ports=tuple(nic.port_id for nic in state.nics))
 
     @staticmethod
     def _place(state: InstanceState, ctx: Context) -> Place:
@@ -625,7 +668,13 @@ class InstanceDecider:
                           image_path="", image_format=disk_format)
         ref = ImageRef(image_id=image.id, sha512=image.sha512, disk_format=disk_format,
                        size=image.size) if image.sha512 else None
-        return SpawnDomain(instance_id=ctx.actor_id, spec=spec, image=ref)
+        networks = {nic.network_id: nic.network for nic in state.nics}
+        return SpawnDomain(
+            instance_id=ctx.actor_id, image=ref, networks=tuple(networks.values()),
+            spec=msgspec.structs.replace(spec, nics=tuple(
+                Nic(mac=nic.mac, device=nic.device) for nic in state.nics)),
+            ports=tuple(PortSpec(port_id=nic.port_id, network_id=nic.network_id, mac=nic.mac,
+                                 ips=nic.ips, device=nic.device) for nic in state.nics))
 
     def _action(self, action: str, instance_id: str, hard: bool) -> msgspec.Struct:
         if action == "stop":
@@ -633,6 +682,22 @@ class InstanceDecider:
         if action == "start":
             return StartDomain(instance_id=instance_id)
         return RebootDomain(instance_id=instance_id, hard=hard)
+
+
+def _to_ports(state: InstanceState, ctx: Context, verb: str,
+              command: msgspec.Struct) -> list[Tell]:
+    """``command`` to each of the server's ports (answers are not waited for: binding and
+    plugging only report where the port is)."""
+    return [Tell(kind=PORT_KIND, actor_id=nic.port_id, command=command,
+                 request_id=f"{ctx.message_id}/{verb}/{nic.port_id}") for nic in state.nics]
+
+
+def _release_ports(state: InstanceState, ctx: Context) -> list[Tell]:
+    """The server is gone or never came: the ports its boot created are deleted (their
+    addresses and MACs go back to their owners), the ports it was given are unbound."""
+    return [Tell(kind=PORT_KIND, actor_id=nic.port_id,
+                 command=DeletePort() if nic.created else UnbindPort(),
+                 request_id=f"{ctx.message_id}/release/{nic.port_id}") for nic in state.nics]
 
 
 def _short(state: InstanceState) -> str:
@@ -660,6 +725,7 @@ class InstanceEvolver:
                 state.name, state.project_id, state.user_id = (
                     event.name, event.project_id, event.user_id)
                 state.flavor, state.image = event.flavor, event.image
+                state.nics = list(event.nics)
                 state.vm_state, state.awaiting = BUILDING, event.request
                 state.created_at = event.at
                 self._task(state, SCHEDULING, event.at)

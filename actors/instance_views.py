@@ -24,6 +24,7 @@ are UTC ISO text with microseconds, so they order as text.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import re
 from collections.abc import Sequence
 from functools import cache, reduce
@@ -59,24 +60,26 @@ from actors.instance import (
     InstancePowerSynced,
     InstanceScheduled,
     InstanceSpawned,
+    NicInfo,
     status,
 )
 from schemas import EventEnvelope, stream_kind
 from store.protocol import SqlTx
 
-PROJECTION_NAME = "instances_v2"
-SERVERS = "servers_v2"
-ACTIONS = "instance_actions_v2"
+PROJECTION_NAME = "instances_v3"
+SERVERS = "servers_v3"
+ACTIONS = "instance_actions_v3"
 
 SERVER_COLUMNS = (
     "id, project_id, user_id, name, status, vm_state, task_state, power_state, host,"
     " flavor_id, image_id, flavor, image, metadata, key_name, availability_zone, description,"
-    " fault, request_id, created_at, updated_at, launched_at, terminated_at, deleted")
+    " fault, request_id, created_at, updated_at, launched_at, terminated_at, deleted,"
+    " addresses")
 #: what `ServerView` holds, in its field order
 VIEW_COLUMNS = (
     "id, project_id, user_id, name, status, vm_state, task_state, power_state, host,"
     " flavor_id, image_id, metadata, key_name, availability_zone, fault, created_at,"
-    " updated_at, launched_at, terminated_at, deleted, description")
+    " updated_at, launched_at, terminated_at, deleted, description, addresses")
 ACTION_COLUMNS = (
     "instance_id, request_id, action, project_id, user_id, start_time, finish_time,"
     " result, message, host, updated_at")
@@ -89,7 +92,8 @@ DDL = (
         image_id TEXT NOT NULL, flavor TEXT NOT NULL, image TEXT NOT NULL,
         metadata TEXT NOT NULL, key_name TEXT, availability_zone TEXT, description TEXT,
         fault TEXT, request_id TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
-        launched_at TEXT, terminated_at TEXT, deleted INTEGER NOT NULL)""",
+        launched_at TEXT, terminated_at TEXT, deleted INTEGER NOT NULL,
+        addresses TEXT NOT NULL)""",
     f"CREATE INDEX IF NOT EXISTS {SERVERS}_project ON {SERVERS}"
     " (project_id, deleted, created_at, id)",
     f"CREATE INDEX IF NOT EXISTS {SERVERS}_status ON {SERVERS}"
@@ -101,8 +105,9 @@ DDL = (
         finish_time TEXT, result TEXT, message TEXT, host TEXT, updated_at TEXT NOT NULL,
         PRIMARY KEY (instance_id, request_id, action))""",
 )
-#: this generation's tables and the previous one's (``servers``, ``instance_actions``)
+#: this generation's tables and the earlier ones' (``servers``, ``servers_v2`` …)
 DROP = (f"DROP TABLE IF EXISTS {SERVERS}", f"DROP TABLE IF EXISTS {ACTIONS}",
+        "DROP TABLE IF EXISTS servers_v2", "DROP TABLE IF EXISTS instance_actions_v2",
         "DROP TABLE IF EXISTS servers", "DROP TABLE IF EXISTS instance_actions")
 
 _TAGS = {t.__struct_config__.tag for t in INSTANCE_EVENTS}
@@ -131,7 +136,7 @@ def status_sql(vm: str, task: str) -> str:
 _INSERT = f"""
 INSERT INTO {SERVERS} ({SERVER_COLUMNS}) VALUES ($1, $2, $3, $4,
     '{status(BUILDING, SCHEDULING)}', '{BUILDING}', '{SCHEDULING}', {NOSTATE}, NULL, $5, $6,
-    $7, $8, $9, $10, $11, $12, NULL, $13, $14, $14, NULL, NULL, 0)
+    $7, $8, $9, $10, $11, $12, NULL, $13, $14, $14, NULL, NULL, 0, $15)
 ON CONFLICT (id) DO NOTHING"""
 _ACTION_START = f"""
 INSERT INTO {ACTIONS} ({ACTION_COLUMNS})
@@ -141,6 +146,18 @@ _ACTION_FINISH = f"""
 UPDATE {ACTIONS} SET finish_time = $3, updated_at = $3, result = $4, message = $5,
     host = COALESCE(host, $6)
 WHERE instance_id = $1 AND action = $2 AND finish_time IS NULL"""
+
+
+def addresses_json(nics: Sequence[NicInfo]) -> str:
+    """Nova's ``addresses`` of a server with these NICs: per network name, each fixed
+    address with its version, ``OS-EXT-IPS:type`` fixed and the port's MAC."""
+    addresses: dict[str, list[dict[str, object]]] = {}
+    for nic in nics:
+        addresses.setdefault(nic.network_name, []).extend(
+            {"version": ipaddress.ip_address(ip).version, "addr": ip,
+             "OS-EXT-IPS:type": "fixed", "OS-EXT-IPS-MAC:mac_addr": nic.mac}
+            for ip in nic.ips)
+    return _JSON.encode(addresses).decode()
 
 
 def stamp(when: dt.datetime) -> str:
@@ -173,6 +190,8 @@ class ServerView(msgspec.Struct, frozen=True):
     terminated_at: str | None
     deleted: bool
     description: str | None = None
+    #: Nova's ``addresses`` as stored JSON: network name -> the server's fixed IPs on it
+    addresses_json: str = "{}"
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -249,7 +268,8 @@ async def _fold(tx: SqlTx, ev: EventEnvelope, event: msgspec.Struct) -> None:
                              _JSON.encode(event.flavor).decode(),
                              _JSON.encode(event.image).decode(),
                              _JSON.encode(event.metadata).decode(), event.key_name,
-                             event.availability_zone, event.description, request_id, at)
+                             event.availability_zone, event.description, request_id, at,
+                             addresses_json(event.nics))
             await tx.execute(_ACTION_START, iid, request_id, "create", event.project_id,
                              event.user_id, at, None)
         case InstanceScheduled(host=host, at=at):
@@ -330,11 +350,11 @@ class MarkerNotFound(LookupError):
 def _server(row: tuple[Any, ...]) -> ServerView:
     (sid, project_id, user_id, name, status_, vm_state, task_state, power_state, host,
      flavor_id, image_id, metadata, key_name, zone, fault, created_at, updated_at,
-     launched_at, terminated_at, deleted, description) = row
+     launched_at, terminated_at, deleted, description, addresses) = row
     return ServerView(sid, project_id, user_id, name, status_, vm_state, task_state,
                       int(power_state), host, flavor_id, image_id, metadata, key_name, zone,
                       fault, created_at, updated_at, launched_at, terminated_at, bool(deleted),
-                      description)
+                      description, addresses)
 
 
 async def read_server(store: QueryStore, server_id: str, *,

@@ -46,6 +46,7 @@ from gateway.discovery import APIVersion
 from gateway.errors import ApiError, ErrorCode
 from gateway.json import json_response, read_json
 from gateway.middleware import API_VERSION, REQUEST_ID
+from gateway.networking import NetworkingApi
 from gateway.servers import ServersApi
 from schemas import Reply, stream_name
 from store.protocol import ProjectionStore
@@ -169,10 +170,11 @@ class ComputeApi:
     service = "compute"
 
     def __init__(self, store: ProjectionStore, client: ActorClient, *,
-                 wait_timeout: float = 10.0) -> None:
+                 wait_timeout: float = 10.0, networking: NetworkingApi | None = None) -> None:
         self.store = store
         self.flavors = FlavorWriter(store, client, wait_timeout)
-        self.servers = ServersApi(store, client, wait_timeout=wait_timeout)
+        self.servers = ServersApi(store, client, wait_timeout=wait_timeout,
+                                  networking=networking)
 
     def register(self, router: ServiceRouter) -> None:
         router.get("/flavors", self.list_flavors)

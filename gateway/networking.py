@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import structlog
@@ -27,6 +27,7 @@ from aiohttp import web
 from actors import ipam
 from actors.client import ActorClient
 from actors.holds import ReleaseHolds
+from actors.instance import NicInfo
 from actors.network import (
     DHCP_OWNER,
     AddPort,
@@ -58,7 +59,20 @@ from gateway.errors import ApiError, ErrorCode
 from gateway.json import decode, json_response, read_body, read_json
 from gateway.middleware import REQUEST_ID
 from schemas import Reply
+from schemas.hostnet import (
+    DhcpHost,
+    DhcpSpec,
+    NetworkSpec,
+    NetworkType,
+    SubnetSpec,
+    port_device,
+)
 from store.protocol import ProjectionStore
+
+
+class NicUnavailable(Exception):
+    """The network cannot give a server a port (no subnet, no free address, …)."""
+
 
 log = structlog.get_logger("orrery.networking")
 
@@ -539,6 +553,17 @@ class NetworkingApi:
                            "not a valid MAC address.")
         subnets = await read_subnets(self.store, Where().eq("network_id", net.id))
         wanted = _fixed_ip_requests(body.fixed_ips, subnets, net.id)
+        port_id = await self._new_port(request, net, subnets, owner=owner, mac=mac,
+                                       wanted=wanted, body=body)
+        port = await self._port(port_id, context)
+        return json_response({"port": docs.port_doc(port, context.is_admin)}, status=201)
+
+    async def _new_port(self, request: web.Request, net: NetworkView,
+                        subnets: list[SubnetView], *, owner: str, mac: str | None,
+                        wanted: list[tuple[str | None, str | None]] | None,
+                        body: docs.PortBody) -> str:
+        """Create a port on ``net`` (addresses first, then the MAC, then the port, each
+        handed back if a later step is refused) and wait until it can be read; its id."""
         await self._in_use(net.id, mac, wanted)
         port_id = str(uuid.uuid4())
         # addresses first: a full pool, the most common refusal, then records nothing
@@ -557,8 +582,82 @@ class NetworkingApi:
             await self._give_back(request, net.id, port_id, ips)
             raise _refused(reply)
         await self.cmd.seen(reply)
-        port = await self._port(port_id, context)
-        return json_response({"port": docs.port_doc(port, context.is_admin)}, status=201)
+        return port_id
+
+    # -- ports for servers (the compute API's boot) -------------------------------------
+
+    async def server_nic(self, request: web.Request, context: AuthContext, server_id: str,
+                         *, network_id: str | None = None, port_id: str | None = None,
+                         fixed_ip: str | None = None) -> NicInfo:
+        """A NIC for server ``server_id``: the user's port ``port_id`` (which must be
+        free), or a new port on ``network_id`` (with ``fixed_ip`` if asked) that the
+        server owns. ApiError for a network or port the caller cannot see (Nova answers
+        those at once); NicUnavailable when the network cannot give the server a port
+        (the boot then ends in ERROR, as Nova's does)."""
+        if port_id is not None:
+            port = await self._port(port_id, context)
+            if port.device_id:
+                raise ApiError("conflict", f"Port {port_id} is still in use.")
+            net = await self._network(port.network_id, context)
+        else:
+            assert network_id is not None
+            net = await self._network(network_id, context)
+            subnets = await read_subnets(self.store, Where().eq("network_id", net.id))
+            if not subnets:
+                raise NicUnavailable(f"Network {net.id} has no subnet to take an address"
+                                     " from.")
+            try:
+                wanted: list[tuple[str | None, str | None]] | None = None if \
+                    fixed_ip is None else [(_subnet_holding(fixed_ip, subnets, net.id),
+                                            fixed_ip)]
+                new = await self._new_port(
+                    request, net, subnets, owner=context.project_id or net.project_id,
+                    mac=None, wanted=wanted, body=docs.PortBody(
+                        network_id=net.id, device_id=server_id, device_owner="compute:nova"))
+            except ApiError as exc:
+                if exc.code in ("deadline_exceeded", "unavailable"):
+                    raise
+                raise NicUnavailable(exc.message or exc.code) from exc
+            port = (await read_ports(self.store, Where().eq("id", new)))[0]
+        return NicInfo(port_id=port.id, network_id=net.id, network_name=net.name,
+                       mac=port.mac_address, ips=tuple(f.ip_address for f in port.fixed_ips),
+                       created=port_id is None, device=port_device(port.id),
+                       network=await self._plumbing(net))
+
+    async def auto_network(self, context: AuthContext) -> str | None:
+        """Nova's ``networks: auto``: the one network the project can use (its own or a
+        shared one), None when there is none; 409 when there are several."""
+        nets = await read_networks(self.store, Where().raw(
+            "(project_id = {} OR shared = 1)", context.project_id or ""))
+        if len(nets) > 1:
+            raise ApiError("conflict", "Multiple possible networks found, use a Network ID"
+                                       " to be more specific.")
+        return nets[0].id if nets else None
+
+    async def _plumbing(self, net: NetworkView) -> NetworkSpec:
+        """What a host needs to carry ``net``: its segment, its subnets and, with DHCP
+        on, the network's DHCP port and a static entry for every port of the network."""
+        subnets = await read_subnets(self.store, Where().eq("network_id", net.id))
+        ports = await read_ports(self.store, Where().eq("network_id", net.id))
+        dhcp_subnets = {s.id for s in subnets if s.enable_dhcp}
+        server = next((p for p in ports if p.device_owner == DHCP_OWNER), None)
+        dhcp = None
+        if server is not None and dhcp_subnets:
+            dhcp = DhcpSpec(
+                mac=server.mac_address,
+                ips=tuple(f.ip_address for f in server.fixed_ips
+                          if f.subnet_id in dhcp_subnets),
+                hosts=tuple(DhcpHost(mac=p.mac_address, ip=f.ip_address)
+                            for p in ports if p is not server
+                            for f in p.fixed_ips if f.subnet_id in dhcp_subnets))
+        kind = net.network_type if net.network_type in ("flat", "vlan", "vxlan") else "vxlan"
+        return NetworkSpec(
+            network_id=net.id, type=cast(NetworkType, kind),
+            physical_network=net.physical_network, segmentation_id=net.segmentation_id,
+            mtu=net.mtu, dhcp=dhcp,
+            subnets=tuple(SubnetSpec(subnet_id=s.id, cidr=s.cidr, gateway_ip=s.gateway_ip,
+                                     dns_nameservers=tuple(s.dns_nameservers),
+                                     enable_dhcp=s.enable_dhcp) for s in subnets))
 
     async def _in_use(self, network_id: str, mac: str | None,
                       wanted: list[tuple[str | None, str | None]] | None) -> None:

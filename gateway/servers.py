@@ -14,6 +14,7 @@ project's servers with ``all_tenants``. Deleted servers are 404.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 import uuid
 from collections.abc import Awaitable
@@ -36,6 +37,7 @@ from actors.instance import (
     Fault,
     FlavorInfo,
     ImageInfo,
+    NicInfo,
     RebootInstance,
     StartInstance,
     StopInstance,
@@ -61,6 +63,7 @@ from gateway.discovery import APIVersion
 from gateway.errors import ApiError, ErrorCode
 from gateway.json import decode, json_response, read_body
 from gateway.middleware import API_VERSION, REQUEST_ID
+from gateway.networking import NetworkingApi, NicUnavailable
 from store.protocol import ProjectionStore
 
 log = structlog.get_logger("orrery.servers")
@@ -123,11 +126,13 @@ class ServersApi:
     """The servers half of the compute `ServiceApi` (registered by ``ComputeApi``)."""
 
     def __init__(self, store: ProjectionStore, client: ActorClient, *,
-                 wait_timeout: float = 10.0, admin_pass: bool = False) -> None:
+                 wait_timeout: float = 10.0, admin_pass: bool = False,
+                 networking: NetworkingApi | None = None) -> None:
         self.store = store
         self.client = client
         self.wait_timeout = wait_timeout
         self.admin_pass = admin_pass
+        self.networking = networking
 
     def register(self, router: ServiceRouter) -> None:
         router.get("/servers", self.list_servers)
@@ -201,11 +206,12 @@ class ServersApi:
                                           f"Flavor disk is {flavor.disk * (1 << 30)} bytes, "
                                           f"image is {image.size} bytes.")
         server_id = str(uuid.uuid4())
+        nics, nic_error = await self._nics(request, context, server_id, body.networks)
         command = CreateInstance(
             name=body.name, project_id=context.project_id or "", user_id=context.user_id,
             flavor=flavor, image=image, metadata=body.metadata, key_name=body.key_name,
             user_data=body.user_data, availability_zone=body.availability_zone,
-            description=body.description)
+            description=body.description, nics=nics, nic_error=nic_error)
         await self._command(request, context, server_id, command)
         log.info("server_created", server_id=server_id, flavor=flavor.id, image=image.id)
         doc: Doc = {"id": server_id, "links": _links(request, server_id),
@@ -260,6 +266,39 @@ class ServersApi:
         if reply.position and not await self.store.wait_for_projection(
                 PROJECTION_NAME, reply.position, self.wait_timeout):
             raise ApiError("unavailable", "The instances projection is behind; try again.")
+
+    async def _nics(self, request: web.Request, context: AuthContext, server_id: str,
+                    networks: str | list[dict[str, Any]] | None,
+                    ) -> tuple[list[NicInfo], str | None]:
+        """The server's NICs, one per entry of ``networks`` (``auto``: the project's one
+        network, if it has one), and why the rest could not be made (the boot then ends in
+        ERROR and the ports made so far go back)."""
+        if networks in (None, "none", []):
+            return [], None
+        if self.networking is None:
+            raise ApiError("bad_request", "This cloud has no networking service.")
+        entries: list[dict[str, Any]]
+        if networks == "auto":
+            found = await self.networking.auto_network(context)
+            entries = [] if found is None else [{"uuid": found}]
+        else:
+            assert isinstance(networks, list)
+            entries = networks
+        nics: list[NicInfo] = []
+        for entry in entries:
+            try:
+                nics.append(await self.networking.server_nic(
+                    request, context, server_id, network_id=entry.get("uuid"),
+                    port_id=entry.get("port"), fixed_ip=entry.get("fixed_ip")))
+            except NicUnavailable as exc:
+                return nics, str(exc)
+            except ApiError as exc:
+                if exc.code != "not_found":
+                    raise
+                what = "Port" if entry.get("port") else "Network"
+                raise ApiError("bad_request", f"{what} {entry.get('port') or entry.get('uuid')}"
+                                              " could not be found.") from exc
+        return nics, None
 
     async def _flavor(self, ref: str, context: AuthContext) -> FlavorInfo:
         flavor_id = ref.rstrip("/").rsplit("/", 1)[-1]
@@ -354,6 +393,37 @@ def _writer(context: AuthContext, rule: str) -> None:
         raise ApiError("forbidden", f"Policy doesn't allow {rule} to be performed.")
 
 
+def _check_network_entry(entry: object) -> None:
+    """One item of ``networks``, as Nova's schema checks it: a network ``uuid`` or a
+    ``port`` (UUIDs), and optionally a ``fixed_ip`` (an IPv4 address) with the uuid."""
+    if not isinstance(entry, dict) or set(entry) - {"uuid", "port", "fixed_ip", "tag"}:
+        raise ApiError("bad_request", f"Invalid input for field/attribute networks. Value:"
+                                      f" {entry}. Each item takes uuid, port, fixed_ip.")
+    for key in ("uuid", "port"):
+        if entry.get(key) is not None and not _is_uuid(entry[key]):
+            raise ApiError("bad_request", f"Bad networks format: {key} {entry[key]!r} is not"
+                                          " in proper format")
+    if not entry.get("uuid") and not entry.get("port"):
+        raise ApiError("bad_request", "Bad networks format: a network uuid or a port is"
+                                      " required")
+    fixed = entry.get("fixed_ip")
+    if fixed is not None:
+        try:
+            ipaddress.IPv4Address(fixed)
+        except (ipaddress.AddressValueError, TypeError):
+            message = (f"Invalid input for field/attribute fixed_ip. Value: {fixed}."
+                       " It is not an IPv4 address.")
+            raise ApiError("bad_request", message) from None
+
+
+def _is_uuid(value: object) -> bool:
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return isinstance(value, str)
+
+
 def _check_body(body: ServerBody) -> None:
     name = body.name
     if not 1 <= len(name) <= 255 or name != name.strip():
@@ -366,8 +436,9 @@ def _check_body(body: ServerBody) -> None:
     if isinstance(body.networks, str) and body.networks not in ("none", "auto"):
         raise ApiError("bad_request", f"Invalid input for field/attribute networks. Value:"
                                       f" {body.networks}. It is not one of 'none', 'auto'.")
-    if body.networks not in (None, "none", "auto") and body.networks != []:
-        raise ApiError("bad_request", "Networks are not supported yet; use networks 'none'.")
+    if isinstance(body.networks, list):
+        for entry in body.networks:
+            _check_network_entry(entry)
     for field in ("min_count", "max_count"):
         value = getattr(body, field)
         if str(value).strip() != "1":
@@ -560,6 +631,7 @@ class DocMaker:
         doc = ServerDoc(
             id=s.id, name=s.name, status=s.status, tenant_id=s.project_id, user_id=s.user_id,
             metadata=msgspec.Raw(s.metadata_json), hostId=host_id(s.project_id, s.host),
+            addresses=msgspec.Raw(s.addresses_json),
             image=msgspec.Raw(f'{{"id":"{image}","links":[{{"rel":"bookmark",'
                               f'"href":"{base}/images/{image}"}}]}}'),
             flavor=msgspec.Raw(f'{{"id":"{flavor}","links":[{{"rel":"bookmark",'

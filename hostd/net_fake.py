@@ -26,7 +26,6 @@ from hostd.network import (
     dhcp_device_name,
     host_side_mac,
     network_devices,
-    port_device,
     stray_devices,
     stray_dhcp,
     supports,
@@ -43,6 +42,7 @@ from schemas.hostnet import (
     HostNetworkView,
     NetworkSpec,
     PortSpec,
+    port_device,
 )
 
 log = structlog.get_logger(__name__)

@@ -34,9 +34,7 @@ from hostd.network import (
     dhcp_device_name,
     dhcp_prefixlen,
     host_side_mac,
-    name_key,
     network_devices,
-    port_device,
     stray_devices,
     stray_dhcp,
     supports,
@@ -53,6 +51,8 @@ from schemas.hostnet import (
     HostNetworkView,
     NetworkSpec,
     PortSpec,
+    name_key,
+    port_device,
 )
 
 log = structlog.get_logger(__name__)

@@ -23,33 +23,30 @@ HostNetworkError              base; ``retryable`` says whether trying again may 
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Iterable
 from typing import Protocol
 
 from schemas.hostnet import (
+    IFNAME_MAX,
+    TAP_PREFIX,
     Capabilities,
     DesiredHostNetwork,
     HostNetworkView,
     NetworkSpec,
     NetworkType,
     PortSpec,
+    name_key,
 )
 
-#: Longest interface name the kernel takes (IFNAMSIZ less the terminating NUL).
-IFNAME_MAX = 15
 BRIDGE_PREFIX = "obr"
 VXLAN_PREFIX = "ovx"
 VLAN_PREFIX = "ovl"
 DHCP_PREFIX = "odh"
-TAP_PREFIX = "otp"
 #: Prefixes of the devices a network owns (all keyed by the network id).
 NETWORK_PREFIXES = (BRIDGE_PREFIX, VXLAN_PREFIX, VLAN_PREFIX, DHCP_PREFIX)
 VXLAN_PORT = 4789
 VNI_MAX = 2**24 - 1
 VLAN_MAX = 4094
-_KEY_LEN = IFNAME_MAX - 3 - 1
-_NOT_KEY = re.compile(r"[^0-9a-zA-Z]")
 
 
 class HostNetworkError(Exception):
@@ -140,11 +137,6 @@ class HostNetwork(Protocol):
         ...
 
 
-def name_key(resource_id: str) -> str:
-    """The part of a network or port id that names its devices."""
-    return _NOT_KEY.sub("", resource_id).lower()[:_KEY_LEN]
-
-
 def bridge_name(network_id: str) -> str:
     return BRIDGE_PREFIX + name_key(network_id)
 
@@ -160,11 +152,6 @@ def vlan_name(network_id: str) -> str:
 def dhcp_device_name(network_id: str) -> str:
     """The host end of the veth that joins the network to its DHCP namespace."""
     return DHCP_PREFIX + name_key(network_id)
-
-
-def port_device(port_id: str) -> str:
-    """The tap name of a port (what PortSpec.device normally is)."""
-    return TAP_PREFIX + name_key(port_id)
 
 
 def host_side_mac(mac: str) -> str:

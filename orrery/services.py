@@ -78,5 +78,6 @@ def cloud_apis(store: Any, client: ActorClient, data_dir: str | None = None) -> 
     """
     cfg = load_config()
     images = DirectoryImageStore(Path(data_dir or cfg.data_dir) / "images")
-    return [ImageApi(store, client, images), ComputeApi(store, client),
-            NetworkingApi(store, client, settings=network_settings(cfg))]
+    networking = NetworkingApi(store, client, settings=network_settings(cfg))
+    return [ImageApi(store, client, images), ComputeApi(store, client, networking=networking),
+            networking]

@@ -1,16 +1,35 @@
 """What a host's network driver is asked to build and what it reports: specs and views.
 
 These travel from the control plane to hostd (inside hostd commands), so they are plain
-frozen Structs with no logic. A host builds a network's plumbing from a NetworkSpec and
-plugs an instance from a PortSpec; ``DesiredHostNetwork`` is everything one host should
-have, the input of a reconcile.
+frozen Structs with no logic (and the device naming both sides share). A host builds a
+network's plumbing from a NetworkSpec and plugs an instance from a PortSpec;
+``DesiredHostNetwork`` is everything one host should have, the input of a reconcile.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 import msgspec
+
+#: Longest interface name the kernel takes (IFNAMSIZ less the terminating NUL).
+IFNAME_MAX = 15
+#: every host device Orrery makes starts with a three-letter prefix; a port's tap this one
+TAP_PREFIX = "otp"
+_KEY_LEN = IFNAME_MAX - 3 - 1
+_NOT_KEY = re.compile(r"[^0-9a-zA-Z]")
+
+
+def name_key(resource_id: str) -> str:
+    """The part of a network or port id that names its devices."""
+    return _NOT_KEY.sub("", resource_id).lower()[:_KEY_LEN]
+
+
+def port_device(port_id: str) -> str:
+    """The tap name of a port (what PortSpec.device normally is): the control plane puts
+    it in the domain's NIC, hostd makes it."""
+    return TAP_PREFIX + name_key(port_id)
 
 #: How a network reaches other hosts: a pre-configured bridge per physical network
 #: (``flat``), an 802.1Q subinterface of it (``vlan``), or a VXLAN overlay (``vxlan``).

@@ -21,7 +21,6 @@ from hostd.network import (
     bridge_name,
     dhcp_device_name,
     host_side_mac,
-    port_device,
     vlan_name,
     vxlan_name,
 )
@@ -33,6 +32,7 @@ from schemas.hostnet import (
     NetworkSpec,
     PortSpec,
     SubnetSpec,
+    port_device,
 )
 from tests.support.netns import (
     in_ns,

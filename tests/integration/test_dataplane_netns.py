@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from hostd.net_pyroute2 import Pyroute2HostNetwork
-from hostd.network import port_device
 from schemas.hostnet import (
     DesiredHostNetwork,
     DhcpHost,
@@ -26,6 +25,7 @@ from schemas.hostnet import (
     NetworkSpec,
     PortSpec,
     SubnetSpec,
+    port_device,
 )
 from tests.support.netns import in_ns, need_netns, remove_namespaces, sh, stop_dnsmasqs
 

@@ -23,7 +23,6 @@ from bus.routing import HOST_KIND, Names
 from hostd.daemon import HostDaemon
 from hostd.fake import FakeHypervisor
 from hostd.net_fake import FakeHostNetwork
-from hostd.network import port_device
 from schemas import SYSTEM_EVENTS, Reply
 from schemas.hostd import (
     Capacity,
@@ -36,7 +35,7 @@ from schemas.hostd import (
     StartDomain,
     StopDomain,
 )
-from schemas.hostnet import NetworkSpec, PortSpec, SubnetSpec
+from schemas.hostnet import NetworkSpec, PortSpec, SubnetSpec, port_device
 from store.postgres import PostgresEventStore
 from store.projections import ProjectionRunner
 from store.registry import EventTypes

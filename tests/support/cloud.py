@@ -29,6 +29,7 @@ from bus.routing import Names
 from gateway.app import GatewaySettings
 from hostd.daemon import HostDaemon
 from hostd.hypervisor import Hypervisor
+from hostd.net_fake import FakeHostNetwork
 from orrery.bootstrap import bootstrap, make_cloud_app
 from orrery.services import (
     cloud_apis,
@@ -154,7 +155,10 @@ async def running_cloud(
             for i in range(hosts):
                 hv = await open_hypervisor(hypervisor)
                 hypervisors.append(hv)
-                daemon = HostDaemon(bus, hv, f"host-{i + 1}", heartbeat_every=heartbeat_every)
+                daemon = HostDaemon(bus, hv, f"host-{i + 1}", heartbeat_every=heartbeat_every,
+                                    network=FakeHostNetwork(
+                                        bridge_mappings={"physnet1": "br-phys"},
+                                        underlay_ip=f"192.0.2.{i + 1}"))
                 daemons.append(daemon)
                 tasks.append(asyncio.create_task(daemon.run(), name=f"hostd-{i + 1}"))
             client = ActorClient(bus, timeout=call_timeout)
