@@ -28,6 +28,7 @@ from actors.instance import (
     InstanceImageReady,
     InstancePowerSynced,
     InstanceState,
+    NicInfo,
     Place,
     RebootInstance,
     StartInstance,
@@ -35,9 +36,10 @@ from actors.instance import (
     make_instance_kind,
     status,
 )
-from actors.kind import Context, Rejected, TellHost
+from actors.kind import Context, Rejected, Tell, TellHost
 from schemas import Reply, TimerCancelled, TimerFired, TimerSet
 from schemas.hostd import DestroyDomain, DomainState, InstanceObserved, SpawnDomain, StopDomain
+from schemas.hostnet import NetworkSpec, port_device
 
 T0 = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
 IID = "2b7a6d55-0a4b-4f0e-9d43-0f5a3c9a1e11"
@@ -324,3 +326,61 @@ def test_image_ready_event_only_from_the_interim_answer() -> None:
     assert saga.state.task_state == "spawning"
     assert saga.answer(Reply(command_id=spawn.request_id, ok=True, partial=True,
                              result="other")) == []
+
+
+NIC_NET = NetworkSpec(network_id="net-1", type="vxlan", segmentation_id=7, mtu=1450)
+NICS = [NicInfo(port_id="port-a", network_id="net-1", network_name="private",
+                mac="fa:16:3e:00:00:0a", ips=("10.0.0.3",), created=True,
+                device=port_device("port-a"), network=NIC_NET),
+        NicInfo(port_id="port-b", network_id="net-1", network_name="private",
+                mac="fa:16:3e:00:00:0b", ips=("10.0.0.4",), created=False,
+                device=port_device("port-b"), network=NIC_NET)]
+
+
+def _create_with(saga: Saga, **extra: object) -> list[msgspec.Struct]:
+    return saga.send(CreateInstance(
+        name="vm1", project_id="p1", user_id="u1",
+        flavor=FlavorInfo(id="1", name="m1.tiny", vcpus=1, ram=512, disk=1),
+        image=ImageInfo(id="img-1", size=1024, sha512="ab" * 64), **extra))
+
+
+def _tells(effects: Sequence[object]) -> list[tuple[str, str]]:
+    return [(e.actor_id, type(e.command).__name__) for e in effects if isinstance(e, Tell)]
+
+
+def test_ports_are_bound_at_scheduling_plugged_at_spawn_and_given_back_at_delete() -> None:
+    """The spawn carries the network once and both ports (and the NICs in the domain);
+    scheduling binds each port to the host, the spawn's success plugs them, a delete
+    deletes the port the boot made and unbinds the one it was given."""
+    saga = Saga()
+    _create_with(saga, nics=NICS)
+    (place,) = saga.effects
+    assert isinstance(place, Place)
+    saga.answer(Reply(command_id=f"{place.request}@h1", ok=True))
+    assert _tells(saga.effects) == [("port-a", "BindPort"), ("port-b", "BindPort")]
+    (spawn,) = [e for e in saga.effects if isinstance(e, TellHost)]
+    assert isinstance(spawn.command, SpawnDomain)
+    assert spawn.command.networks == (NIC_NET,)
+    assert [p.port_id for p in spawn.command.ports] == ["port-a", "port-b"]
+    assert [n.device for n in spawn.command.spec.nics] == [n.device for n in NICS]
+    saga.answer(Reply(command_id=spawn.request_id, ok=True, result="running"))
+    assert _tells(saga.effects) == [("port-a", "PlugPort"), ("port-b", "PlugPort")]
+    saga.send(DeleteInstance())
+    (destroy,) = saga.effects
+    assert isinstance(destroy, TellHost) and isinstance(destroy.command, DestroyDomain)
+    assert destroy.command.ports == ("port-a", "port-b")
+    saga.answer(Reply(command_id=destroy.request_id, ok=True))
+    assert _tells(saga.effects) == [("port-a", "DeletePort"), ("port-b", "UnbindPort")]
+
+
+def test_a_nic_error_ends_the_boot_in_error_without_a_placement() -> None:
+    """The gateway could not make every port: the server is created and fails at once
+    (Nova's "Build of instance … aborted" fault), nothing is placed, and the ports it did
+    get go back."""
+    saga = Saga()
+    events = _create_with(saga, nics=NICS[:1], nic_error="No more IP addresses available.")
+    assert saga.types(events) == ["instance.created", "instance.failed"]
+    assert saga.state.vm_state == ERROR and saga.state.fault is not None
+    assert "aborted: No more IP addresses" in saga.state.fault.message
+    assert not any(isinstance(e, Place) for e in saga.effects)
+    assert _tells(saga.effects) == [("port-a", "DeletePort")]
