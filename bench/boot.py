@@ -3,7 +3,7 @@ hypervisor; embedded (``orrery up``: SQLite, in-process bus) and real (separate
 processes on PostgreSQL + RabbitMQ). Then the reads: GET one server, servers/detail.
 
 Usage: .venv/bin/python bench/boot.py [--mode embedded|real|both] [--n 2000]
-       [--clients 50] [--hosts 4] [--workers 2] [--reads 1000]
+       [--clients 50] [--hosts 4] [--workers 2] [--reads 1000] [--ports]
 
 Each client loops: POST /servers, then waits until the server has left BUILD. One poller
 lists the project's BUILD servers back to back (GET /servers?status=BUILD); a server whose
@@ -222,6 +222,18 @@ class Api:
                 raise RuntimeError(f"{method} {path}: {resp.status} {await resp.text()}")
             return await resp.json() if resp.content_length != 0 else None
 
+    async def network(self) -> str:
+        """A tenant network with a /16 subnet (room for every boot's port); its id."""
+        async with self.http.post(f"{self.url}/networking/v2.0/networks", headers=self.headers,
+                                  json={"network": {"name": "bench-net"}}) as resp:
+            assert resp.status == 201, await resp.text()
+            net = str((await resp.json())["network"]["id"])
+        async with self.http.post(f"{self.url}/networking/v2.0/subnets", headers=self.headers,
+                                  json={"subnet": {"network_id": net, "ip_version": 4,
+                                                   "cidr": "10.128.0.0/16"}}) as resp:
+            assert resp.status == 201, await resp.text()
+        return net
+
     async def setup(self, hosts: int) -> tuple[str, str]:
         """A tiny flavor and image; waits for every host to be up. (flavor id, image id)"""
         while True:
@@ -241,9 +253,11 @@ class Api:
         return str(flavor["flavor"]["id"]), str(image["id"])
 
 
-async def boot_all(api: Api, n: int, clients: int, flavor: str, image: str
-                   ) -> tuple[float, list[float], list[str]]:
-    """Boot ``n`` servers, ``clients`` at a time; (boots/s, latencies, ids)."""
+async def boot_all(api: Api, n: int, clients: int, flavor: str, image: str,
+                   network: str | None = None) -> tuple[float, list[float], list[str]]:
+    """Boot ``n`` servers, ``clients`` at a time, each with a port on ``network`` when
+    given; (boots/s, latencies, ids)."""
+    networks: Any = "none" if network is None else [{"uuid": network}]
     posted: dict[str, float] = {}  # id -> POST sent (perf_counter)
     returned: dict[str, float] = {}  # id -> POST answered
     done: dict[str, asyncio.Future[float]] = {}
@@ -265,7 +279,8 @@ async def boot_all(api: Api, n: int, clients: int, flavor: str, image: str
         for _ in range(count):
             t0 = time.perf_counter()
             body = await api.json("POST", "/compute/v2.1/servers", {"server": {
-                "name": "b", "imageRef": image, "flavorRef": flavor}}, ok=202)
+                "name": "b", "imageRef": image, "flavorRef": flavor, "networks": networks}},
+                ok=202)
             sid = body["server"]["id"]
             fut: asyncio.Future[float] = loop.create_future()
             posted[sid] = t0
@@ -348,9 +363,10 @@ async def measure(mode: str, args: argparse.Namespace) -> None:
             api = Api(http, cloud.url)
             await api.login()
             flavor, image = await api.setup(args.hosts)
-            await boot_all(api, min(50, args.n), args.clients, flavor, image)  # warm-up
+            network = await api.network() if args.ports else None
+            await boot_all(api, min(50, args.n), args.clients, flavor, image, network)
             events0, msgs0 = await cloud.count_events(), await cloud.published(http)
-            rate, lat, ids = await boot_all(api, args.n, args.clients, flavor, image)
+            rate, lat, ids = await boot_all(api, args.n, args.clients, flavor, image, network)
             events = (await cloud.count_events() - events0) / args.n
             msgs = (await cloud.published(http) - msgs0) / args.n
             listing = await api.json("GET", "/compute/v2.1/servers/detail?limit=1000"
@@ -358,18 +374,19 @@ async def measure(mode: str, args: argparse.Namespace) -> None:
             errors = len(listing["servers"])
             get_p99, detail_p99 = await read_figures(api, ids, args.reads)
             raw_rate, raw_p99 = await ceiling(http, args.clients)
-        print(f"{mode}: {args.n} boots, {args.clients} clients, {args.hosts} hosts:"
+        label = f"{mode}+port" if args.ports else mode
+        print(f"{label}: {args.n} boots, {args.clients} clients, {args.hosts} hosts:"
               f" {rate:.0f} boots/s, p50 {percentile(lat, 50) * 1000:.1f} ms,"
               f" p99 {percentile(lat, 99) * 1000:.1f} ms, errors {errors},"
               f" {msgs:.2f} broker messages and {events:.2f} events per boot;"
               f" GET server p99 {get_p99:.2f} ms, servers/detail (1000) p99 {detail_p99:.1f} ms;"
               f" raw aiohttp {raw_rate:.0f} req/s, GET p99 {raw_p99:.2f} ms")
-        print(result_line({f"{mode}_boots_per_s": rate,
-                           f"{mode}_p50_ms": percentile(lat, 50) * 1000,
-                           f"{mode}_p99_ms": percentile(lat, 99) * 1000,
-                           f"{mode}_msgs_per_boot": msgs, f"{mode}_events_per_boot": events,
-                           f"{mode}_get_p99_ms": get_p99, f"{mode}_detail_p99_ms": detail_p99,
-                           f"{mode}_errors": errors},
+        print(result_line({f"{label}_boots_per_s": rate,
+                           f"{label}_p50_ms": percentile(lat, 50) * 1000,
+                           f"{label}_p99_ms": percentile(lat, 99) * 1000,
+                           f"{label}_msgs_per_boot": msgs, f"{label}_events_per_boot": events,
+                           f"{label}_get_p99_ms": get_p99, f"{label}_detail_p99_ms": detail_p99,
+                           f"{label}_errors": errors},
                           raw_rate, rate / raw_rate if raw_rate else 0.0), flush=True)
 
 
@@ -382,6 +399,9 @@ async def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--reads", type=int, default=1000)
     parser.add_argument("--no-uvloop", action="store_true")
+    parser.add_argument("--ports", action="store_true",
+                        help="each server gets a port on one tenant network (the networking"
+                             " issue's figure, beside the no-network one)")
     args = parser.parse_args()
     for mode in ("embedded", "real") if args.mode == "both" else (args.mode,):
         await measure(mode, args)
