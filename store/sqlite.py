@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import datetime as dt
 import re
 import sqlite3
@@ -80,6 +81,8 @@ _SAVE_SNAPSHOT = (
 )
 #: at most this many appends share one transaction
 MAX_GROUP = 256
+#: how many of its latest events the store keeps in memory for its readers (at least)
+TAIL_EVENTS = 20_000
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 
 
@@ -88,10 +91,14 @@ def to_sqlite_params(sql: str) -> str:
     return _PLACEHOLDER.sub(r"?\1", sql)
 
 
-def _utc_text(when: dt.datetime) -> str:
+def _utc(when: dt.datetime) -> dt.datetime:
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
-    return when.astimezone(dt.UTC).isoformat()
+    return when.astimezone(dt.UTC)
+
+
+def _utc_text(when: dt.datetime) -> str:
+    return _utc(when).isoformat()
 
 
 def _envelope(row: tuple[Any, ...]) -> EventEnvelope:
@@ -101,6 +108,10 @@ def _envelope(row: tuple[Any, ...]) -> EventEnvelope:
         occurred_at=dt.datetime.fromisoformat(row[6]), correlation_id=row[7],
         causation_id=row[8], project_id=row[9], user_id=row[10],
     )
+
+
+def _position(event: EventEnvelope) -> int:
+    return event.position
 
 
 def _row(stream: str, version: int, e: NewEvent) -> tuple[object, ...]:
@@ -175,43 +186,63 @@ class _Pending:
     outcome: asyncio.Future[AppendResult]
 
 
-def _append_one(conn: sqlite3.Connection, p: _Pending) -> AppendResult:
+def _append_one(conn: sqlite3.Connection, p: _Pending) -> tuple[AppendResult, list[int]]:
+    """One append inside the group's transaction: its result and its events' positions."""
     if p.cause is not None:
         seen = conn.execute(
             "SELECT version, position FROM reactions WHERE stream = ? AND cause = ?",
             (p.stream, p.cause),
         ).fetchone()
         if seen is not None:
-            return AppendResult(stream=p.stream, version=seen[0], position=seen[1], duplicate=True)
+            return AppendResult(stream=p.stream, version=seen[0], position=seen[1],
+                                duplicate=True), []
     current = _current_version(conn, p.stream)
     if p.expected != ANY_VERSION and p.expected != current:
         raise ConcurrencyError(p.stream, p.expected, current)
-    position = 0
-    for offset, event in enumerate(p.events, start=1):
-        position = conn.execute(_INSERT, _row(p.stream, current + offset, event)).lastrowid or 0
-    if not p.events:
-        position = conn.execute(
-            "SELECT COALESCE(MAX(position), 0) FROM events WHERE stream = ?", (p.stream,)
-        ).fetchone()[0]
+    positions = [conn.execute(_INSERT, _row(p.stream, current + offset, event)).lastrowid or 0
+                 for offset, event in enumerate(p.events, start=1)]
+    position = positions[-1] if positions else conn.execute(
+        "SELECT COALESCE(MAX(position), 0) FROM events WHERE stream = ?", (p.stream,)
+    ).fetchone()[0]
     version = current + len(p.events)
     if p.cause is not None:
         conn.execute(
             "INSERT INTO reactions (stream, cause, version, position) VALUES (?, ?, ?, ?)",
             (p.stream, p.cause, version, position),
         )
-    return AppendResult(stream=p.stream, version=version, position=position)
+    return AppendResult(stream=p.stream, version=version, position=position), positions
+
+
+def _committed(p: _Pending, result: AppendResult, positions: list[int]) -> list[EventEnvelope]:
+    """The envelopes of an append just committed, exactly as a read of the log returns them."""
+    if result.duplicate:
+        return []
+    first = result.version - len(p.events) + 1
+    return [
+        EventEnvelope(
+            position=position, event_id=e.event_id, stream=p.stream, version=first + i,
+            type=e.type, data=msgspec.Raw(bytes(e.data)),
+            occurred_at=_utc(e.occurred_at), correlation_id=e.correlation_id,
+            causation_id=e.causation_id, project_id=e.project_id, user_id=e.user_id,
+        )
+        for i, (position, e) in enumerate(zip(positions, p.events, strict=True))
+    ]
 
 
 def _append_group(
     conn: sqlite3.Connection, group: Sequence[_Pending]
-) -> list[AppendResult | StoreError]:
-    """Commit many appends in one transaction; each refused one is rolled back alone."""
+) -> tuple[list[AppendResult | StoreError], list[EventEnvelope]]:
+    """Commit many appends in one transaction; each refused one is rolled back alone.
+    Returns each append's outcome and every event the transaction wrote, in order."""
     outcomes: list[AppendResult | StoreError] = []
+    written: list[EventEnvelope] = []
     with _transaction(conn):
         for p in group:
             conn.execute("SAVEPOINT one_append")
             try:
-                outcomes.append(_append_one(conn, p))
+                result, positions = _append_one(conn, p)
+                outcomes.append(result)
+                written += _committed(p, result, positions)
             except ConcurrencyError as exc:
                 outcomes.append(exc)
                 conn.execute("ROLLBACK TO one_append")
@@ -219,7 +250,7 @@ def _append_group(
                 outcomes.append(InvalidEvent(p.events[0].type, f"duplicate event_id: {exc}"))
                 conn.execute("ROLLBACK TO one_append")
             conn.execute("RELEASE one_append")
-    return outcomes
+    return outcomes, written
 
 
 def _settle(
@@ -245,9 +276,11 @@ class SqliteEventStore:
     """EventStore and ProjectionStore on one SQLite file (or ``":memory:"``).
 
     All writes go through one connection on one dedicated thread, so commit order is
-    position order and the log is gap-free; a second connection on its own thread serves
-    reads (WAL lets it read while the writer writes). Subscribers are woken in-process
-    when an append commits.
+    position order and the log is gap-free; a second connection serves reads on the event
+    loop (WAL lets it read while the writer writes). The store must be its file's only
+    writer: it keeps the events it committed last in memory (the tail), so that
+    subscribers, woken in-process when an append commits, follow the log without reading
+    it back.
     """
 
     def __init__(
@@ -259,10 +292,9 @@ class SqliteEventStore:
         self._timeout = timeout
         self._writer_conn = writer
         self._reader_conn = reader or writer
+        #: reads run on the loop over their own connection; ":memory:" has only one
+        self._inline_reads = reader is not None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="orrery-sqlite-w")
-        self._reader = (
-            ThreadPoolExecutor(1, thread_name_prefix="orrery-sqlite-r") if reader else self._writer
-        )
         #: held by every write and for the whole of a projection transaction
         self._write_lock = asyncio.Lock()
         #: set and replaced each time an append commits past ``_head`` (wakes subscribers)
@@ -271,6 +303,9 @@ class SqliteEventStore:
         #: projection checkpoints as this process (the only writer) last committed them
         self._checkpoints: dict[str, int] = {}
         self._head = 0
+        #: the events committed here after ``_tail_floor``, in order (see _from_tail)
+        self._tail: list[EventEnvelope] = []
+        self._tail_floor = 0
         self._closed = False
         self._queue: list[_Pending] = []
 
@@ -291,7 +326,7 @@ class SqliteEventStore:
             writer.close()
             raise
         store = cls(name, types, writer, reader, timeout=op_timeout)
-        store._head = await store.head()
+        store._head = store._tail_floor = await store.head()
         log.info("sqlite_store_opened", path=name, migrations=applied, head=store._head)
         return store
 
@@ -315,7 +350,20 @@ class SqliteEventStore:
 
     async def _read(self, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
         conn = self._reader_conn
-        return await self._run(self._reader, lambda: conn.execute(sql, args).fetchall())
+        return await self._on_reader(lambda: conn.execute(sql, args).fetchall())
+
+    async def _on_reader(self, fn: Callable[[], T]) -> T:
+        """Run a read. With a reader connection of its own (a file), on the event loop:
+        WAL never makes a reader wait for the writer, and the query is shorter than a hop
+        to a thread and back. ``:memory:`` has one connection, so reads go to its thread."""
+        if not self._inline_reads:
+            return await self._run(self._writer, fn)
+        if self._closed:
+            raise StoreUnavailable("the SQLite event store is closed")
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(str(exc)) from exc
 
     # -- EventStore --------------------------------------------------------------------
 
@@ -356,14 +404,13 @@ class SqliteEventStore:
         conn = self._writer_conn
 
         def commit() -> list[AppendResult | StoreError]:
-            outcomes = _append_group(conn, group)
-            written = sum(len(p.events) for p, o in zip(group, outcomes, strict=True)
-                          if isinstance(o, AppendResult) and not o.duplicate)
-            BATCH_EVENTS.observe(written)
-            APPENDED_EVENTS.inc(written)
-            positions = [o.position for o in outcomes if isinstance(o, AppendResult)]
-            if positions:
-                loop.call_soon_threadsafe(self._note_commit, max(positions))
+            outcomes, written = _append_group(conn, group)
+            BATCH_EVENTS.observe(len(written))
+            APPENDED_EVENTS.inc(len(written))
+            if written:
+                # scheduled before the appenders' results, so a caller that has its result
+                # finds its events in the tail
+                loop.call_soon_threadsafe(self._note_commit, written)
             return outcomes
 
         job = loop.run_in_executor(self._writer, commit)
@@ -371,11 +418,26 @@ class SqliteEventStore:
         # outcomes reach every waiter through _settle, even if this leader is cancelled
         await asyncio.wait([job])
 
-    def _note_commit(self, position: int) -> None:
-        if position > self._head:
-            self._head = position
+    def _note_commit(self, written: list[EventEnvelope]) -> None:
+        """Events just committed: into the tail, and every subscriber woken."""
+        self._tail.extend(written)
+        if len(self._tail) > 2 * TAIL_EVENTS:
+            drop = len(self._tail) - TAIL_EVENTS
+            self._tail_floor = self._tail[drop - 1].position
+            del self._tail[:drop]
+        if written[-1].position > self._head:
+            self._head = written[-1].position
             self._committed.set()
             self._committed = asyncio.Event()
+
+    def _from_tail(self, after: int, limit: int) -> list[EventEnvelope] | None:
+        """Events after ``after`` from memory, or None when the tail does not reach back
+        that far. The tail holds every event this store committed after ``_tail_floor``
+        (it is the file's only writer), in position order."""
+        if after < self._tail_floor:
+            return None
+        start = bisect.bisect_right(self._tail, after, key=_position)
+        return self._tail[start:start + limit]
 
     async def read_stream(
         self, stream: str, from_version: int = 1, limit: int | None = None
@@ -394,6 +456,9 @@ class SqliteEventStore:
         return int(rows[0][0])
 
     async def read_all(self, after: int = 0, limit: int = 1000) -> list[EventEnvelope]:
+        recent = self._from_tail(after, limit)
+        if recent is not None:
+            return recent
         rows = await self._read(
             f"SELECT {_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
             (after, limit),
@@ -443,9 +508,8 @@ class SqliteEventStore:
             self._committed.set()
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._writer, self._writer_conn.close)
-            if self._reader is not self._writer:
-                await loop.run_in_executor(self._reader, self._reader_conn.close)
-                self._reader.shutdown(wait=False)
+            if self._inline_reads:
+                self._reader_conn.close()
             self._writer.shutdown(wait=False)
         log.info("sqlite_store_closed", path=self._path)
 
@@ -460,7 +524,7 @@ class SqliteEventStore:
     async def query(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
         """Read projection tables; sees only committed projection transactions."""
         statement = to_sqlite_params(sql)
-        if self._reader is not self._writer:
+        if self._inline_reads:
             return await self._read(statement, args)
         async with self._write_lock:  # ":memory:": one connection, so wait out open txs
             return await self._read(statement, args)
@@ -478,7 +542,7 @@ class SqliteEventStore:
                 f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND version > ?"
                 " ORDER BY version", (stream, after)).fetchall()
 
-        snap, rows = await self._run(self._reader, both)
+        snap, rows = await self._on_reader(both)
         snapshot = None if not snap else Snapshot(
             stream=snap[0][0], version=snap[0][1], type=snap[0][2], data=bytes(snap[0][3]))
         return snapshot, [_envelope(r) for r in rows]
