@@ -47,7 +47,7 @@ from orrery.wiring import (
     parse_bridge_mappings,
     test_node_uri,
 )
-from store.projections import ProjectionRunner
+from store.projections import ProjectionHub
 from store.relay import Relay
 
 log = structlog.get_logger("orrery")
@@ -55,10 +55,10 @@ log = structlog.get_logger("orrery")
 
 async def _serve_http(cfg: Config, store: Any, bus: Bus, *, write_clouds: bool = False) -> None:
     client = ActorClient(bus)
-    async with contextlib.AsyncExitStack() as stack:
-        for projection in cloud_projections():
-            await store.run_ddl(projection.ddl)
-            await stack.enter_async_context(ProjectionRunner(store, projection))
+    projections = cloud_projections()
+    for projection in projections:
+        await store.run_ddl(projection.ddl)
+    async with ProjectionHub(store, projections, lead=True):
         generated = await bootstrap(store, client)
         apis = cloud_apis(store, client, data_dir=cfg.data_dir)
         app = make_cloud_app(store, client, apis=apis, ttl=token_ttl())
@@ -99,12 +99,15 @@ async def run_processes(cfg: Config, kinds_spec: Sequence[str], *, worker: bool,
             if relay:
                 tg.create_task(Relay(store, bus).run(), name="relay")
             if worker:
-                for projection in worker_projections():
-                    if http and projection.name in {p.name for p in cloud_projections()}:
-                        continue  # the API part below runs it already
+                served = {p.name for p in cloud_projections()} if http else set()
+                # the API part below folds its own; of the rest, whatever no other process
+                # leads
+                own = [p for p in worker_projections() if p.name not in served]
+                for projection in own:
                     await store.run_ddl(projection.ddl)
-                    tg.create_task(ProjectionRunner(store, projection).run(),
-                                   name=f"projection-{projection.name}")
+                if own:
+                    tg.create_task(ProjectionHub(store, own, lead=True).run(),
+                                   name="projections")
                 runtime = ActorRuntime(store, bus, kinds, passivate_after=cfg.passivate_after,
                                        worker_id=cfg.resolved_worker_id,
                                        effect_handlers=cloud_effects(store, bus))

@@ -1,22 +1,24 @@
-"""Projection transactions on PostgreSQL: the projection's writes, the checkpoint move
-and its notification committed together.
+"""Projection transactions on PostgreSQL: the projections' writes, their checkpoints'
+moves and the notifications committed together.
 
 Readers of the log only see below the oldest open writing transaction in the cluster
 (store/postgres.py), so every write transaction that stays open holds every reader back.
 A projection transaction therefore writes as late and as briefly as it can: ``execute``
 only queues a statement, and the block's end sends BEGIN, the queued statements (each run
 of one statement as one pipelined ``executemany``), the checkpoint move and COMMIT back to
-back. A runner that is behind another finds out before it writes (the checkpoint is read
-first, without a lock); the checkpoint move is conditional (``position = expected``), so
-of two runners on the same batch the second finds out there and its writes are rolled
-back. A deadlock between two such runners ends the loser's transaction the same way
-(ConcurrencyError: the runner re-reads the checkpoint and follows on). A ``fetch`` (which
-must see the transaction's own writes) opens the transaction early and flushes the queue.
+back. A runner that is behind another finds out before it writes (the checkpoints are
+read first, without a lock); each checkpoint move is conditional (``position =
+expected``), so of two runners on the same batch the second finds out there and its
+writes are rolled back. A deadlock between two such runners ends the loser's transaction
+the same way (ConcurrencyError: the runner re-reads the checkpoints and follows on). A
+``fetch`` (which must see the transaction's own writes) opens the transaction early and
+flushes the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
@@ -25,24 +27,30 @@ import structlog
 from store.errors import ConcurrencyError
 from store.pg_common import PROJECTIONS_CHANNEL, mapped
 
-#: move the checkpoint if it is where the runner expects it, and tell every listener its
-#: new value ("name position"), one trip; no row back: another runner moved it first
-_MOVE_CHECKPOINT = (
-    "WITH moved AS (UPDATE projection_checkpoints SET position = $2 WHERE name = $1"
-    " AND position = $4 RETURNING name) SELECT pg_notify($3, $1 || ' ' || $2::text) FROM moved"
+#: move each checkpoint that is where the runner expects it, and tell every listener its
+#: new value ("name position"), in one trip; fewer rows back than names: another runner
+#: moved one first
+_MOVE_CHECKPOINTS = (
+    "WITH moved AS (UPDATE projection_checkpoints AS c SET position = $2"
+    " FROM unnest($1::text[], $4::bigint[]) AS m(name, expected)"
+    " WHERE c.name = m.name AND c.position = m.expected RETURNING c.name)"
+    " SELECT pg_notify($3, name || ' ' || $2::text) FROM moved"
 )
-_ENSURE_CHECKPOINT = ("INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0)"
-                      " ON CONFLICT (name) DO NOTHING")
+_ENSURE_CHECKPOINTS = ("INSERT INTO projection_checkpoints (name, position)"
+                       " SELECT unnest($1::text[]), 0 ON CONFLICT (name) DO NOTHING")
+_CHECKPOINTS = "SELECT name, position FROM projection_checkpoints WHERE name = ANY($1::text[])"
 
 log = structlog.get_logger(__name__)
 
 
 class PgProjectionTx:
-    """The transaction of projection_tx; the object is also the SqlTx ``apply`` writes to."""
+    """The transaction of projections_tx; the object is also the SqlTx ``apply`` writes to."""
 
-    def __init__(self, pool: Any, name: str, expected: int, new: int, timeout: float) -> None:
-        self._pool, self._name, self._timeout = pool, name, timeout
-        self._expected, self._new = expected, new
+    def __init__(self, pool: Any, expected: Mapping[str, int], new: int,
+                 timeout: float) -> None:
+        self._pool, self._timeout = pool, timeout
+        self._names = list(expected)
+        self._expected, self._new = dict(expected), new
         self._conn: Any = None
         self._tx: Any = None
         self._pending: list[tuple[str, tuple[object, ...]]] = []
@@ -70,13 +78,13 @@ class PgProjectionTx:
             try:
                 await self._flush()
                 with mapped():
-                    moved = await self._conn.fetch(_MOVE_CHECKPOINT, self._name, self._new,
-                                                   PROJECTIONS_CHANNEL, self._expected,
-                                                   timeout=self._timeout)
+                    moved = await self._conn.fetch(
+                        _MOVE_CHECKPOINTS, self._names, self._new, PROJECTIONS_CHANNEL,
+                        [self._expected[n] for n in self._names], timeout=self._timeout)
             except asyncpg.DeadlockDetectedError as exc:
-                raise ConcurrencyError(self._name, self._expected, -1) from exc
-            if not moved:
-                raise ConcurrencyError(self._name, self._expected, await self._current())
+                raise self._conflict({}) from exc
+            if len(moved) != len(self._names):
+                raise self._conflict(await self._current())
         except BaseException:
             await self._release(commit=False)
             raise
@@ -91,12 +99,13 @@ class PgProjectionTx:
             with mapped():
                 self._tx = self._conn.transaction()
                 await self._tx.start()
-                if self._expected == 0:  # the first batch ever: the row may not exist yet
-                    await self._conn.execute(_ENSURE_CHECKPOINT, self._name,
+                fresh = [n for n in self._names if self._expected[n] == 0]
+                if fresh:  # the first batch ever: the rows may not exist yet
+                    await self._conn.execute(_ENSURE_CHECKPOINTS, fresh,
                                              timeout=self._timeout)
             current = await self._current()
-            if current != self._expected:
-                raise ConcurrencyError(self._name, self._expected, current)
+            if any(current.get(n, 0) != self._expected[n] for n in self._names):
+                raise self._conflict(current)
         except BaseException:
             await self._release(commit=False)
             raise
@@ -118,11 +127,19 @@ class PgProjectionTx:
                                                  timeout=self._timeout)
                 start = end
 
-    async def _current(self) -> int:
+    async def _current(self) -> dict[str, int]:
         with mapped():
-            return int(await self._conn.fetchval(
-                "SELECT position FROM projection_checkpoints WHERE name = $1", self._name,
-                timeout=self._timeout) or 0)
+            rows = await self._conn.fetch(_CHECKPOINTS, self._names, timeout=self._timeout)
+        return {r[0]: int(r[1]) for r in rows}
+
+    def _conflict(self, current: Mapping[str, int]) -> ConcurrencyError:
+        """Another runner moved a checkpoint first (which one, when known)."""
+        for name in self._names:
+            if name in current and current[name] != self._expected[name]:
+                return ConcurrencyError(f"projection:{name}", self._expected[name],
+                                        current[name])
+        name = self._names[0]
+        return ConcurrencyError(f"projection:{name}", self._expected[name], -1)
 
     async def _release(self, commit: bool) -> None:
         conn, self._conn = self._conn, None
@@ -150,4 +167,4 @@ class PgProjectionTx:
             async with asyncio.timeout(self._timeout):
                 await self._tx.rollback()
         except (asyncpg.InterfaceError, asyncpg.PostgresError, OSError) as exc:
-            log.info("projection_tx_rollback_skipped", projection=self._name, error=repr(exc))
+            log.info("projection_tx_rollback_skipped", projections=self._names, error=repr(exc))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -325,7 +325,10 @@ class PostgresEventStore:
             return False
 
     def projection_tx(self, name: str, expected: int, new: int) -> PgProjectionTx:
-        return PgProjectionTx(self._pool, name, expected, new, self._timeout)
+        return PgProjectionTx(self._pool, {name: expected}, new, self._timeout)
+
+    def projections_tx(self, expected: Mapping[str, int], new: int) -> PgProjectionTx:
+        return PgProjectionTx(self._pool, expected, new, self._timeout)
 
     async def reset_projection(self, name: str, ddl_drop: Sequence[str]) -> None:
         await self._in_tx([*((sql, ()) for sql in ddl_drop),
@@ -356,6 +359,23 @@ class PostgresEventStore:
         return await PgLeases.join(self._dsn, group, self._timeout)
 
     @contextlib.asynccontextmanager
+    async def try_leaderships(self, names: Iterable[str]) -> AsyncIterator[PgLeaderSet]:
+        """Hold as many of the leaderships ``names`` as are free, on one session of its
+        own, until the block exits (or the session dies: ``take_more`` then raises)."""
+        with mapped():
+            conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
+        try:
+            leader = PgLeaderSet(conn, names, self._timeout)
+            await leader.take_more()
+            yield leader
+        finally:
+            try:
+                await conn.close(timeout=self._timeout)  # ends the session: locks released
+            except BaseException:
+                conn.terminate()
+                raise
+
+    @contextlib.asynccontextmanager
     async def try_leadership(self, name: str) -> AsyncIterator[bool]:
         """Yield True while this process holds the cluster-wide leadership ``name``.
 
@@ -378,6 +398,32 @@ class PostgresEventStore:
 
 
 __all__ = ["EVENTS_CHANNEL", "PROJECTIONS_CHANNEL", "PostgresEventStore", "StoreError"]
+
+
+class PgLeaderSet:
+    """Session advisory locks, one per leadership name, all on one connection."""
+
+    def __init__(self, conn: Any, names: Iterable[str], timeout: float) -> None:
+        self._conn = conn
+        self._wanted = sorted(set(names))
+        self._timeout = timeout
+        self.held: frozenset[str] = frozenset()
+
+    async def take_more(self) -> bool:
+        """Try the locks not held yet (and check the session is alive); True on a win."""
+        missing = [n for n in self._wanted if n not in self.held]
+        with mapped():
+            if not missing:
+                await self._conn.fetchval("SELECT 1", timeout=self._timeout)
+                return False
+            got = await self._conn.fetchval(
+                "SELECT array_agg(n) FROM unnest($1::text[]) AS n"
+                " WHERE pg_try_advisory_lock(hashtextextended(n, 0))", missing,
+                timeout=self._timeout)
+        if not got:
+            return False
+        self.held = self.held | frozenset(got)
+        return True
 
 
 async def _light_reset(conn: asyncpg.Connection) -> None:

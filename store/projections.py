@@ -1,9 +1,20 @@
-"""Projections: query tables folded from the log, checkpoint moved in the same transaction."""
+"""Projections: query tables folded from the log, checkpoints moved in the same transaction.
+
+A ``ProjectionHub`` folds several projections from one reading of the log: each batch is
+read once and applied to every projection in one transaction that also moves each one's
+checkpoint, so a process pays one read and one commit per batch, not one per table. A
+projection behind the others (new, or rebuilt) gets the events past its own checkpoint
+until it has caught up. With ``lead``, a hub folds only the projections it leads across
+the cluster (one PostgreSQL session holds the advisory locks of all of them), so two
+processes never fold the same table side by side; it stands by for the others and takes
+them over when their leader goes. ``ProjectionRunner`` is a hub of one projection that
+can also rebuild it.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Protocol
 
@@ -11,7 +22,8 @@ import structlog
 from prometheus_client import Gauge
 
 from schemas import EventEnvelope
-from store.errors import ConcurrencyError
+from store.errors import ConcurrencyError, StoreError
+from store.leadership import STANDBY_SECONDS, LeaderSet, leaderships
 from store.protocol import EventStore, ProjectionStore, SqlTx
 
 log = structlog.get_logger(__name__)
@@ -26,6 +38,8 @@ PROJECTION_POSITION = Gauge(
     "The log position the projection has folded up to (its checkpoint).",
     ["projection"],
 )
+#: the leadership a hub takes to fold a projection (``projection:<name>``)
+LEADERSHIP_PREFIX = "projection:"
 
 
 class Projection(Protocol):
@@ -34,7 +48,9 @@ class Projection(Protocol):
     ``ddl`` is idempotent and portable between PostgreSQL and SQLite (``CREATE TABLE IF
     NOT EXISTS``, TEXT/BIGINT/INTEGER, ``ON CONFLICT … DO UPDATE``); ``drop`` removes the
     tables. ``apply`` folds one batch inside the transaction that moves the checkpoint,
-    using ``$1, $2 …`` placeholders; it decodes ``bytes(event.data)`` with msgspec.
+    using ``$1, $2 …`` placeholders; it decodes ``bytes(event.data)`` with msgspec. It
+    shares that transaction with the other projections of its hub, so it touches only
+    its own tables.
     """
 
     name: str
@@ -49,83 +65,136 @@ class ProjectionHost(EventStore, ProjectionStore, Protocol):
     """A log that can also hold projections (both of our stores)."""
 
 
-class ProjectionRunner:
-    """Folds the log into one projection, exactly once per event.
+class _Regroup(Exception):
+    """The set of projections this hub leads grew: fold again with all of them."""
 
-    Each batch from ``store.subscribe`` is applied in one ``projection_tx``, so rows and
-    checkpoint move together. When another runner moved the checkpoint first, this one
-    re-reads it and follows on from there. Own it with ``async with``, with
-    ``start()``/``shutdown()``, or await ``run()`` inside a TaskGroup of your own.
+
+class ProjectionHub:
+    """Folds ``projections`` from one subscription to the log, exactly once per event.
+
+    Each batch is applied in one ``projections_tx``, so rows and checkpoints move
+    together. When another runner moved a checkpoint first, the hub re-reads them all and
+    follows on from there. Own it with ``async with``, with ``start()``/``shutdown()``, or
+    await ``run()`` inside a TaskGroup of your own.
     """
 
-    def __init__(self, store: ProjectionHost, projection: Projection, *, batch: int = 500) -> None:
+    def __init__(self, store: ProjectionHost, projections: Iterable[Projection], *,
+                 batch: int = 500, lead: bool = False) -> None:
         self._store = store
-        self._projection = projection
+        self._projections = {p.name: p for p in projections}
+        if not self._projections:
+            raise ValueError("a projection hub needs at least one projection")
         self._batch = batch
-        self._position = 0
+        self._lead = lead
+        self._positions = dict.fromkeys(self._projections, 0)
         self._head_seen = 0
         self._moved = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._failure: Exception | None = None
-        self._log = log.bind(projection=projection.name)
+        self._log = log.bind(projections=sorted(self._projections))
 
     @property
-    def name(self) -> str:
-        return self._projection.name
+    def names(self) -> list[str]:
+        return list(self._projections)
 
-    @property
-    def position(self) -> int:
-        """The checkpoint as this runner last knew it."""
-        return self._position
+    def checkpoint(self, name: str) -> int:
+        """Projection ``name``'s checkpoint as this hub last knew it."""
+        return self._positions[name]
 
     async def run(self) -> None:
-        """Follow the log from the checkpoint until the store's subscription ends.
+        """Fold until cancelled or the log's subscription ends.
 
-        A failing ``apply`` (or store) ends the run with its exception, the failing
-        batch unapplied; waiters in ``wait_until`` are released with False at once.
+        A failing ``apply`` (or store) ends the run with its exception, the failing batch
+        unapplied; waiters in ``wait_until`` are released with False at once.
         """
         self._failure = None
         try:
-            await self._run()
+            if self._lead:
+                await self._run_leading()
+            else:
+                await self._fold(list(self._projections.values()))
         except Exception as exc:
-            self._log.error("projection_failed", checkpoint=self._position, error=repr(exc))
-            self._failure = exc
-            await self._advance(self._position)
-            raise
+            failure = _single(exc)
+            self._log.error("projection_failed", checkpoints=self._positions,
+                            error=repr(failure))
+            self._failure = failure
+            await self._advance({})
+            raise failure from None
 
-    async def _run(self) -> None:
-        await self._store.run_ddl(self._projection.ddl)
+    async def _run_leading(self) -> None:
+        keys = {LEADERSHIP_PREFIX + name: name for name in self._projections}
         while True:
-            checkpoint = await self._store.projection_checkpoint(self.name)
-            if checkpoint < self._position:  # reset by a rebuild: tables may be gone
-                await self._store.run_ddl(self._projection.ddl)
-            await self._advance(checkpoint)
-            self._log.info("projection_following", checkpoint=checkpoint)
-            if not await self._follow(checkpoint):
-                self._log.info("projection_subscription_ended", checkpoint=self._position)
+            try:
+                async with leaderships(self._store, keys) as leader:
+                    if not leader.held:
+                        await asyncio.sleep(STANDBY_SECONDS)
+                        continue
+                    led = [self._projections[keys[k]] for k in sorted(leader.held)]
+                    self._log.info("projections_led", led=[p.name for p in led])
+                    try:
+                        async with asyncio.TaskGroup() as tg:
+                            tg.create_task(self._fold(led), name="projection-fold")
+                            if len(leader.held) < len(keys):
+                                tg.create_task(self._watch(leader), name="projection-lead")
+                    except* _Regroup:
+                        pass
+            except* StoreError as group:  # the leadership session broke: ask again
+                self._log.warning("projection_leadership_lost", error=repr(group.exceptions))
+                await asyncio.sleep(STANDBY_SECONDS)
+
+    @staticmethod
+    async def _watch(leader: LeaderSet) -> None:
+        """Ask for the leaderships still held elsewhere now and then; regroup on a win."""
+        while True:
+            await asyncio.sleep(STANDBY_SECONDS)
+            if await leader.take_more():
+                raise _Regroup
+
+    async def _fold(self, projections: Sequence[Projection]) -> None:
+        for projection in projections:
+            await self._store.run_ddl(projection.ddl)
+        while True:
+            positions = {p.name: await self._store.projection_checkpoint(p.name)
+                         for p in projections}
+            for p in projections:
+                if positions[p.name] < self._positions[p.name]:  # reset by a rebuild
+                    await self._store.run_ddl(p.ddl)
+            await self._advance(positions)
+            self._log.info("projection_following", checkpoints=positions)
+            if not await self._follow(projections, positions):
+                self._log.info("projection_subscription_ended", checkpoints=positions)
                 return
 
-    async def _follow(self, checkpoint: int) -> bool:
-        """Apply batches from ``checkpoint``; True when another runner moved it first."""
-        batches = self._store.subscribe(checkpoint, self._batch)
+    async def _follow(self, projections: Sequence[Projection],
+                      positions: dict[str, int]) -> bool:
+        """Apply batches from the lowest checkpoint; True when another runner moved one."""
+        batches = self._store.subscribe(min(positions.values()), self._batch)
         try:
             async for events in batches:
                 await self._note_head(events)
+                new = events[-1].position
+                todo = [(p, _after(events, positions[p.name])) for p in projections
+                        if positions[p.name] < new]
+                if not todo:
+                    continue
                 try:
-                    await self._apply(checkpoint, events)
+                    await self._apply({p.name: positions[p.name] for p, _ in todo}, new, todo)
                 except ConcurrencyError as exc:
-                    self._log.info("projection_checkpoint_moved", current=exc.current)
+                    self._log.info("projection_checkpoint_moved", stream=exc.stream,
+                                   current=exc.current)
                     return True
-                checkpoint = events[-1].position
+                for p, _ in todo:
+                    positions[p.name] = new
             return False
         finally:
             await _aclose(batches)
 
-    async def _apply(self, expected: int, events: Sequence[EventEnvelope]) -> None:
-        new = events[-1].position
-        async with self._store.projection_tx(self.name, expected, new) as tx:
-            await self._projection.apply(tx, events)
-        await self._advance(new)
+    async def _apply(self, expected: dict[str, int], new: int,
+                     todo: Sequence[tuple[Projection, Sequence[EventEnvelope]]]) -> None:
+        async with self._store.projections_tx(expected, new) as tx:
+            for projection, events in todo:
+                await projection.apply(tx, events)
+        await self._advance(dict.fromkeys(expected, new))
 
     async def _note_head(self, events: Sequence[EventEnvelope]) -> None:
         """Track how far the log goes: exact while catching up, positions seen when live."""
@@ -133,56 +202,38 @@ class ProjectionRunner:
         if len(events) >= self._batch:
             self._head_seen = max(self._head_seen, await self._store.head())
 
-    async def _advance(self, position: int) -> None:
-        PROJECTION_POSITION.labels(self.name).set(position)
-        PROJECTION_LAG.labels(self.name).set(max(0, self._head_seen - position))
+    async def _advance(self, moved: Mapping[str, int]) -> None:
         async with self._moved:
-            self._position = position
+            self._positions.update(moved)
+            for name in moved:
+                PROJECTION_POSITION.labels(name).set(self._positions[name])
+                PROJECTION_LAG.labels(name).set(max(0, self._head_seen - self._positions[name]))
             self._moved.notify_all()
 
-    async def wait_until(self, position: int, timeout: float) -> bool:
-        """True once the checkpoint has reached ``position``; False after ``timeout`` s
-        (or at once if the run has failed).
+    async def wait_until(self, position: int, timeout: float, name: str | None = None) -> bool:
+        """True once projection ``name`` (default: every projection of the hub) has folded
+        up to ``position``; False after ``timeout`` s (or at once if the run has failed).
 
-        The gateway calls this between a write and the read that must see it; the
-        timeout is part of the call's contract, hence the parameter.
+        The timeout is part of the call's contract, hence the parameter.
         """
+        names = list(self._projections) if name is None else [name]
+
+        def reached() -> bool:
+            return all(self._positions[n] >= position for n in names)
+
         try:
             async with asyncio.timeout(timeout), self._moved:
-                await self._moved.wait_for(
-                    lambda: self._position >= position or self._failure is not None
-                )
+                await self._moved.wait_for(lambda: reached() or self._failure is not None)
         except TimeoutError:
             return False
-        return self._position >= position
-
-    async def rebuild(self) -> int:
-        """Drop the tables and checkpoint, recreate, and fold the log up to its head."""
-        await self._store.reset_projection(self.name, self._projection.drop)
-        await self._store.run_ddl(self._projection.ddl)
-        await self._advance(0)
-        target = await self._store.head()
-        self._head_seen = max(self._head_seen, target)
-        checkpoint = 0
-        while checkpoint < target:
-            events = await self._store.read_all(checkpoint, self._batch)
-            if not events:
-                break
-            try:
-                await self._apply(checkpoint, events)
-                checkpoint = events[-1].position
-            except ConcurrencyError:  # a live runner is folding too: go on from its point
-                checkpoint = await self._store.projection_checkpoint(self.name)
-                await self._advance(checkpoint)
-        self._log.info("projection_rebuilt", checkpoint=checkpoint)
-        return checkpoint
+        return reached()
 
     # -- ownership ---------------------------------------------------------------------
 
     def start(self) -> None:
-        """Run in a task this runner owns until ``shutdown()``."""
+        """Run in a task this hub owns until ``shutdown()``."""
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self.run(), name=f"projection:{self.name}")
+            self._task = asyncio.create_task(self.run(), name=f"projections:{self.names}")
 
     async def shutdown(self) -> None:
         """Stop the owned task (idempotent); re-raises a failure of the run."""
@@ -195,7 +246,7 @@ class ProjectionRunner:
         if failure is not None:
             raise failure
 
-    async def __aenter__(self) -> ProjectionRunner:
+    async def __aenter__(self) -> ProjectionHub:
         self.start()
         return self
 
@@ -204,6 +255,68 @@ class ProjectionRunner:
         tb: TracebackType | None,
     ) -> None:
         await self.shutdown()
+
+
+class ProjectionRunner(ProjectionHub):
+    """A hub of one projection, which it can also rebuild from the start of the log."""
+
+    def __init__(self, store: ProjectionHost, projection: Projection, *,
+                 batch: int = 500, lead: bool = False) -> None:
+        super().__init__(store, [projection], batch=batch, lead=lead)
+        self._projection = projection
+
+    @property
+    def name(self) -> str:
+        return self._projection.name
+
+    @property
+    def position(self) -> int:
+        """The checkpoint as this runner last knew it."""
+        return self.checkpoint(self.name)
+
+    async def __aenter__(self) -> ProjectionRunner:
+        self.start()
+        return self
+
+    async def rebuild(self) -> int:
+        """Drop the tables and checkpoint, recreate, and fold the log up to its head."""
+        store, name = self._store, self.name
+        await store.reset_projection(name, self._projection.drop)
+        await store.run_ddl(self._projection.ddl)
+        await self._advance({name: 0})
+        target = await store.head()
+        self._head_seen = max(self._head_seen, target)
+        checkpoint = 0
+        while checkpoint < target:
+            events = await store.read_all(checkpoint, self._batch)
+            if not events:
+                break
+            try:
+                await self._apply({name: checkpoint}, events[-1].position,
+                                  [(self._projection, events)])
+                checkpoint = events[-1].position
+            except ConcurrencyError:  # a live runner is folding too: go on from its point
+                checkpoint = await store.projection_checkpoint(name)
+                await self._advance({name: checkpoint})
+        self._log.info("projection_rebuilt", checkpoint=checkpoint)
+        return checkpoint
+
+
+def _after(events: Sequence[EventEnvelope], position: int) -> Sequence[EventEnvelope]:
+    """The events of a batch (in position order) past ``position``."""
+    if events[0].position > position:
+        return events
+    return [e for e in events if e.position > position]
+
+
+def _single(exc: Exception) -> Exception:
+    """The one error inside (nested) exception groups, or the group itself."""
+    while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+        inner = exc.exceptions[0]
+        if not isinstance(inner, Exception):
+            break
+        exc = inner
+    return exc
 
 
 async def _aclose(iterator: AsyncIterator[object]) -> None:

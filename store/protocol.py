@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -123,8 +123,14 @@ class ProjectionStore(Protocol):
 
     def projection_tx(self, name: str, expected: int, new: int) -> ProjectionTxContext:
         """Open a transaction that moves ``name``'s checkpoint from ``expected`` to ``new``
-        on commit. Raises ConcurrencyError on enter if the checkpoint is not ``expected``
-        (another runner got there first); nothing is written then."""
+        on commit. Raises ConcurrencyError if the checkpoint is not ``expected`` (another
+        runner got there first); nothing is written then."""
+        ...
+
+    def projections_tx(self, expected: Mapping[str, int], new: int) -> ProjectionTxContext:
+        """As ``projection_tx`` for several projections at once: one transaction moves every
+        checkpoint of ``expected`` (name -> where it must be) to ``new``, or, when any of
+        them has moved on, none (ConcurrencyError) and nothing is written."""
         ...
 
     async def reset_projection(self, name: str, ddl_drop: Sequence[str]) -> None:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import bisect
 import datetime as dt
-import re
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from store.errors import ConcurrencyError, InvalidEvent, StoreError, StoreUnavai
 from store.metrics import APPEND_SECONDS, APPENDED_EVENTS, BATCH_EVENTS
 from store.protocol import ANY_VERSION, AppendResult, Snapshot
 from store.registry import EventTypes
+from store.sqlite_projection import SqliteProjectionTx, to_sqlite_params
 
 log = structlog.get_logger(__name__)
 
@@ -83,14 +83,6 @@ _SAVE_SNAPSHOT = (
 MAX_GROUP = 256
 #: how many of its latest events the store keeps in memory for its readers (at least)
 TAIL_EVENTS = 20_000
-_PLACEHOLDER = re.compile(r"\$(\d+)")
-
-
-def to_sqlite_params(sql: str) -> str:
-    """Rewrite PostgreSQL ``$1`` placeholders as SQLite's numbered ``?1``."""
-    return _PLACEHOLDER.sub(r"?\1", sql)
-
-
 def _utc(when: dt.datetime) -> dt.datetime:
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
@@ -548,10 +540,14 @@ class SqliteEventStore:
         return snapshot, [_envelope(r) for r in rows]
 
     def projection_tx(self, name: str, expected: int, new: int) -> SqliteProjectionTx:
-        return SqliteProjectionTx(self, name, expected, new)
+        return SqliteProjectionTx(self, {name: expected}, new)
 
-    def _projection_moved(self, name: str, position: int) -> None:
-        self._checkpoints[name] = position
+    def projections_tx(self, expected: Mapping[str, int], new: int) -> SqliteProjectionTx:
+        return SqliteProjectionTx(self, expected, new)
+
+    def _projections_moved(self, names: Iterable[str], position: int) -> None:
+        for name in names:
+            self._checkpoints[name] = position
         moved, self._moved = self._moved, asyncio.Event()
         moved.set()
 
@@ -588,139 +584,6 @@ class SqliteEventStore:
                     conn.execute(statement)
 
         await self._write(run)
-
-
-class SqliteProjectionTx:
-    """One projection transaction, with its writes deferred.
-
-    ``execute`` only queues a statement; the transaction (BEGIN IMMEDIATE, the checkpoint
-    check, the queued statements, the checkpoint move, COMMIT) runs as one job on the
-    writer thread when the block ends, so a batch costs one thread hop and holds the
-    writer only while it really writes. A ``fetch`` (which must see the transaction's own
-    writes) opens the transaction early and flushes the queue; from then on the writer is
-    held until the end, as before. Jobs go to the single writer thread in submission
-    order, so the ROLLBACK or the COMMIT always runs after every statement, even when the
-    awaiting task is cancelled.
-    """
-
-    def __init__(self, store: SqliteEventStore, name: str, expected: int, new: int) -> None:
-        self._store = store
-        self._name = name
-        self._expected = expected
-        self._new = new
-        self._pending: list[tuple[str, tuple[object, ...]]] = []
-        self._open = False
-
-    async def __aenter__(self) -> SqliteProjectionTx:
-        return self
-
-    def _begin(self) -> None:
-        conn = self._store._writer_conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            row = conn.execute(
-                "SELECT position FROM projection_checkpoints WHERE name = ?", (self._name,)
-            ).fetchone()
-            current = int(row[0]) if row else 0
-            if current != self._expected:
-                raise ConcurrencyError(f"projection:{self._name}", self._expected, current)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-
-    def _flush(self, pending: list[tuple[str, tuple[object, ...]]]) -> None:
-        conn = self._store._writer_conn
-        for statement, args in pending:
-            conn.execute(statement, args)
-
-    def _commit(self) -> None:
-        conn = self._store._writer_conn
-        try:
-            conn.execute(
-                "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-                (self._name, self._new),
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
-
-    def _whole(self, pending: list[tuple[str, tuple[object, ...]]]) -> None:
-        """BEGIN, the queued statements and COMMIT in one job (rolled back on error)."""
-        self._begin()
-        try:
-            self._flush(pending)
-        except BaseException:
-            self._rollback()
-            raise
-        self._commit()
-
-    def _rollback(self) -> None:
-        conn = self._store._writer_conn
-        if conn.in_transaction:  # some errors already rolled SQLite back
-            conn.execute("ROLLBACK")
-
-    def _take(self) -> list[tuple[str, tuple[object, ...]]]:
-        pending, self._pending = self._pending, []
-        return pending
-
-    async def __aexit__(self, *exc: object) -> bool | None:
-        store = self._store
-        if not self._open:
-            if exc[0] is not None:
-                return None  # nothing ran yet: nothing to undo
-            pending = self._take()
-            async with store._write_lock:
-                await store._run(store._writer, lambda: self._whole(pending))
-            store._projection_moved(self._name, self._new)
-            return None
-        try:
-            if exc[0] is None:
-                pending = self._take()
-                def finish() -> None:
-                    self._flush(pending)
-                    self._commit()
-
-                await store._run(store._writer, finish)
-                store._projection_moved(self._name, self._new)
-            else:
-                loop = asyncio.get_running_loop()
-                # submitted now, so it runs next on the writer thread even if we are cancelled
-                await asyncio.shield(loop.run_in_executor(store._writer, self._rollback))
-        finally:
-            store._write_lock.release()
-        return None
-
-    async def execute(self, sql: str, *args: object) -> None:
-        self._pending.append((to_sqlite_params(sql), args))
-
-    async def fetch(self, sql: str, *args: object) -> list[tuple[object, ...]]:
-        store = self._store
-        conn = store._writer_conn
-        statement = to_sqlite_params(sql)
-        pending = self._take()
-        def more() -> list[tuple[object, ...]]:
-            self._flush(pending)
-            return conn.execute(statement, args).fetchall()
-
-        if self._open:
-            return await store._run(store._writer, more)
-        await store._write_lock.acquire()
-
-        def first() -> list[tuple[object, ...]]:
-            self._begin()
-            return more()
-
-        try:
-            rows = await store._run(store._writer, first)
-        except BaseException:
-            loop = asyncio.get_running_loop()
-            await asyncio.shield(loop.run_in_executor(store._writer, self._rollback))
-            store._write_lock.release()
-            raise
-        self._open = True
-        return rows
 
 
 if TYPE_CHECKING:

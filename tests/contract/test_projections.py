@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 
 from schemas import EventEnvelope
 from store.errors import ConcurrencyError
-from store.projections import ProjectionHost, ProjectionRunner
+from store.projections import ProjectionHost, ProjectionHub, ProjectionRunner
 from store.protocol import ANY_VERSION, NO_STREAM, SqlTx
 from store.registry import EventTypes
 from tests.contract.conftest import open_store
@@ -285,3 +285,116 @@ async def test_another_store_on_the_same_log_waits_for_a_projection_position(
         if reader is not writer:
             await reader.close()
         await writer.close()
+
+
+class Renames:
+    """The last name of each counter stream: a second projection to share a hub with."""
+
+    name = "counter_names"
+    ddl = ("CREATE TABLE IF NOT EXISTS counter_names (stream TEXT PRIMARY KEY, name TEXT)",)
+    drop = ("DROP TABLE IF EXISTS counter_names",)
+
+    async def apply(self, tx: SqlTx, events: Sequence[EventEnvelope]) -> None:
+        for event in events:
+            if event.type == "counter.renamed":
+                name = msgspec.json.decode(event.data, type=Renamed).name
+                await tx.execute("INSERT INTO counter_names (stream, name) VALUES ($1, $2)"
+                                 " ON CONFLICT (stream) DO UPDATE SET name = excluded.name",
+                                 event.stream, name)
+
+
+async def names(store: ProjectionHost) -> dict[object, object]:
+    return dict(await store.query("SELECT stream, name FROM counter_names"))
+
+
+async def test_hub_folds_several_projections_from_one_read(store: ProjectionHost) -> None:
+    """A hub of two projections folds each batch into both tables and moves both
+    checkpoints; a read of the log serves them all."""
+    await append_amounts(store, "counter:a", 1, 2)
+    await store.append("counter:a", [new_event(Renamed(name="first"))], 2)
+    head = await append_amounts(store, "counter:b", 5)
+    async with ProjectionHub(store, [Totals(), Renames()], batch=2) as hub:
+        assert await hub.wait_until(head, WAIT)
+        assert await hub.wait_until(head, WAIT, name="counter_names")
+    assert await totals(store) == {"counter:a": (3, 2), "counter:b": (5, 1)}
+    assert await names(store) == {"counter:a": "first"}
+    assert await store.projection_checkpoint("counter_totals") == head
+    assert await store.projection_checkpoint("counter_names") == head
+
+
+async def test_hub_catches_a_lagging_projection_up_without_refolding_the_others(
+    store: ProjectionHost,
+) -> None:
+    """One projection at the head and one never run: the hub gives the new one every
+    event and the other only what comes after its checkpoint."""
+    head = await append_amounts(store, "counter:a", 1, 2, 3)
+    async with ProjectionRunner(store, Totals()) as runner:
+        assert await runner.wait_until(head, WAIT)
+    await store.append("counter:a", [new_event(Renamed(name="late"))], 3)
+    head = await append_amounts(store, "counter:a", 4)
+    async with ProjectionHub(store, [Totals(), Renames()], batch=2) as hub:
+        assert await hub.wait_until(head, WAIT)
+    assert await totals(store) == {"counter:a": (10, 4)}
+    assert await names(store) == {"counter:a": "late"}
+
+
+async def test_projections_tx_with_one_stale_checkpoint_writes_nothing(
+    store: ProjectionHost,
+) -> None:
+    """When one checkpoint of a multi-projection transaction moved on, neither rows nor
+    any checkpoint change."""
+    await store.run_ddl(Totals.ddl)
+    await store.run_ddl(Renames.ddl)
+    async with store.projection_tx("counter_names", 0, 4):
+        pass
+    with pytest.raises(ConcurrencyError):
+        async with store.projections_tx({"counter_totals": 0, "counter_names": 0}, 9) as tx:
+            await tx.execute(UPSERT, "counter:a", 5)
+    assert await store.projection_checkpoint("counter_totals") == 0
+    assert await store.projection_checkpoint("counter_names") == 4
+    assert await totals(store) == {}
+
+
+class Tally(Totals):
+    """Totals that also count, per hub, the batches it applied."""
+
+    ddl = (*Totals.ddl, "CREATE TABLE IF NOT EXISTS tally (hub TEXT PRIMARY KEY, n BIGINT)")
+    drop = (*Totals.drop, "DROP TABLE IF EXISTS tally")
+
+    def __init__(self, hub: str) -> None:
+        self.hub = hub
+
+    async def apply(self, tx: SqlTx, events: Sequence[EventEnvelope]) -> None:
+        await super().apply(tx, events)
+        await tx.execute("INSERT INTO tally (hub, n) VALUES ($1, 1)"
+                         " ON CONFLICT (hub) DO UPDATE SET n = tally.n + 1", self.hub)
+
+
+async def test_leading_hubs_fold_a_projection_in_one_process_at_a_time(
+    backend: tuple[str, str], event_types: EventTypes
+) -> None:
+    """Two processes' hubs that lead: only one folds the projection while both run (the
+    other stands by), and when the leader goes the other takes over and goes on."""
+    one = await open_store(backend, event_types)
+    two = await open_store(backend, event_types) if backend[0] == "postgres" else one
+    try:
+        first = ProjectionHub(one, [Tally("one")], lead=True)
+        second = ProjectionHub(two, [Tally("two")], lead=True)
+        async with first:
+            head = await append_amounts(one, "counter:a", 1)
+            assert await one.wait_for_projection("counter_totals", head, WAIT)  # it leads
+            async with second:
+                for amount in range(2, 11):
+                    head = await append_amounts(one, "counter:a", amount)
+                    await asyncio.sleep(0.01)
+                assert await one.wait_for_projection("counter_totals", head, WAIT)
+                if backend[0] == "postgres":
+                    assert dict(await one.query("SELECT hub, n FROM tally")).keys() == {"one"}
+                await first.shutdown()  # the leader goes: the one standing by goes on
+                head = await append_amounts(one, "counter:a", 100)
+                assert await two.wait_for_projection("counter_totals", head, WAIT)
+        assert await totals(one) == {"counter:a": (155, 11)}
+    finally:
+        if two is not one:
+            await two.close()
+        await one.close()

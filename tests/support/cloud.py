@@ -39,7 +39,7 @@ from orrery.services import (
     worker_projections,
 )
 from orrery.wiring import event_types, open_hypervisor
-from store.projections import Projection, ProjectionRunner
+from store.projections import Projection, ProjectionHub
 from store.relay import Relay
 from tests.support.backends import open_backends
 from tests.support.serve import serving
@@ -142,8 +142,7 @@ async def running_cloud(
         projections = _projections()
         for projection in projections:
             await store.run_ddl(projection.ddl)
-        for projection in projections:
-            await stack.enter_async_context(ProjectionRunner(store, projection))
+        await stack.enter_async_context(ProjectionHub(store, projections, lead=True))
         runtime = ActorRuntime(store, bus, kinds, effect_handlers=cloud_effects(store, bus))
         await stack.enter_async_context(runtime)
         tasks: list[asyncio.Task[None]] = [
