@@ -18,3 +18,16 @@ HANDLE_SECONDS = Histogram(
     "orrery_actor_handle_seconds", "Time to handle one message, lock wait excluded", ["kind"]
 )
 TIMERS_FIRED = Counter("orrery_timers_sent_total", "Due timers sent to their actors")
+
+
+class KindMetrics:
+    """The label children of one actor kind, resolved once so the hot path only counts."""
+
+    def __init__(self, kind: str) -> None:
+        self.ok = HANDLED.labels(kind, "ok")
+        self.rejected = HANDLED.labels(kind, "rejected")
+        self.failed = HANDLED.labels(kind, "failed")
+        self.expired = HANDLED.labels(kind, "expired")
+        self.mailbox = MAILBOX.labels(kind)
+        self.active = ACTIVE.labels(kind)
+        self.handle_seconds = HANDLE_SECONDS.labels(kind)

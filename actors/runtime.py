@@ -67,6 +67,7 @@ class ActorRuntime:
         self.store = store
         self.bus = bus
         self.codecs = {k.name: KindCodec(k) for k in kinds}
+        self._metrics = {k.name: metrics.KindMetrics(k.name) for k in kinds}
         self.passivate_after = passivate_after
         self.prefetch = prefetch
         self.cells: dict[tuple[str, str], ActorCell] = {}
@@ -119,7 +120,7 @@ class ActorRuntime:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for kind, _ in self.cells:
-            metrics.ACTIVE.labels(kind).dec()
+            self._metrics[kind].active.dec()
         self.cells.clear()
 
     # -- delivery ------------------------------------------------------------------------
@@ -144,9 +145,10 @@ class ActorRuntime:
     async def handle(self, codec: KindCodec, msg: CommandEnvelope) -> Reply:
         """Process one message for one actor, after any earlier message for it."""
         kind = codec.kind.name
+        counts = self._metrics[kind]
         now = dt.datetime.now(dt.UTC)
         if now > msg.deadline:
-            metrics.HANDLED.labels(kind, "expired").inc()
+            counts.expired.inc()
             log.warning("command_expired", type=msg.type, deadline=msg.deadline.isoformat())
             return Reply(command_id=msg.command_id, ok=False, error_type="deadline_exceeded",
                          error=f"command {msg.command_id} arrived after its deadline")
@@ -154,14 +156,14 @@ class ActorRuntime:
         cell = self.cells.get(key)
         if cell is None:
             cell = self.cells[key] = ActorCell(codec, msg.actor_id, self.store)
-            metrics.ACTIVE.labels(kind).inc()
+            counts.active.inc()
         cell.waiting += 1
-        metrics.MAILBOX.labels(kind).inc()
+        counts.mailbox.inc()
         try:
             await cell.lock.acquire()
         finally:
             cell.waiting -= 1
-            metrics.MAILBOX.labels(kind).dec()
+            counts.mailbox.dec()
         started = time.perf_counter()
         try:
             reply = await cell.handle(msg, now)
@@ -170,16 +172,16 @@ class ActorRuntime:
                 await self._carry_out(Origin(kind, msg.actor_id, msg), effect)
         except BaseException:
             cell.invalidate()
-            metrics.HANDLED.labels(kind, "failed").inc()
+            counts.failed.inc()
             raise
         finally:
             cell.last_used = time.monotonic()
             cell.lock.release()
-        metrics.HANDLE_SECONDS.labels(kind).observe(time.perf_counter() - started)
+        counts.handle_seconds.observe(time.perf_counter() - started)
         if reply.ok:
-            metrics.HANDLED.labels(kind, "ok").inc()
+            counts.ok.inc()
         else:
-            metrics.HANDLED.labels(kind, "rejected").inc()
+            counts.rejected.inc()
             log.info("command_rejected", type=msg.type, code=reply.error_type,
                      reason=reply.error)
         return reply
@@ -224,7 +226,7 @@ class ActorRuntime:
         ]
         for key in idle:
             del self.cells[key]
-            metrics.ACTIVE.labels(key[0]).dec()
+            self._metrics[key[0]].active.dec()
             metrics.PASSIVATIONS.labels(key[0]).inc()
         return len(idle)
 

@@ -186,14 +186,19 @@ class Placement:
     all pick the same "emptiest" host. As Nova's scheduler consumes its host states, the
     claims this process sent in the last ``recent`` seconds are counted as used when
     weighing, never when filtering (the host actor decides whether each claim fits).
+    Placements share one read of the view for ``view_ttl`` seconds; a placement that
+    finds no host in a view that old reads it afresh before it answers no valid host.
     """
 
     def __init__(self, bus: Bus, read_hosts: HostsReader, *, timeout: float = CLAIM_TIMEOUT,
-                 recent: float = 2.0):
+                 recent: float = 2.0, view_ttl: float = 0.25):
         self.bus = bus
         self.read_hosts = read_hosts
         self.timeout = timeout
         self.recent = recent
+        self.view_ttl = view_ttl
+        self._view: Sequence[HostView] = ()
+        self._view_at = -math.inf
         #: claims sent lately, oldest first, and their running sum per host
         self._sent: collections.deque[tuple[float, str, Resources]] = collections.deque()
         self._pending_sum: dict[str, Resources] = {}
@@ -214,12 +219,29 @@ class Placement:
                 self._pending_sum[host] = left
         return self._pending_sum
 
+    async def _hosts(self, fresh: bool) -> Sequence[HostView]:
+        now = time.monotonic()
+        if fresh or now - self._view_at >= self.view_ttl:
+            self._view, self._view_at = await self.read_hosts(), now
+        return self._view
+
+    async def _candidates(self, request: PlacementRequest, exclude: Sequence[str]
+                          ) -> tuple[list[HostView], list[str]]:
+        """The hosts that pass the filters, and why the others did not."""
+        for fresh in (False, True):
+            if fresh and time.monotonic() - self._view_at < 0.01:
+                break  # just read: reading again would tell the same
+            hosts = [h for h in await self._hosts(fresh) if h.id not in exclude]
+            passing, reasons = filter_hosts(request, hosts)
+            if passing:
+                break
+        return passing, reasons
+
     async def __call__(self, origin: Origin, place: Place) -> None:
         request = PlacementRequest(instance_id=place.instance_id, vcpus=place.vcpus,
                                    ram_mb=place.ram_mb, disk_gb=place.disk_gb,
                                    image_size=place.image_size)
-        hosts = [h for h in await self.read_hosts() if h.id not in place.exclude]
-        passing, reasons = filter_hosts(request, hosts)
+        passing, reasons = await self._candidates(request, place.exclude)
         if not passing:
             error = str(NoValidHost(reasons))
             log.info("no_valid_host", instance_id=place.instance_id, reasons=reasons)

@@ -9,7 +9,6 @@ Firing sends a ``timer.fire`` message to the actor's shard; the actor records
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import time
 from collections.abc import Callable, Sequence
@@ -62,11 +61,11 @@ class TimerProjection:
     )
     drop: Sequence[str] = ("DROP TABLE IF EXISTS orrery_timers",)
 
-    def __init__(self, on_change: Callable[[int], None]) -> None:
+    def __init__(self, on_change: Callable[[int, int], None]) -> None:
         self.on_change = on_change
 
     async def apply(self, tx: SqlTx, events: Sequence[EventEnvelope]) -> None:
-        added = False
+        earliest: int | None = None
         for ev in events:
             if ev.type == "timer.set":
                 t = _SET.decode(ev.data)
@@ -77,14 +76,14 @@ class TimerProjection:
                     " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (timer_id) DO NOTHING",
                     t.timer_id, kind, actor_id, t.name, at,
                 )
-                added = True
+                earliest = at if earliest is None else min(earliest, at)
             elif ev.type in ("timer.fired", "timer.cancelled"):
                 ref = _REF.decode(ev.data)
                 await tx.execute("DELETE FROM orrery_timers WHERE timer_id = $1", ref.timer_id)
-        if added:
+        if earliest is not None:
             # called inside the projection's transaction: the rows are not visible to
             # other connections until the checkpoint reaches this position
-            self.on_change(events[-1].position)
+            self.on_change(events[-1].position, earliest)
 
 
 class TimerService:
@@ -96,13 +95,23 @@ class TimerService:
         self.resend_after = resend_after
         self._wake = asyncio.Event()
         self._added_at = 0
+        #: when the earliest pending timer is due (µs since the epoch), as far as known
+        self._next_due: int | None = None
+        #: the earliest timer set since the last look at the table began
+        self._set_since: int | None = None
         self._sent: dict[str, float] = {}
         self.projection = TimerProjection(self._changed)
         self.runner = ProjectionRunner(store, self.projection)
 
-    def _changed(self, position: int) -> None:
+    def _changed(self, position: int, fire_at: int) -> None:
+        """Timers were set up to ``position``, the earliest due at ``fire_at``: the fire
+        loop is woken only when that is sooner than what it waits for already."""
         self._added_at = max(self._added_at, position)
-        self._wake.set()
+        if self._set_since is None or fire_at < self._set_since:
+            self._set_since = fire_at
+        if self._next_due is None or fire_at < self._next_due:
+            self._next_due = fire_at
+            self._wake.set()
 
     async def run(self) -> None:
         """Fire timers until cancelled (standing by while another process leads)."""
@@ -118,21 +127,32 @@ class TimerService:
 
     async def _fire_loop(self) -> None:
         while True:
-            self._wake.clear()
             added = self._added_at
-            if added:  # new timers: wait until their rows are committed
+            if added:  # timers were set: wait until their rows are committed
                 await self.runner.wait_until(added, timeout=5.0)
-                if self._added_at == added:
-                    self._added_at = 0
-            next_at = await self.fire_due()
+            self._set_since = None
+            found = await self.fire_due()
+            due = [at for at in (found, self._set_since) if at is not None]
+            self._next_due = min(due) if due else None
+            await self._sleep_until_due()
+
+    async def _sleep_until_due(self) -> None:
+        """Until the earliest known timer is due (at most ``resend_after``); a sooner one
+        set meanwhile shortens the wait."""
+        while True:
+            self._wake.clear()
             delay = self.resend_after
-            if next_at is not None:
-                delay = min(delay, max(0.0, next_at / 1_000_000 - time.time()))
+            if self._next_due is not None:
+                delay = min(delay, self._next_due / 1_000_000 - time.time())
+            if delay <= 0:
+                return
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
             # that lands as the wait completes, and this loop must stop when told.
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
+            except TimeoutError:
+                return
 
     async def fire_due(self) -> int | None:
         """Send every due timer not sent recently; returns when the next one is due."""

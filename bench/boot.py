@@ -44,7 +44,7 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(1, str(Path(__file__).resolve().parent))
 
-from common import fresh_database, percentile, result_line, run
+from common import CpuMeter, fresh_database, percentile, result_line, run
 
 ROOT = Path(__file__).resolve().parents[1]
 ORRERY = str(ROOT / ".venv" / "bin" / "orrery")
@@ -87,6 +87,8 @@ class Deployment:
     metrics: list[str]
     count_events: Callable[[], Awaitable[int]]
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    #: the processes whose CPU a boot costs, by role (pids, or command-line markers)
+    cpu: dict[str, list[str | int]] = field(default_factory=dict)
 
     async def published(self, http: aiohttp.ClientSession) -> float:
         total = 0.0
@@ -147,7 +149,8 @@ async def embedded(tmp: Path, hosts: int) -> AsyncIterator[Deployment]:
 
     try:
         yield Deployment(url=f"http://127.0.0.1:{port}", metrics=[
-            f"http://127.0.0.1:{port}/metrics"], count_events=count, procs=[proc])
+            f"http://127.0.0.1:{port}/metrics"], count_events=count, procs=[proc],
+            cpu={"up": [proc.pid]})
     finally:
         _stop([proc])
 
@@ -160,12 +163,15 @@ async def real(tmp: Path, hosts: int, workers: int) -> AsyncIterator[Deployment]
                    ORRERY_BUS_PREFIX=f"bench{os.getpid()}")
         procs: list[subprocess.Popen[bytes]] = []
         metrics: list[str] = []
+        cpu: dict[str, list[str | int]] = {"postgres": [dsn.rsplit("/", 1)[1]],
+                                           "rabbitmq": ["beam.smp"]}
 
         def start(name: str, args: list[str]) -> None:
             port = free_port()
             metrics.append(f"http://127.0.0.1:{port}/metrics")
             procs.append(_spawn(args, {**env, "ORRERY_METRICS_PORT": str(port)},
                                 tmp / f"{name}.log"))
+            cpu.setdefault(name.rstrip("0123456789"), []).append(procs[-1].pid)
 
         api_port = free_port()
         try:
@@ -176,6 +182,7 @@ async def real(tmp: Path, hosts: int, workers: int) -> AsyncIterator[Deployment]
                 start(f"hostd{i}", ["hostd", "--host", f"host-{i + 1}", "--hypervisor", "fake"])
             procs.append(_spawn(["api"], {**env, "ORRERY_API_PORT": str(api_port)},
                                 tmp / "api.log"))
+            cpu["api"] = [procs[-1].pid]
             metrics.append(f"http://127.0.0.1:{api_port}/metrics")
             conn = await asyncpg.connect(dsn)
 
@@ -184,7 +191,7 @@ async def real(tmp: Path, hosts: int, workers: int) -> AsyncIterator[Deployment]
 
             try:
                 yield Deployment(url=f"http://127.0.0.1:{api_port}", metrics=metrics,
-                                 count_events=count, procs=procs)
+                                 count_events=count, procs=procs, cpu=cpu)
             finally:
                 await conn.close()
         finally:
@@ -371,7 +378,10 @@ async def measure(mode: str, args: argparse.Namespace) -> None:
             network = await api.network() if args.ports else None
             await boot_all(api, min(50, args.n), args.clients, flavor, image, network)
             events0, msgs0 = await cloud.count_events(), await cloud.published(http)
+            meter = CpuMeter({**cloud.cpu, "client": [os.getpid()]})
+            meter.start()
             rate, lat, ids = await boot_all(api, args.n, args.clients, flavor, image, network)
+            cpu = {role: seconds * 1000 / args.n for role, seconds in meter.stop().items()}
             events = (await cloud.count_events() - events0) / args.n
             msgs = (await cloud.published(http) - msgs0) / args.n
             listing = await api.json("GET", "/compute/v2.1/servers/detail?limit=1000"
@@ -386,12 +396,15 @@ async def measure(mode: str, args: argparse.Namespace) -> None:
               f" {msgs:.2f} broker messages and {events:.2f} events per boot;"
               f" GET server p99 {get_p99:.2f} ms, servers/detail (1000) p99 {detail_p99:.1f} ms;"
               f" raw aiohttp {raw_rate:.0f} req/s, GET p99 {raw_p99:.2f} ms")
+        print(f"{label}: CPU ms per boot: {sum(cpu.values()):.1f} in all ("
+              + ", ".join(f"{role} {ms:.2f}" for role, ms in cpu.items()) + ")")
         print(result_line({f"{label}_boots_per_s": rate,
                            f"{label}_p50_ms": percentile(lat, 50) * 1000,
                            f"{label}_p99_ms": percentile(lat, 99) * 1000,
                            f"{label}_msgs_per_boot": msgs, f"{label}_events_per_boot": events,
                            f"{label}_get_p99_ms": get_p99, f"{label}_detail_p99_ms": detail_p99,
-                           f"{label}_errors": errors},
+                           f"{label}_errors": errors,
+                           f"{label}_cpu_ms_per_boot": sum(cpu.values())},
                           raw_rate, rate / raw_rate if raw_rate else 0.0), flush=True)
 
 

@@ -85,3 +85,59 @@ def run(main: Coroutine[Any, Any, None]) -> None:
 
 def loop_name() -> str:
     return "asyncio" if "--no-uvloop" in sys.argv else "uvloop"
+
+
+def _cpu_ticks(pid: int) -> int:
+    """utime + stime of one process (clock ticks), 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class CpuMeter:
+    """CPU seconds spent by named groups of processes between ``start()`` and ``stop()``.
+
+    A group is the processes whose command line contains one of its markers (a database
+    name picks that database's PostgreSQL backends, ``beam.smp`` the broker), or explicit
+    pids. Shared processes (the broker) count whatever else they did meanwhile.
+    """
+
+    def __init__(self, groups: dict[str, list[str | int]]) -> None:
+        self.groups = groups
+        self._start: dict[int, tuple[str, int]] = {}
+
+    def _sample(self) -> dict[int, tuple[str, int]]:
+        found: dict[int, tuple[str, int]] = {}
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+        for group, markers in self.groups.items():
+            for marker in markers:
+                if isinstance(marker, int):
+                    found[marker] = (group, _cpu_ticks(marker))
+                    continue
+                for pid in pids:
+                    if int(pid) not in found and marker in _cmdline(pid):
+                        found[int(pid)] = (group, _cpu_ticks(int(pid)))
+        return found
+
+    def start(self) -> None:
+        self._start = self._sample()
+
+    def stop(self) -> dict[str, float]:
+        """CPU seconds per group since ``start()``."""
+        end = self._sample()
+        hz = os.sysconf("SC_CLK_TCK")
+        spent = dict.fromkeys(self.groups, 0.0)
+        for pid, (group, ticks) in end.items():
+            spent[group] += (ticks - self._start.get(pid, (group, 0))[1]) / hz
+        return spent

@@ -10,7 +10,6 @@ publish_events gets its speed; the guarantees are the same (every message confir
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Awaitable, Sequence
 from typing import NamedTuple, cast
 
@@ -23,6 +22,7 @@ from pamqp.common import FieldTable
 
 from bus.amqp_consumer import OP_TIMEOUT, TRANSIENT
 from bus.errors import BusUnavailable, Undeliverable
+from schemas.envelope import new_uuid
 
 log = structlog.get_logger(__name__)
 
@@ -51,7 +51,7 @@ def properties(
     """AMQP properties; the message id is set here so that aiormq never rewrites them."""
     return Basic.Properties(
         content_type=JSON, delivery_mode=PERSISTENT if persistent else 1,
-        message_id=message_id or uuid.uuid4().hex, headers=headers,
+        message_id=message_id or new_uuid().hex, headers=headers,
         correlation_id=correlation_id, reply_to=reply_to,
     )
 

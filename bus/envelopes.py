@@ -4,12 +4,11 @@ deadline, whoever sends it (the gateway's client, an actor's effect, hostd)."""
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 
 import msgspec
 
 from schemas import CommandEnvelope
-from schemas.envelope import ENCODER
+from schemas.envelope import ENCODER, new_uuid
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -33,12 +32,12 @@ def command_envelope(
     if not isinstance(tag, str):
         raise TypeError(f"{type(command).__name__} needs an explicit string tag")
     return CommandEnvelope(
-        command_id=command_id or str(uuid.uuid4()),
+        command_id=command_id or str(new_uuid()),
         kind=kind,
         actor_id=actor_id,
         type=tag,
         body=msgspec.Raw(ENCODER.encode(command)),
-        correlation_id=correlation_id or f"req-{uuid.uuid4()}",
+        correlation_id=correlation_id or f"req-{new_uuid()}",
         deadline=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=timeout),
         reply_to=reply_to,
         causation_id=causation_id,

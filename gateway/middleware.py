@@ -36,6 +36,7 @@ from prometheus_client import Counter, Histogram
 from gateway.discovery import APIVersion, Microversions
 from gateway.errors import ApiError, Style, code_for_status, render_error
 from gateway.json import BODY_TIMEOUT_KEY, MAX_BODY_KEY
+from schemas.envelope import new_uuid
 
 __all__ = [
     "API_VERSION",
@@ -129,7 +130,7 @@ def make_middleware(services: Services, limits: Limits) -> Middleware:
 
     @web.middleware
     async def gateway(request: web.Request, handler: Handler) -> web.StreamResponse:
-        request_id = f"req-{uuid.uuid4()}"
+        request_id = f"req-{new_uuid()}"
         request[REQUEST_ID] = request_id
         spec = services.for_path(request.path)
         request[SERVICE] = spec

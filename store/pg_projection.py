@@ -47,10 +47,13 @@ class PgProjectionTx:
     """The transaction of projections_tx; the object is also the SqlTx ``apply`` writes to."""
 
     def __init__(self, pool: Any, expected: Mapping[str, int], new: int,
-                 timeout: float) -> None:
+                 timeout: float, *, defer_empty: bool = False) -> None:
         self._pool, self._timeout = pool, timeout
         self._names = list(expected)
         self._expected, self._new = dict(expected), new
+        self._defer_empty = defer_empty
+        #: true once the block ended without a write, so nothing was committed
+        self.deferred = False
         self._conn: Any = None
         self._tx: Any = None
         self._pending: list[tuple[str, tuple[object, ...]]] = []
@@ -72,6 +75,9 @@ class PgProjectionTx:
         if exc_type is not None:
             if self._conn is not None:
                 await self._release(commit=False)
+            return
+        if self._conn is None and not self._pending and self._defer_empty:
+            self.deferred = True
             return
         await self._open()
         try:

@@ -327,8 +327,10 @@ class PostgresEventStore:
     def projection_tx(self, name: str, expected: int, new: int) -> PgProjectionTx:
         return PgProjectionTx(self._pool, {name: expected}, new, self._timeout)
 
-    def projections_tx(self, expected: Mapping[str, int], new: int) -> PgProjectionTx:
-        return PgProjectionTx(self._pool, expected, new, self._timeout)
+    def projections_tx(self, expected: Mapping[str, int], new: int, *,
+                       defer_empty: bool = False) -> PgProjectionTx:
+        return PgProjectionTx(self._pool, expected, new, self._timeout,
+                              defer_empty=defer_empty)
 
     async def reset_projection(self, name: str, ddl_drop: Sequence[str]) -> None:
         await self._in_tx([*((sql, ()) for sql in ddl_drop),

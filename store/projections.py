@@ -40,6 +40,8 @@ PROJECTION_POSITION = Gauge(
 )
 #: the leadership a hub takes to fold a projection (``projection:<name>``)
 LEADERSHIP_PREFIX = "projection:"
+#: how long a checkpoint move may wait after a batch that wrote nothing
+DEFERRED_MOVE_SECONDS = 0.5
 
 
 class Projection(Protocol):
@@ -67,6 +69,22 @@ class ProjectionHost(EventStore, ProjectionStore, Protocol):
 
 class _Regroup(Exception):
     """The set of projections this hub leads grew: fold again with all of them."""
+
+
+class _Ended(Exception):
+    """The log's subscription ended (the store closed)."""
+
+
+class _Fold:
+    """The state of one follow of the log: per projection, the checkpoint committed and
+    the position folded (ahead of it while a move is deferred)."""
+
+    def __init__(self, projections: Sequence[Projection], committed: dict[str, int]) -> None:
+        self.projections = projections
+        self.committed = dict(committed)
+        self.seen = dict(committed)
+        #: one transaction at a time: a batch's, or a deferred move's
+        self.lock = asyncio.Lock()
 
 
 class ProjectionHub:
@@ -168,33 +186,67 @@ class ProjectionHub:
     async def _follow(self, projections: Sequence[Projection],
                       positions: dict[str, int]) -> bool:
         """Apply batches from the lowest checkpoint; True when another runner moved one."""
-        batches = self._store.subscribe(min(positions.values()), self._batch)
+        fold = _Fold(projections, positions)
+        moved = False
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._consume(fold), name="projection-consume")
+                tg.create_task(self._flush_deferred(fold), name="projection-flush")
+        except* ConcurrencyError as group:
+            exc = group.exceptions[0]
+            assert isinstance(exc, ConcurrencyError)
+            self._log.info("projection_checkpoint_moved", stream=exc.stream,
+                           current=exc.current)
+            moved = True
+        except* _Ended:
+            pass
+        return moved
+
+    async def _consume(self, fold: _Fold) -> None:
+        batches = self._store.subscribe(min(fold.seen.values()), self._batch)
         try:
             async for events in batches:
                 await self._note_head(events)
                 new = events[-1].position
-                todo = [(p, _after(events, positions[p.name])) for p in projections
-                        if positions[p.name] < new]
-                if not todo:
-                    continue
-                try:
-                    await self._apply({p.name: positions[p.name] for p, _ in todo}, new, todo)
-                except ConcurrencyError as exc:
-                    self._log.info("projection_checkpoint_moved", stream=exc.stream,
-                                   current=exc.current)
-                    return True
-                for p, _ in todo:
-                    positions[p.name] = new
-            return False
+                todo = [(p, _after(events, fold.seen[p.name])) for p in fold.projections
+                        if fold.seen[p.name] < new]
+                if todo:
+                    async with fold.lock:
+                        await self._apply(fold, new, todo)
         finally:
             await _aclose(batches)
+        raise _Ended
 
-    async def _apply(self, expected: dict[str, int], new: int,
+    async def _apply(self, fold: _Fold, new: int,
                      todo: Sequence[tuple[Projection, Sequence[EventEnvelope]]]) -> None:
-        async with self._store.projections_tx(expected, new) as tx:
+        """Fold one batch. A batch that writes nothing commits nothing: its checkpoint move
+        waits for the next write, or for ``_flush_deferred``."""
+        names = [p.name for p, _ in todo]
+        expected = {name: fold.committed[name] for name in names}
+        moving = self._store.projections_tx(expected, new, defer_empty=True)
+        async with moving as tx:
             for projection, events in todo:
                 await projection.apply(tx, events)
-        await self._advance(dict.fromkeys(expected, new))
+        fold.seen.update(dict.fromkeys(names, new))
+        if not moving.deferred:
+            fold.committed.update(dict.fromkeys(names, new))
+        await self._advance(dict.fromkeys(names, new))
+
+    async def _flush_deferred(self, fold: _Fold) -> None:
+        """Move checkpoints left behind by batches that wrote nothing, so that other
+        processes waiting for those positions are not kept waiting."""
+        while True:
+            await asyncio.sleep(DEFERRED_MOVE_SECONDS)
+            async with fold.lock:
+                behind = {n: fold.committed[n] for n in fold.committed
+                          if fold.committed[n] < fold.seen[n]}
+                if not behind:
+                    continue
+                new = max(fold.seen[n] for n in behind)
+                behind = {n: c for n, c in behind.items() if fold.seen[n] == new}
+                async with self._store.projections_tx(behind, new):
+                    pass
+                fold.committed.update(dict.fromkeys(behind, new))
 
     async def _note_head(self, events: Sequence[EventEnvelope]) -> None:
         """Track how far the log goes: exact while catching up, positions seen when live."""
@@ -292,9 +344,10 @@ class ProjectionRunner(ProjectionHub):
             if not events:
                 break
             try:
-                await self._apply({name: checkpoint}, events[-1].position,
-                                  [(self._projection, events)])
+                async with store.projection_tx(name, checkpoint, events[-1].position) as tx:
+                    await self._projection.apply(tx, events)
                 checkpoint = events[-1].position
+                await self._advance({name: checkpoint})
             except ConcurrencyError:  # a live runner is folding too: go on from its point
                 checkpoint = await store.projection_checkpoint(name)
                 await self._advance({name: checkpoint})

@@ -127,10 +127,15 @@ class ProjectionStore(Protocol):
         runner got there first); nothing is written then."""
         ...
 
-    def projections_tx(self, expected: Mapping[str, int], new: int) -> ProjectionTxContext:
+    def projections_tx(self, expected: Mapping[str, int], new: int, *,
+                       defer_empty: bool = False) -> ProjectionTxContext:
         """As ``projection_tx`` for several projections at once: one transaction moves every
         checkpoint of ``expected`` (name -> where it must be) to ``new``, or, when any of
-        them has moved on, none (ConcurrencyError) and nothing is written."""
+        them has moved on, none (ConcurrencyError) and nothing is written.
+
+        With ``defer_empty``, a block that wrote nothing commits nothing either: the
+        checkpoints stay where they were and the context's ``deferred`` is true (the
+        caller moves them later, with its next write)."""
         ...
 
     async def reset_projection(self, name: str, ddl_drop: Sequence[str]) -> None:
@@ -153,6 +158,9 @@ class ProjectionStore(Protocol):
 
 
 class ProjectionTxContext(Protocol):
+    #: true once the block ended without a write under ``defer_empty`` (nothing committed)
+    deferred: bool
+
     async def __aenter__(self) -> SqlTx:
         ...
 

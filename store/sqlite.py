@@ -10,7 +10,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -18,11 +17,12 @@ import msgspec
 import structlog
 
 from schemas import EventEnvelope, NewEvent
-from store.errors import ConcurrencyError, InvalidEvent, StoreError, StoreUnavailable
-from store.metrics import APPEND_SECONDS, APPENDED_EVENTS, BATCH_EVENTS
+from store.errors import StoreUnavailable
+from store.metrics import APPEND_SECONDS
 from store.protocol import ANY_VERSION, AppendResult, Snapshot
 from store.registry import EventTypes
 from store.sqlite_projection import SqliteProjectionTx, to_sqlite_params
+from store.sqlite_writer import GroupCommit, Pending, utc
 
 log = structlog.get_logger(__name__)
 
@@ -69,28 +69,15 @@ _COLUMNS = (
     "position, event_id, stream, version, type, data, occurred_at,"
     " correlation_id, causation_id, project_id, user_id"
 )
-_INSERT = (
-    "INSERT INTO events (event_id, stream, version, type, data, occurred_at,"
-    " correlation_id, causation_id, project_id, user_id)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
 _SAVE_SNAPSHOT = (
     "INSERT INTO snapshots (stream, version, type, data) VALUES (?, ?, ?, ?)"
     " ON CONFLICT (stream) DO UPDATE SET version = excluded.version,"
     " type = excluded.type, data = excluded.data WHERE excluded.version >= snapshots.version"
 )
-#: at most this many appends share one transaction
-MAX_GROUP = 256
 #: how many of its latest events the store keeps in memory for its readers (at least)
 TAIL_EVENTS = 20_000
-def _utc(when: dt.datetime) -> dt.datetime:
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return when.astimezone(dt.UTC)
-
-
 def _utc_text(when: dt.datetime) -> str:
-    return _utc(when).isoformat()
+    return utc(when).isoformat()
 
 
 def _envelope(row: tuple[Any, ...]) -> EventEnvelope:
@@ -104,13 +91,6 @@ def _envelope(row: tuple[Any, ...]) -> EventEnvelope:
 
 def _position(event: EventEnvelope) -> int:
     return event.position
-
-
-def _row(stream: str, version: int, e: NewEvent) -> tuple[object, ...]:
-    return (
-        str(e.event_id), stream, version, e.type, bytes(e.data), _utc_text(e.occurred_at),
-        e.correlation_id, e.causation_id, e.project_id, e.user_id,
-    )
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -160,110 +140,6 @@ class _transaction:
             self._conn.execute("ROLLBACK")
 
 
-def _current_version(conn: sqlite3.Connection, stream: str) -> int:
-    row = conn.execute(
-        "SELECT COALESCE(MAX(version), 0) FROM events WHERE stream = ?", (stream,)
-    ).fetchone()
-    return int(row[0])
-
-
-@dataclass(eq=False)
-class _Pending:
-    """One append waiting for the next group commit."""
-
-    stream: str
-    events: list[NewEvent]
-    expected: int
-    cause: str | None
-    outcome: asyncio.Future[AppendResult]
-
-
-def _append_one(conn: sqlite3.Connection, p: _Pending) -> tuple[AppendResult, list[int]]:
-    """One append inside the group's transaction: its result and its events' positions."""
-    if p.cause is not None:
-        seen = conn.execute(
-            "SELECT version, position FROM reactions WHERE stream = ? AND cause = ?",
-            (p.stream, p.cause),
-        ).fetchone()
-        if seen is not None:
-            return AppendResult(stream=p.stream, version=seen[0], position=seen[1],
-                                duplicate=True), []
-    current = _current_version(conn, p.stream)
-    if p.expected != ANY_VERSION and p.expected != current:
-        raise ConcurrencyError(p.stream, p.expected, current)
-    positions = [conn.execute(_INSERT, _row(p.stream, current + offset, event)).lastrowid or 0
-                 for offset, event in enumerate(p.events, start=1)]
-    position = positions[-1] if positions else conn.execute(
-        "SELECT COALESCE(MAX(position), 0) FROM events WHERE stream = ?", (p.stream,)
-    ).fetchone()[0]
-    version = current + len(p.events)
-    if p.cause is not None:
-        conn.execute(
-            "INSERT INTO reactions (stream, cause, version, position) VALUES (?, ?, ?, ?)",
-            (p.stream, p.cause, version, position),
-        )
-    return AppendResult(stream=p.stream, version=version, position=position), positions
-
-
-def _committed(p: _Pending, result: AppendResult, positions: list[int]) -> list[EventEnvelope]:
-    """The envelopes of an append just committed, exactly as a read of the log returns them."""
-    if result.duplicate:
-        return []
-    first = result.version - len(p.events) + 1
-    return [
-        EventEnvelope(
-            position=position, event_id=e.event_id, stream=p.stream, version=first + i,
-            type=e.type, data=msgspec.Raw(bytes(e.data)),
-            occurred_at=_utc(e.occurred_at), correlation_id=e.correlation_id,
-            causation_id=e.causation_id, project_id=e.project_id, user_id=e.user_id,
-        )
-        for i, (position, e) in enumerate(zip(positions, p.events, strict=True))
-    ]
-
-
-def _append_group(
-    conn: sqlite3.Connection, group: Sequence[_Pending]
-) -> tuple[list[AppendResult | StoreError], list[EventEnvelope]]:
-    """Commit many appends in one transaction; each refused one is rolled back alone.
-    Returns each append's outcome and every event the transaction wrote, in order."""
-    outcomes: list[AppendResult | StoreError] = []
-    written: list[EventEnvelope] = []
-    with _transaction(conn):
-        for p in group:
-            conn.execute("SAVEPOINT one_append")
-            try:
-                result, positions = _append_one(conn, p)
-                outcomes.append(result)
-                written += _committed(p, result, positions)
-            except ConcurrencyError as exc:
-                outcomes.append(exc)
-                conn.execute("ROLLBACK TO one_append")
-            except sqlite3.IntegrityError as exc:
-                outcomes.append(InvalidEvent(p.events[0].type, f"duplicate event_id: {exc}"))
-                conn.execute("ROLLBACK TO one_append")
-            conn.execute("RELEASE one_append")
-    return outcomes, written
-
-
-def _settle(
-    group: Sequence[_Pending], job: asyncio.Future[list[AppendResult | StoreError]]
-) -> None:
-    """Hand each waiting append its outcome once the group's thread job is done."""
-    failure: BaseException | None = None
-    if job.cancelled():
-        failure = StoreUnavailable("the SQLite writer was stopped")
-    elif (error := job.exception()) is not None:
-        failure = StoreUnavailable(str(error)) if isinstance(error, sqlite3.Error) else error
-    for index, p in enumerate(group):
-        if p.outcome.done():
-            continue
-        outcome = failure or job.result()[index]
-        if isinstance(outcome, BaseException):
-            p.outcome.set_exception(outcome)
-        else:
-            p.outcome.set_result(outcome)
-
-
 class SqliteEventStore:
     """EventStore and ProjectionStore on one SQLite file (or ``":memory:"``).
 
@@ -299,7 +175,7 @@ class SqliteEventStore:
         self._tail: list[EventEnvelope] = []
         self._tail_floor = 0
         self._closed = False
-        self._queue: list[_Pending] = []
+        self._appends: GroupCommit | None = None
 
     @classmethod
     async def open(
@@ -319,6 +195,8 @@ class SqliteEventStore:
             raise
         store = cls(name, types, writer, reader, timeout=op_timeout)
         store._head = store._tail_floor = await store.head()
+        store._appends = GroupCommit(writer, store._writer.submit, asyncio.get_running_loop(),
+                                     store._note_commit, store._head)
         log.info("sqlite_store_opened", path=name, migrations=applied, head=store._head)
         return store
 
@@ -367,48 +245,25 @@ class SqliteEventStore:
             raise ValueError(f"expected_version must be >= {ANY_VERSION}")
         for event in events:
             self._types.validate(event.type, event.data)
+        if self._closed or self._appends is None:
+            raise StoreUnavailable("the SQLite event store is closed")
         outcome: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        pending = _Pending(stream, list(events), expected_version, cause, outcome)
-        self._queue.append(pending)
+        pending = Pending(stream, list(events), expected_version, cause, outcome)
         started = time.perf_counter()
+        self._appends.put(pending)
         try:
             async with asyncio.timeout(self._timeout):
-                while not outcome.done():
-                    async with self._write_lock:
-                        if not outcome.done():  # lead: commit everyone queued so far
-                            await self._commit_group()
                 result = await outcome
-                APPEND_SECONDS.observe(time.perf_counter() - started)
-                return result
         except TimeoutError as exc:
+            pending.abandoned = True  # not taken yet: it never will be
             raise StoreUnavailable(f"SQLite did not commit within {self._timeout}s") from exc
-        finally:
-            if pending in self._queue:  # gave up before it was taken: never appended
-                self._queue.remove(pending)
-            outcome.cancel()
+        APPEND_SECONDS.observe(time.perf_counter() - started)
+        return result
 
-    async def _commit_group(self) -> None:
-        """Run one group commit of the queued appends (write lock held)."""
-        if self._closed:
-            raise StoreUnavailable("the SQLite event store is closed")
-        group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
-        loop = asyncio.get_running_loop()
-        conn = self._writer_conn
-
-        def commit() -> list[AppendResult | StoreError]:
-            outcomes, written = _append_group(conn, group)
-            BATCH_EVENTS.observe(len(written))
-            APPENDED_EVENTS.inc(len(written))
-            if written:
-                # scheduled before the appenders' results, so a caller that has its result
-                # finds its events in the tail
-                loop.call_soon_threadsafe(self._note_commit, written)
-            return outcomes
-
-        job = loop.run_in_executor(self._writer, commit)
-        job.add_done_callback(lambda done: _settle(group, done))
-        # outcomes reach every waiter through _settle, even if this leader is cancelled
-        await asyncio.wait([job])
+    def _kick_appends(self) -> None:
+        """A projection transaction that held the writer ended: commit what queued meanwhile."""
+        if self._appends is not None and not self._closed:
+            self._appends.kick()
 
     def _note_commit(self, written: list[EventEnvelope]) -> None:
         """Events just committed: into the tail, and every subscriber woken."""
@@ -498,6 +353,8 @@ class SqliteEventStore:
         async with self._write_lock:
             self._closed = True
             self._committed.set()
+            if self._appends is not None:
+                self._appends.fail_queued(StoreUnavailable("the SQLite event store closed"))
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._writer, self._writer_conn.close)
             if self._inline_reads:
@@ -542,8 +399,9 @@ class SqliteEventStore:
     def projection_tx(self, name: str, expected: int, new: int) -> SqliteProjectionTx:
         return SqliteProjectionTx(self, {name: expected}, new)
 
-    def projections_tx(self, expected: Mapping[str, int], new: int) -> SqliteProjectionTx:
-        return SqliteProjectionTx(self, expected, new)
+    def projections_tx(self, expected: Mapping[str, int], new: int, *,
+                       defer_empty: bool = False) -> SqliteProjectionTx:
+        return SqliteProjectionTx(self, expected, new, defer_empty=defer_empty)
 
     def _projections_moved(self, names: Iterable[str], position: int) -> None:
         for name in names:

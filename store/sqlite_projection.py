@@ -4,6 +4,7 @@ in one transaction, run on the store's writer thread."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -16,8 +17,10 @@ if TYPE_CHECKING:
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 
 
+@functools.lru_cache(maxsize=1024)
 def to_sqlite_params(sql: str) -> str:
-    """Rewrite PostgreSQL ``$1`` placeholders as SQLite's numbered ``?1``."""
+    """Rewrite PostgreSQL ``$1`` placeholders as SQLite's numbered ``?1`` (statements are
+    few and repeated, so each is rewritten once)."""
     return _PLACEHOLDER.sub(r"?\1", sql)
 
 
@@ -34,10 +37,14 @@ class SqliteProjectionTx:
     awaiting task is cancelled.
     """
 
-    def __init__(self, store: SqliteEventStore, expected: Mapping[str, int], new: int) -> None:
+    def __init__(self, store: SqliteEventStore, expected: Mapping[str, int], new: int, *,
+                 defer_empty: bool = False) -> None:
         self._store = store
         self._expected = dict(expected)
         self._new = new
+        self._defer_empty = defer_empty
+        #: true once the block ended without a write, so nothing was committed
+        self.deferred = False
         self._pending: list[tuple[str, tuple[object, ...]]] = []
         self._open = False
 
@@ -64,8 +71,15 @@ class SqliteProjectionTx:
         for statement, args in pending:
             conn.execute(statement, args)
 
+    def _session(self, open_: bool) -> None:
+        """On the writer thread: appends wait while this transaction spans several jobs."""
+        appends = self._store._appends
+        if appends is not None:
+            appends.session_open = open_
+
     def _commit(self) -> None:
         conn = self._store._writer_conn
+        self._session(False)
         try:
             conn.executemany(
                 "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?)"
@@ -89,6 +103,7 @@ class SqliteProjectionTx:
 
     def _rollback(self) -> None:
         conn = self._store._writer_conn
+        self._session(False)
         if conn.in_transaction:  # some errors already rolled SQLite back
             conn.execute("ROLLBACK")
 
@@ -102,6 +117,9 @@ class SqliteProjectionTx:
             if exc[0] is not None:
                 return None  # nothing ran yet: nothing to undo
             pending = self._take()
+            if not pending and self._defer_empty:
+                self.deferred = True
+                return None
             async with store._write_lock:
                 await store._run(store._writer, lambda: self._whole(pending))
             store._projections_moved(self._expected, self._new)
@@ -121,6 +139,7 @@ class SqliteProjectionTx:
                 await asyncio.shield(loop.run_in_executor(store._writer, self._rollback))
         finally:
             store._write_lock.release()
+            store._kick_appends()
         return None
 
     async def execute(self, sql: str, *args: object) -> None:
@@ -141,6 +160,7 @@ class SqliteProjectionTx:
 
         def first() -> list[tuple[object, ...]]:
             self._begin()
+            self._session(True)
             return more()
 
         try:
@@ -149,6 +169,7 @@ class SqliteProjectionTx:
             loop = asyncio.get_running_loop()
             await asyncio.shield(loop.run_in_executor(store._writer, self._rollback))
             store._write_lock.release()
+            store._kick_appends()
             raise
         self._open = True
         return rows

@@ -398,3 +398,18 @@ async def test_leading_hubs_fold_a_projection_in_one_process_at_a_time(
         if two is not one:
             await two.close()
         await one.close()
+
+
+async def test_a_batch_that_writes_nothing_moves_the_checkpoint_a_moment_later(
+    store: ProjectionHost,
+) -> None:
+    """Events a projection ignores are folded at once in process, and their checkpoint
+    move, deferred to save a transaction, still reaches the log within a moment."""
+    head = await append_amounts(store, "counter:a", 1)
+    async with ProjectionRunner(store, Totals()) as runner:
+        assert await runner.wait_until(head, WAIT)
+        ignored = await store.append("counter:a", [new_event(Renamed(name="n"))], 1)
+        assert await runner.wait_until(ignored.position, WAIT)
+        assert await store.wait_for_projection(Totals.name, ignored.position, WAIT)
+    assert await store.projection_checkpoint(Totals.name) == ignored.position
+    assert await totals(store) == {"counter:a": (1, 1)}
