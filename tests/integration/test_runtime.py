@@ -195,6 +195,19 @@ async def test_timer_fires_once_and_a_cancelled_one_never(h: Harness) -> None:
     assert h.runtime.cells[("counter", "t")].state.fired == ["ring"]
 
 
+async def test_a_sooner_timer_set_while_waiting_for_a_later_one_fires_on_time(
+    h: Harness,
+) -> None:
+    """The timer service sleeps until the earliest deadline it knows of; a timer set
+    meanwhile that is due sooner shortens that sleep (it fires within seconds, not when
+    the later one is due, 60 s on)."""
+    await h.client.call("counter", "late", StartTimer(name="late", delay=60))
+    await asyncio.sleep(0.5)  # the service now waits for the 60 s timer
+    await h.client.call("counter", "soon", StartTimer(name="soon", delay=0.2))
+    await eventually(lambda: _has_type(h, "soon", "timer.fired"), what="the sooner timer")
+    assert "timer.fired" not in await h.types_of("late")
+
+
 async def _has_n(h: Harness, actor_id: str, n: int) -> bool:
     return len(await h.stream(actor_id)) >= n
 
