@@ -24,6 +24,8 @@ log = structlog.get_logger(__name__)
 APPEND_SQL = ("SELECT * FROM orrery_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
               " $13)")
 _MAX_SCAN = 2000  # queued appends a writer looks at when it skips repeated streams
+#: queued events from which a second writer starts a batch while another is busy
+OVERLAP_EVENTS = 64
 
 
 @dataclass(slots=True)
@@ -119,9 +121,16 @@ class GroupCommit:
         while self._queue:
             _fail(self._queue.popleft(), StoreUnavailable("event store closed"))
 
+    def _wanted(self) -> bool:
+        """Whether an idle writer should take a batch now: when no other writer is busy,
+        or when enough is queued that overlapping transactions pay (below that, waiting
+        for the busy one makes fewer, fuller batches: less work for the database)."""
+        return bool(self._queue) and (
+            not self._busy or self._queued_events >= OVERLAP_EVENTS)
+
     async def _run(self) -> None:
         while True:
-            while not self._queue:
+            while not self._wanted():
                 self._work.clear()
                 await self._work.wait()
             batch = self._take()
@@ -144,15 +153,19 @@ class GroupCommit:
                 self._busy -= 1
                 if not self._busy and not self._queue:
                     self._idle.set()
+                self._work.set()  # a writer waiting for this one to finish may go now
 
     def _take(self) -> list[PendingAppend]:
         """This writer's share of what is queued now, each stream at most once.
 
         The share is the queued events split between the idle writers (at most
         max_events): under load the writers' transactions then overlap, so the database
-        works on one batch while this process resolves and gathers another.
+        works on one batch while this process resolves and gathers another. Below
+        ``OVERLAP_EVENTS`` one writer takes it all.
         """
         idle = max(1, self._writers - self._busy)
+        if self._queued_events < OVERLAP_EVENTS:
+            idle = 1
         limit = max(1, min(self._max_events, -(-self._queued_events // idle)))
         batch: list[PendingAppend] = []
         seen: set[str] = set()
