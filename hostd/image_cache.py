@@ -18,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import math
 import os
 import re
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -39,6 +41,8 @@ WRITE_BUFFER = 1024 * 1024
 #: seconds a fetch may go without producing a chunk before it counts as stalled
 IDLE_TIMEOUT = 60.0
 PARTIAL_DIR = ".partial"
+#: how long a verified image is trusted to still be on disk before it is looked at again
+RECHECK_SECONDS = 10.0
 _ID = re.compile(IMAGE_ID_PATTERN)
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -91,12 +95,16 @@ class _Flight:
 class ImageCache:
     """Images cached as ``<root>/<image_id>``; downloads in progress in ``<root>/.partial``."""
 
-    def __init__(self, root: Path, fetch: Fetch, *, idle_timeout: float = IDLE_TIMEOUT) -> None:
+    def __init__(self, root: Path, fetch: Fetch, *, idle_timeout: float = IDLE_TIMEOUT,
+                 recheck_after: float = RECHECK_SECONDS) -> None:
         self.root = root
         self._fetch = fetch
         self._idle_timeout = idle_timeout
+        self._recheck_after = recheck_after
         self._flights: dict[str, _Flight] = {}
         self._verified: dict[str, str] = {}
+        #: when each verified image was last seen on disk (monotonic seconds)
+        self._seen: dict[str, float] = {}
 
     def path(self, image_id: str) -> Path:
         """Where the image lives once ensured (ValueError for an id that is not a file name)."""
@@ -119,6 +127,7 @@ class ImageCache:
         path = self.path(image_id)
         async with self._turn(image_id):
             self._verified.pop(image_id, None)
+            self._seen.pop(image_id, None)
             await asyncio.to_thread(path.unlink, missing_ok=True)
 
     async def sweep_partials(self) -> int:
@@ -142,8 +151,11 @@ class ImageCache:
 
     async def _cached(self, image_id: str, path: Path, sha512: str) -> bool:
         if self._verified.get(image_id) == sha512:
+            if time.monotonic() - self._seen.get(image_id, -math.inf) < self._recheck_after:
+                return True
             # one stat of a local file: cheaper on the loop than a hop to a thread
             if os.path.exists(path):  # noqa: ASYNC240
+                self._seen[image_id] = time.monotonic()
                 return True
             del self._verified[image_id]
         actual = await asyncio.to_thread(_hash_file, path)
@@ -151,6 +163,7 @@ class ImageCache:
             return False
         if actual == sha512:
             self._verified[image_id] = sha512
+            self._seen[image_id] = time.monotonic()
             log.info("image_cache_verified", image_id=image_id)
             return True
         log.warning("image_cache_mismatch", image_id=image_id, expected=sha512, actual=actual)
@@ -170,6 +183,7 @@ class ImageCache:
             await asyncio.to_thread(partial.discard)
             raise
         self._verified[image_id] = sha512
+        self._seen[image_id] = time.monotonic()
         log.info("image_fetched", image_id=image_id, size=partial.size)
 
     async def _stream(self, image_id: str, partial: _Partial) -> None:

@@ -201,3 +201,16 @@ async def test_ids_that_are_not_file_names_are_refused(tmp_path: Path, image_id:
     with pytest.raises(ValueError):
         await ImageCache(tmp_path, fetch).ensure(image_id, sha512(b""))
     assert origin.fetches == []
+
+
+async def test_an_image_removed_behind_the_cache_is_fetched_again(tmp_path: Path) -> None:
+    """A verified image is trusted to stay on disk for ``recheck_after`` seconds; once
+    that has passed, an image someone deleted is fetched again instead of handed out."""
+    origin = Origin()
+    digest = await origin.add("img-1", b"disk")
+    cache = ImageCache(tmp_path, origin.fetch, recheck_after=0.0)
+    path = await cache.ensure("img-1", digest)
+    path.unlink()
+    assert await cache.ensure("img-1", digest) == path
+    assert path.read_bytes() == b"disk"
+    assert origin.fetches == ["img-1", "img-1"]
