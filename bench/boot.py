@@ -3,16 +3,29 @@ hypervisor; embedded (``orrery up``: SQLite, in-process bus) and real (separate
 processes on PostgreSQL + RabbitMQ). Then the reads: GET one server, servers/detail.
 
 Usage: .venv/bin/python bench/boot.py [--mode embedded|real|both] [--n 2000]
-       [--clients 50] [--hosts 4] [--workers 2] [--reads 1000] [--ports]
+       [--clients 50] [--hosts 4] [--workers 2] [--reads 1000] [--ports] [--rate R]
 
-Each client loops: POST /servers, then waits until the server has left BUILD. One poller
-lists the project's BUILD servers back to back (GET /servers?status=BUILD); a server whose
-POST had returned before a listing was sent and that is missing from it is done, so the
-latency is POST sent -> first listing that shows it out of BUILD (resolution: one listing
-plus the 5 ms pause between listings). At the end every server is checked ACTIVE.
+Two runs of ``n`` boots each:
+
+- throughput (closed loop): 50 clients each POST /servers, wait until the server has left
+  BUILD, then the next. Boots/s is the figure; its latency is ~clients / throughput by
+  Little's law, so it says little on its own.
+- latency (open loop): boots sent at a fixed rate (default the issue's goal: 400/s
+  embedded, 100/s real), whatever the answers, at most 50 POSTs in flight; each latency
+  runs from the boot's scheduled send time to ACTIVE, so a cloud that cannot keep up with
+  the rate is charged for the backlog (no coordinated omission).
+
+One poller lists the project's BUILD servers (GET /servers?status=BUILD) with a 5 ms pause
+between listings; a server whose POST had returned before a listing was sent and that is
+missing from it is done at that listing. With ``--ports`` both runs are repeated with a
+port per server on one tenant network, in the same deployment. At the end the ERROR
+servers are counted.
 
 Broker messages per boot: the sum of ``orrery_bus_published_total`` over every process's
 /metrics (embedded: the in-process bus's count). Events per boot: rows added to the log.
+
+CPU per boot: the CPU time every process of the deployment spent during the throughput
+run (PostgreSQL backends of its database and the broker included), divided by the boots.
 
 Ceiling (same run, same client, same machine): a plain aiohttp server answering a trivial
 JSON handler (as the raw http ceiling script does), loaded by the same number of
@@ -51,6 +64,8 @@ ORRERY = str(ROOT / ".venv" / "bin" / "orrery")
 AMQP = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 PASSWORD = "bench-secret"
 NOVA = {"X-OpenStack-Nova-API-Version": "2.1"}
+#: the boot throughput each mode must reach (issue 3); the paced run offers this load
+GOAL_RATE = {"embedded": 400.0, "real": 100.0}
 #: pause between two listings of the poller, so that watching the boots does not load the
 #: cloud it measures (a back-to-back poller took a quarter of the API's time); it adds at
 #: most this much to a measured latency
@@ -264,52 +279,95 @@ class Api:
         return str(flavor["flavor"]["id"]), str(image["id"])
 
 
-async def boot_all(api: Api, n: int, clients: int, flavor: str, image: str,
-                   network: str | None = None) -> tuple[float, list[float], list[str]]:
-    """Boot ``n`` servers, ``clients`` at a time, each with a port on ``network`` when
-    given; (boots/s, latencies, ids)."""
-    networks: Any = "none" if network is None else [{"uuid": network}]
-    posted: dict[str, float] = {}  # id -> POST sent (perf_counter)
-    returned: dict[str, float] = {}  # id -> POST answered
-    done: dict[str, asyncio.Future[float]] = {}
-    finished = asyncio.Event()
-    loop = asyncio.get_running_loop()
+class Watcher:
+    """Tells when servers leave BUILD: one poller lists the project's BUILD servers, a
+    pause of POLL_GAP between listings; a server whose POST had been answered before a
+    listing was sent and that the listing no longer shows is done at that listing."""
 
-    async def poller() -> None:
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self._answered: dict[str, float] = {}  # id -> POST answered (perf_counter)
+        self._done: dict[str, asyncio.Future[float]] = {}
+
+    def watch(self, server_id: str) -> asyncio.Future[float]:
+        """A future of the perf_counter time the server was first seen out of BUILD."""
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._answered[server_id] = time.perf_counter()
+        self._done[server_id] = fut
+        return fut
+
+    async def run(self, finished: asyncio.Event) -> None:
         while not finished.is_set():
             await asyncio.sleep(POLL_GAP)
             sent = time.perf_counter()
-            listing = await api.json("GET", "/compute/v2.1/servers?status=BUILD&limit=1000")
+            listing = await self.api.json("GET",
+                                          "/compute/v2.1/servers?status=BUILD&limit=1000")
             seen = time.perf_counter()
             building = {s["id"] for s in listing["servers"]}
-            for sid, fut in list(done.items()):
-                if not fut.done() and returned.get(sid, sent) < sent and sid not in building:
+            for sid, fut in list(self._done.items()):
+                if self._answered[sid] < sent and sid not in building:
                     fut.set_result(seen)
-                    del done[sid]
+                    del self._done[sid], self._answered[sid]
 
-    async def client(count: int) -> None:
-        for _ in range(count):
-            t0 = time.perf_counter()
-            body = await api.json("POST", "/compute/v2.1/servers", {"server": {
-                "name": "b", "imageRef": image, "flavorRef": flavor, "networks": networks}},
-                ok=202)
-            sid = body["server"]["id"]
-            fut: asyncio.Future[float] = loop.create_future()
-            posted[sid] = t0
-            done[sid] = fut
-            returned[sid] = time.perf_counter()
-            end = await fut
-            latencies.append(end - t0)
 
-    latencies: list[float] = []
-    poll = asyncio.create_task(poller())
-    t = time.perf_counter()
-    share = [n // clients + (1 if i < n % clients else 0) for i in range(clients)]
-    await asyncio.gather(*(client(c) for c in share))
-    elapsed = time.perf_counter() - t
-    finished.set()
-    await poll
-    return n / elapsed, latencies, list(posted)
+class Boots:
+    """Boots servers through the API with a flavor, an image and (optionally) a network."""
+
+    def __init__(self, api: Api, flavor: str, image: str, network: str | None) -> None:
+        self.api = api
+        self.body = {"server": {"name": "b", "imageRef": image, "flavorRef": flavor,
+                                "networks": "none" if network is None else
+                                [{"uuid": network}]}}
+
+    async def post(self) -> str:
+        body = await self.api.json("POST", "/compute/v2.1/servers", self.body, ok=202)
+        return str(body["server"]["id"])
+
+    async def closed_loop(self, n: int, clients: int) -> tuple[float, list[float], list[str]]:
+        """``clients`` clients each POST a server and wait until it is out of BUILD, then
+        the next: the throughput figure. (boots/s, latencies, ids)"""
+        watcher, finished = Watcher(self.api), asyncio.Event()
+        latencies: list[float] = []
+        ids: list[str] = []
+
+        async def client(count: int) -> None:
+            for _ in range(count):
+                t0 = time.perf_counter()
+                sid = await self.post()
+                ids.append(sid)
+                latencies.append(await watcher.watch(sid) - t0)
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(watcher.run(finished))
+            t = time.perf_counter()
+            share = [n // clients + (1 if i < n % clients else 0) for i in range(clients)]
+            await asyncio.gather(*(client(c) for c in share))
+            elapsed = time.perf_counter() - t
+            finished.set()
+        return n / elapsed, latencies, ids
+
+    async def paced(self, n: int, rate: float, clients: int) -> tuple[float, list[float]]:
+        """``n`` boots sent at ``rate`` per second whatever the answers (an open loop, at
+        most ``clients`` POSTs in flight): the latency figure at that load. Each latency
+        runs from the boot's scheduled send time, so a cloud that falls behind is charged
+        for the wait. (achieved boots/s, latencies)"""
+        watcher, finished = Watcher(self.api), asyncio.Event()
+        slots = asyncio.Semaphore(clients)
+        latencies: list[float] = []
+
+        async def one(at: float) -> None:
+            await asyncio.sleep(max(0.0, at - time.perf_counter()))
+            async with slots:
+                sid = await self.post()
+            latencies.append(await watcher.watch(sid) - at)
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(watcher.run(finished))
+            t = time.perf_counter()
+            await asyncio.gather(*(one(t + i / rate) for i in range(n)))
+            elapsed = time.perf_counter() - t
+            finished.set()
+        return n / elapsed, latencies
 
 
 async def read_figures(api: Api, ids: list[str], reads: int) -> tuple[float, float]:
@@ -365,7 +423,59 @@ async def ceiling(http: aiohttp.ClientSession, clients: int, seconds: float = 3.
         _stop([proc])
 
 
+@dataclass
+class Figures:
+    """One boot variant's figures."""
+
+    label: str
+    rate: float
+    latencies: list[float]
+    paced_rate: float
+    paced: list[float]
+    cpu: dict[str, float]
+    msgs: float
+    events: float
+    ids: list[str]
+
+    def line(self, n: int, clients: int) -> str:
+        return (f"{self.label}: {n} boots, {clients} clients: {self.rate:.0f} boots/s,"
+                f" POST->ACTIVE p50 {percentile(self.latencies, 50) * 1000:.1f} ms,"
+                f" p99 {percentile(self.latencies, 99) * 1000:.1f} ms; paced at"
+                f" {self.paced_rate:.0f} boots/s: p50 {percentile(self.paced, 50) * 1000:.1f}"
+                f" ms, p99 {percentile(self.paced, 99) * 1000:.1f} ms; {self.msgs:.2f} broker"
+                f" messages and {self.events:.2f} events per boot; CPU ms per boot"
+                f" {sum(self.cpu.values()):.1f} ("
+                + ", ".join(f"{role} {ms:.2f}" for role, ms in self.cpu.items()) + ")")
+
+    def results(self) -> dict[str, float]:
+        k = self.label
+        return {f"{k}_boots_per_s": self.rate,
+                f"{k}_p50_ms": percentile(self.latencies, 50) * 1000,
+                f"{k}_p99_ms": percentile(self.latencies, 99) * 1000,
+                f"{k}_paced_per_s": self.paced_rate,
+                f"{k}_paced_p50_ms": percentile(self.paced, 50) * 1000,
+                f"{k}_paced_p99_ms": percentile(self.paced, 99) * 1000,
+                f"{k}_msgs_per_boot": self.msgs, f"{k}_events_per_boot": self.events,
+                f"{k}_cpu_ms_per_boot": sum(self.cpu.values())}
+
+
+async def variant(label: str, cloud: Deployment, http: aiohttp.ClientSession, boots: Boots,
+                  args: argparse.Namespace, pace: float) -> Figures:
+    """The throughput run (closed loop), then the latency run (paced), of one variant."""
+    await boots.closed_loop(min(50, args.n), args.clients)  # warm-up
+    events0, msgs0 = await cloud.count_events(), await cloud.published(http)
+    meter = CpuMeter({**cloud.cpu, "client": [os.getpid()]})
+    meter.start()
+    rate, lat, ids = await boots.closed_loop(args.n, args.clients)
+    cpu = {role: seconds * 1000 / args.n for role, seconds in meter.stop().items()}
+    events = (await cloud.count_events() - events0) / args.n
+    msgs = (await cloud.published(http) - msgs0) / args.n
+    paced_rate, paced = await boots.paced(args.n, pace, args.clients)
+    return Figures(label, rate, lat, paced_rate, paced, cpu, msgs, events, ids)
+
+
 async def measure(mode: str, args: argparse.Namespace) -> None:
+    pace = args.rate or GOAL_RATE[mode]
     with tempfile.TemporaryDirectory(prefix=f"orrery-bench-{mode}-") as tmpdir:
         tmp = Path(tmpdir)
         deploy = embedded(tmp, args.hosts) if mode == "embedded" else \
@@ -375,37 +485,27 @@ async def measure(mode: str, args: argparse.Namespace) -> None:
             api = Api(http, cloud.url)
             await api.login()
             flavor, image = await api.setup(args.hosts)
-            network = await api.network() if args.ports else None
-            await boot_all(api, min(50, args.n), args.clients, flavor, image, network)
-            events0, msgs0 = await cloud.count_events(), await cloud.published(http)
-            meter = CpuMeter({**cloud.cpu, "client": [os.getpid()]})
-            meter.start()
-            rate, lat, ids = await boot_all(api, args.n, args.clients, flavor, image, network)
-            cpu = {role: seconds * 1000 / args.n for role, seconds in meter.stop().items()}
-            events = (await cloud.count_events() - events0) / args.n
-            msgs = (await cloud.published(http) - msgs0) / args.n
+            runs = [await variant(mode, cloud, http, Boots(api, flavor, image, None), args,
+                                  pace)]
+            if args.ports:
+                network = await api.network()
+                runs.append(await variant(f"{mode}+port", cloud, http,
+                                          Boots(api, flavor, image, network), args, pace))
             listing = await api.json("GET", "/compute/v2.1/servers/detail?limit=1000"
                                             "&status=ERROR")
             errors = len(listing["servers"])
-            get_p99, detail_p99 = await read_figures(api, ids, args.reads)
+            get_p99, detail_p99 = await read_figures(api, runs[0].ids, args.reads)
             raw_rate, raw_p99 = await ceiling(http, args.clients)
-        label = f"{mode}+port" if args.ports else mode
-        print(f"{label}: {args.n} boots, {args.clients} clients, {args.hosts} hosts:"
-              f" {rate:.0f} boots/s, p50 {percentile(lat, 50) * 1000:.1f} ms,"
-              f" p99 {percentile(lat, 99) * 1000:.1f} ms, errors {errors},"
-              f" {msgs:.2f} broker messages and {events:.2f} events per boot;"
-              f" GET server p99 {get_p99:.2f} ms, servers/detail (1000) p99 {detail_p99:.1f} ms;"
-              f" raw aiohttp {raw_rate:.0f} req/s, GET p99 {raw_p99:.2f} ms")
-        print(f"{label}: CPU ms per boot: {sum(cpu.values()):.1f} in all ("
-              + ", ".join(f"{role} {ms:.2f}" for role, ms in cpu.items()) + ")")
-        print(result_line({f"{label}_boots_per_s": rate,
-                           f"{label}_p50_ms": percentile(lat, 50) * 1000,
-                           f"{label}_p99_ms": percentile(lat, 99) * 1000,
-                           f"{label}_msgs_per_boot": msgs, f"{label}_events_per_boot": events,
-                           f"{label}_get_p99_ms": get_p99, f"{label}_detail_p99_ms": detail_p99,
-                           f"{label}_errors": errors,
-                           f"{label}_cpu_ms_per_boot": sum(cpu.values())},
-                          raw_rate, rate / raw_rate if raw_rate else 0.0), flush=True)
+        for run in runs:
+            print(run.line(args.n, args.clients))
+        print(f"{mode}: {args.hosts} hosts, errors {errors}; GET server p99 {get_p99:.2f} ms,"
+              f" servers/detail (1000) p99 {detail_p99:.1f} ms; raw aiohttp"
+              f" {raw_rate:.0f} req/s, GET p99 {raw_p99:.2f} ms")
+        figures = {k: v for run in runs for k, v in run.results().items()}
+        figures.update({f"{mode}_get_p99_ms": get_p99, f"{mode}_detail_p99_ms": detail_p99,
+                        f"{mode}_errors": errors})
+        print(result_line(figures, raw_rate, runs[0].rate / raw_rate if raw_rate else 0.0),
+              flush=True)
 
 
 async def main() -> None:
@@ -418,8 +518,12 @@ async def main() -> None:
     parser.add_argument("--reads", type=int, default=1000)
     parser.add_argument("--no-uvloop", action="store_true")
     parser.add_argument("--ports", action="store_true",
-                        help="each server gets a port on one tenant network (the networking"
-                             " issue's figure, beside the no-network one)")
+                        help="also boot servers with a port each on one tenant network (the"
+                             " networking issue's figure), beside the no-network ones, in the"
+                             " same deployment")
+    parser.add_argument("--rate", type=float,
+                        help="boots/s of the paced latency run (default: the issue's goal,"
+                             " 400 embedded, 100 real)")
     args = parser.parse_args()
     for mode in ("embedded", "real") if args.mode == "both" else (args.mode,):
         await measure(mode, args)
