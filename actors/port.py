@@ -141,14 +141,20 @@ class PortPlugged(msgspec.Struct, frozen=True, kw_only=True, tag="port.plugged")
 
 
 class PortUnbound(msgspec.Struct, frozen=True, kw_only=True, tag="port.unbound"):
+    """``host_id``: the host it was bound to ("" in events recorded before it was kept)."""
+
     port_id: str
     at: dt.datetime
+    host_id: str = ""
 
 
 class PortDeleted(msgspec.Struct, frozen=True, kw_only=True, tag="port.deleted"):
+    """``host_id``: the host it was bound to, if any (as in ``port.unbound``)."""
+
     port_id: str
     network_id: str
     at: dt.datetime
+    host_id: str = ""
 
 
 PORT_EVENTS: tuple[type[msgspec.Struct], ...] = (
@@ -195,10 +201,7 @@ def decide(state: PortState, command: msgspec.Struct, ctx: Context) -> Events:
         case DeletePort():
             return _delete(state, ctx)
         case BindPort(host_id=host, device_id=device, device_owner=owner):
-            if state.device_id not in ("", device):
-                raise Rejected("PortInUse", f"Unable to complete operation on port "
-                               f"{ctx.actor_id} for network {state.network_id}. Port already "
-                               f"has an attached device {state.device_id}.")
+            _free_for(state, device, ctx)
             if (state.host_id, state.device_id, state.device_owner) == (host, device, owner):
                 return []
             return [PortBound(port_id=ctx.actor_id, host_id=host, device_id=device,
@@ -211,8 +214,16 @@ def decide(state: PortState, command: msgspec.Struct, ctx: Context) -> Events:
         case UnbindPort():
             if not (state.host_id or state.device_id or state.device_owner):
                 return []
-            return [PortUnbound(port_id=ctx.actor_id, at=ctx.now)]
+            return [PortUnbound(port_id=ctx.actor_id, host_id=state.host_id, at=ctx.now)]
     raise Rejected("bad_request", f"port has no command {type(command).__name__}")
+
+
+def _free_for(state: PortState, device: str, ctx: Context) -> None:
+    """Refuse (409 PortInUse) unless the port is free or already ``device``'s."""
+    if state.device_id not in ("", device):
+        raise Rejected("PortInUse", f"Unable to complete operation on port {ctx.actor_id} "
+                       f"for network {state.network_id}. Port already has an attached "
+                       f"device {state.device_id}.")
 
 
 def _bound(port_id: str, ips: list[FixedIp]) -> Events:
@@ -244,7 +255,8 @@ def _update(state: PortState, cmd: UpdatePort, ctx: Context) -> Events:
 
 def _delete(state: PortState, ctx: Context) -> Events:
     return [*_released(ctx.actor_id, state.fixed_ips),
-            PortDeleted(port_id=ctx.actor_id, network_id=state.network_id, at=ctx.now)]
+            PortDeleted(port_id=ctx.actor_id, network_id=state.network_id,
+                        host_id=state.host_id, at=ctx.now)]
 
 
 def react(state: PortState, event: msgspec.Struct, ctx: Context) -> Events:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 import structlog
@@ -27,6 +27,7 @@ from aiohttp import web
 from actors import ipam
 from actors.client import ActorClient
 from actors.holds import ReleaseHolds
+from actors.hostnet import segment_spec
 from actors.instance import NicInfo
 from actors.network import (
     DHCP_OWNER,
@@ -59,14 +60,7 @@ from gateway.errors import ApiError, ErrorCode
 from gateway.json import decode, json_response, read_body, read_json
 from gateway.middleware import REQUEST_ID
 from schemas import Reply
-from schemas.hostnet import (
-    DhcpHost,
-    DhcpSpec,
-    NetworkSpec,
-    NetworkType,
-    SubnetSpec,
-    port_device,
-)
+from schemas.hostnet import NetworkSpec, port_device
 from store.protocol import ProjectionStore
 
 
@@ -635,29 +629,11 @@ class NetworkingApi:
         return nets[0].id if nets else None
 
     async def _plumbing(self, net: NetworkView) -> NetworkSpec:
-        """What a host needs to carry ``net``: its segment, its subnets and, with DHCP
-        on, the network's DHCP port and a static entry for every port of the network."""
+        """What a host needs to plug a server's port on ``net``: its segment and subnets.
+        DHCP and VXLAN peers are the host network planner's (`actors.hostnet`): one host
+        serves a network's DHCP, and peers change as hosts come and go."""
         subnets = await read_subnets(self.store, Where().eq("network_id", net.id))
-        ports = await read_ports(self.store, Where().eq("network_id", net.id))
-        dhcp_subnets = {s.id for s in subnets if s.enable_dhcp}
-        server = next((p for p in ports if p.device_owner == DHCP_OWNER), None)
-        dhcp = None
-        if server is not None and dhcp_subnets:
-            dhcp = DhcpSpec(
-                mac=server.mac_address,
-                ips=tuple(f.ip_address for f in server.fixed_ips
-                          if f.subnet_id in dhcp_subnets),
-                hosts=tuple(DhcpHost(mac=p.mac_address, ip=f.ip_address)
-                            for p in ports if p is not server
-                            for f in p.fixed_ips if f.subnet_id in dhcp_subnets))
-        kind = net.network_type if net.network_type in ("flat", "vlan", "vxlan") else "vxlan"
-        return NetworkSpec(
-            network_id=net.id, type=cast(NetworkType, kind),
-            physical_network=net.physical_network, segmentation_id=net.segmentation_id,
-            mtu=net.mtu, dhcp=dhcp,
-            subnets=tuple(SubnetSpec(subnet_id=s.id, cidr=s.cidr, gateway_ip=s.gateway_ip,
-                                     dns_nameservers=tuple(s.dns_nameservers),
-                                     enable_dhcp=s.enable_dhcp) for s in subnets))
+        return segment_spec(net, subnets)
 
     async def _in_use(self, network_id: str, mac: str | None,
                       wanted: list[tuple[str | None, str | None]] | None) -> None:

@@ -11,6 +11,7 @@ from actors.flavor import FLAVOR
 from actors.flavor_views import FlavorProjection
 from actors.host import HOST
 from actors.host_views import HostsProjection, read_hosts
+from actors.hostnet_planner import HostNetworkPlanner
 from actors.identity import IDENTITY_KINDS
 from actors.identity_views import IdentityProjection
 from actors.image import IMAGE
@@ -59,9 +60,16 @@ def cloud_effects(store: Any, bus: Bus) -> dict[type, EffectHandler]:
     return {Place: Placement(bus, hosts)}
 
 
+def cloud_services(store: Any, bus: Bus) -> list[HostNetworkPlanner]:
+    """The components a worker runs beside its actors, each with ``run()`` (until
+    cancelled) and ``shutdown()``: the host network planner."""
+    return [HostNetworkPlanner(store, bus)]
+
+
 def worker_projections() -> list[Projection]:
-    """The projections a worker reads itself (the scheduler's hosts view)."""
-    return [HostsProjection()]
+    """The projections a worker reads itself (the scheduler's hosts view, and the
+    networking view the host network planner reads)."""
+    return [HostsProjection(), NetworkingProjection()]
 
 
 def cloud_projections() -> list[Projection]:

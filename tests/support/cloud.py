@@ -36,6 +36,7 @@ from orrery.services import (
     cloud_effects,
     cloud_kinds,
     cloud_projections,
+    cloud_services,
     worker_projections,
 )
 from orrery.wiring import event_types, open_hypervisor
@@ -149,6 +150,8 @@ async def running_cloud(
         tasks: list[asyncio.Task[None]] = [
             asyncio.create_task(TimerService(store, bus).run(), name="timers"),
             asyncio.create_task(Relay(store, bus).run(), name="relay"),
+            *(asyncio.create_task(service.run(), name=type(service).__name__)
+              for service in cloud_services(store, bus)),
         ]
         daemons, hypervisors = [], []
         try:
