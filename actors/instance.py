@@ -328,8 +328,9 @@ INSTANCE_EVENTS: tuple[type[msgspec.Struct], ...] = (
 
 class Place(msgspec.Struct, frozen=True, kw_only=True):
     """An effect for the scheduler: claim room for the instance on the best host not in
-    ``exclude``. The claim's command id is ``request@host``; when no host can take it,
-    the answer is a Reply with ``error_type="no_valid_host"``."""
+    ``exclude`` that carries every network type and physical network of its NICs. The
+    claim's command id is ``request@host``; when no host can take it, the answer is a
+    Reply with ``error_type="no_valid_host"``."""
 
     instance_id: str
     request: str
@@ -338,6 +339,8 @@ class Place(msgspec.Struct, frozen=True, kw_only=True):
     disk_gb: int
     image_size: int = 0
     exclude: tuple[str, ...] = ()
+    network_types: tuple[str, ...] = ()
+    physical_networks: tuple[str, ...] = ()
 
 
 class InstanceState(msgspec.Struct, kw_only=True):
@@ -654,9 +657,13 @@ class InstanceDecider:
     @staticmethod
     def _place(state: InstanceState, ctx: Context) -> Place:
         assert state.flavor is not None and state.image is not None and state.awaiting
+        nets = [nic.network for nic in state.nics]
         return Place(instance_id=ctx.actor_id, request=state.awaiting, vcpus=state.flavor.vcpus,
                      ram_mb=state.flavor.ram, disk_gb=state.flavor.disk,
-                     image_size=state.image.size, exclude=tuple(state.refused))
+                     image_size=state.image.size, exclude=tuple(state.refused),
+                     network_types=tuple(sorted({n.type for n in nets})),
+                     physical_networks=tuple(sorted({n.physical_network for n in nets
+                                                     if n.physical_network})))
 
     @staticmethod
     def _spawn(state: InstanceState, ctx: Context) -> SpawnDomain:

@@ -1,9 +1,10 @@
-"""From the log to the hosts' networks: a whole in-process cloud (two fake hosts with the
-recording network driver), embedded and on PostgreSQL + RabbitMQ. Servers on a VXLAN
-network on both hosts make both carry it with each other as peers and one of them serve
-its DHCP (its DHCP port ACTIVE there); an API port delete reaches the host at once (tap
-and DHCP entry gone); the last port leaving a host takes the network off it; a restarted
-hostd changes nothing; a stray tap goes at the next reconcile."""
+"""From the log to the hosts' networks, and hosts chosen by the networks they carry, on
+a whole in-process cloud (two fake hosts with the recording network driver), embedded
+and on PostgreSQL + RabbitMQ. Servers on a VXLAN network on both hosts make both carry
+it with each other as peers and one of them serve its DHCP (its DHCP port ACTIVE there);
+an API port delete reaches the host at once (tap and DHCP entry gone); the last port
+leaving a host takes the network off it; a restarted hostd changes nothing; a stray tap
+goes at the next reconcile; a VLAN network's servers avoid a host without 802.1Q."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 from actors.network import dhcp_port_id
 from bus.routing import Names
 from hostd.daemon import HostDaemon
-from hostd.net_fake import FakeHostNetwork
+from hostd.net_fake import FakeHost, FakeHostNetwork
 from hostd.network import bridge_name, vxlan_name
 from schemas.hostnet import port_device
 from tests.integration.test_servers_networks import DEADLINES, NetApi
@@ -156,3 +157,45 @@ async def test_a_restarted_hostd_keeps_its_network_and_a_stray_tap_goes(
     finally:
         again.shutdown()
         await asyncio.wait_for(task, 10)
+
+
+def vlan_only_on_host_2(i: int) -> FakeHostNetwork:
+    """Host 1's kernel has no 802.1Q (as this machine's); host 2's has."""
+    lacks = ("vlan",) if i == 0 else ()
+    return FakeHostNetwork(FakeHost(bridges=["br-phys"], kernel_lacks=lacks),
+                           bridge_mappings={"physnet1": "br-phys"},
+                           underlay_ip=f"192.0.2.{i + 1}")
+
+
+@pytest.fixture
+async def vlan_api(backends: tuple[str, dict[str, Any]], bus_names: Names,
+                   tmp_path: Path) -> AsyncIterator[NetApi]:
+    which, extra = backends
+    async with running_cloud(which, tmp_path, names=bus_names, hosts=2,
+                             deadlines=DEADLINES, host_network=vlan_only_on_host_2,
+                             **extra) as cloud:
+        yield await NetApi(cloud).setup()
+
+
+async def test_servers_on_a_vlan_network_go_to_the_host_with_802_1q(
+        vlan_api: NetApi) -> None:
+    """host-1 reports VLAN missing (802.1Q): every server of an admin's VLAN network
+    lands on host-2 and its VLAN subinterface is built there; a server with no network
+    may still go to host-1."""
+    api = vlan_api
+    net = (await api.neutron("POST", "/networks", api.admin, 201, json={"network": {
+        "name": "vlan", "provider:network_type": "vlan",
+        "provider:physical_network": "physnet1", "provider:segmentation_id": 120}}))["network"]
+    await api.neutron("POST", "/subnets", api.admin, 201, json={"subnet": {
+        "network_id": net["id"], "cidr": "10.20.0.0/24", "ip_version": 4}})
+    sids = [await api.boot(api.admin, name=f"v{i}", networks=[{"uuid": net["id"]}])
+            for i in range(3)]
+    for sid in sids:
+        assert (await api.settle(sid, api.admin))["status"] == "ACTIVE"
+        assert (await api.show(sid))["OS-EXT-SRV-ATTR:host"] == "host-2"
+    await until(lambda: any(d.kind == "vlan" for d in fake(api, "host-2").host.devices.values()),
+                "the VLAN subinterface on host-2")
+    assert not any(d.kind == "vlan" for d in fake(api, "host-1").host.devices.values())
+    plain = await api.boot(api.admin, name="plain")
+    assert (await api.settle(plain, api.admin))["status"] == "ACTIVE"
+    assert (await api.show(plain))["OS-EXT-SRV-ATTR:host"] == "host-1"

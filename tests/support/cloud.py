@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,8 +134,12 @@ async def running_cloud(
     names: Names, hosts: int = 1, hypervisor: str = "fake", data_dir: Path | None = None,
     deadlines: Deadlines | None = None, settings: GatewaySettings | None = None,
     heartbeat_every: float = 1.0, call_timeout: float = 15.0,
+    host_network: Callable[[int], Any] | None = None,
 ) -> AsyncIterator[Cloud]:
-    """Run a whole cloud on the ``which`` backends ("embedded" or "real") until exit."""
+    """Run a whole cloud on the ``which`` backends ("embedded" or "real") until exit.
+
+    ``host_network(i)`` makes host ``i``'s (from 0) network driver; by default each host
+    gets the recording fake with physnet1 and underlay address 192.0.2.<i+1>."""
     kinds = kinds_with(deadlines)
     async with open_backends(which, types=event_types(kinds), names=names, tmp_path=tmp_path,
                              pg_dsn=pg_dsn, amqp_url=amqp_url) as (store, bus), \
@@ -158,10 +162,10 @@ async def running_cloud(
             for i in range(hosts):
                 hv = await open_hypervisor(hypervisor)
                 hypervisors.append(hv)
+                network = host_network(i) if host_network else FakeHostNetwork(
+                    bridge_mappings={"physnet1": "br-phys"}, underlay_ip=f"192.0.2.{i + 1}")
                 daemon = HostDaemon(bus, hv, f"host-{i + 1}", heartbeat_every=heartbeat_every,
-                                    network=FakeHostNetwork(
-                                        bridge_mappings={"physnet1": "br-phys"},
-                                        underlay_ip=f"192.0.2.{i + 1}"))
+                                    network=network)
                 daemons.append(daemon)
                 tasks.append(asyncio.create_task(daemon.run(), name=f"hostd-{i + 1}"))
             client = ActorClient(bus, timeout=call_timeout)
