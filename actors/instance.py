@@ -703,7 +703,7 @@ def _release_ports(state: InstanceState, ctx: Context) -> list[Tell]:
     """The server is gone or never came: the ports its boot created are deleted (their
     addresses and MACs go back to their owners), the ports it was given are unbound."""
     return [Tell(kind=PORT_KIND, actor_id=nic.port_id,
-                 command=DeletePort() if nic.created else UnbindPort(),
+                 command=DeletePort() if nic.created else UnbindPort(device_id=ctx.actor_id),
                  request_id=f"{ctx.message_id}/release/{nic.port_id}") for nic in state.nics]
 
 

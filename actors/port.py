@@ -14,8 +14,12 @@ Commands for the boot saga and hostd (the lead's instance saga uses these):
   another device is 409 ``PortInUse``; binding again to the same device is a no-op.
 - ``port.plug`` (``host_id``): hostd has plugged the port on that host: ``ACTIVE``.
   From another host than the binding's, or unbound, it is refused (409).
-- ``port.unbind``: host, device id and owner cleared, status ``DOWN`` (a port the user
-  created survives its server; one the saga created is deleted instead).
+- ``port.reserve`` (``device_id``, ``device_owner``): the gateway takes a user's port
+  for a server before the server exists; 409 ``PortInUse`` when another device has it,
+  a no-op for the same device. So of two boots given one port, exactly one gets it.
+- ``port.unbind`` (``device_id``): host, device id and owner cleared, status ``DOWN`` (a
+  port the user created survives its server; one the saga created is deleted instead).
+  Only for that device: a port another device took since is left alone.
 
 ``port.update`` changes name, description, admin_state_up, device_id/owner and fixed IPs
 (the gateway allocates the new addresses first and frees the dropped ones after).
@@ -83,8 +87,17 @@ class PlugPort(msgspec.Struct, frozen=True, kw_only=True, tag="port.plug"):
     host_id: str
 
 
+class ReservePort(msgspec.Struct, frozen=True, kw_only=True, tag="port.reserve"):
+    """Take the port for ``device_id`` (a server being created), or refuse."""
+
+    device_id: str
+    device_owner: str = "compute:nova"
+
+
 class UnbindPort(msgspec.Struct, frozen=True, kw_only=True, tag="port.unbind"):
-    pass
+    """Give the port back from ``device_id`` ("" : whoever has it)."""
+
+    device_id: str = ""
 
 
 class PortCreated(msgspec.Struct, frozen=True, kw_only=True, tag="port.created"):
@@ -200,6 +213,11 @@ def decide(state: PortState, command: msgspec.Struct, ctx: Context) -> Events:
             return _update(state, command, ctx)
         case DeletePort():
             return _delete(state, ctx)
+        case ReservePort(device_id=device, device_owner=owner):
+            _free_for(state, device, ctx)
+            if (state.device_id, state.device_owner) == (device, owner):
+                return []
+            return [_updated(state, ctx, device_id=device, device_owner=owner)]
         case BindPort(host_id=host, device_id=device, device_owner=owner):
             _free_for(state, device, ctx)
             if (state.host_id, state.device_id, state.device_owner) == (host, device, owner):
@@ -211,9 +229,11 @@ def decide(state: PortState, command: msgspec.Struct, ctx: Context) -> Events:
                 raise Rejected("conflict", f"Port {ctx.actor_id} is not bound to host {host}.")
             return [] if state.status == ACTIVE else [
                 PortPlugged(port_id=ctx.actor_id, host_id=host, at=ctx.now)]
-        case UnbindPort():
+        case UnbindPort(device_id=device):
             if not (state.host_id or state.device_id or state.device_owner):
                 return []
+            if device and device != state.device_id:
+                return []  # another device has it now
             return [PortUnbound(port_id=ctx.actor_id, host_id=state.host_id, at=ctx.now)]
     raise Rejected("bad_request", f"port has no command {type(command).__name__}")
 
@@ -224,6 +244,14 @@ def _free_for(state: PortState, device: str, ctx: Context) -> None:
         raise Rejected("PortInUse", f"Unable to complete operation on port {ctx.actor_id} "
                        f"for network {state.network_id}. Port already has an attached "
                        f"device {state.device_id}.")
+
+
+def _updated(state: PortState, ctx: Context, *, device_id: str,
+             device_owner: str) -> PortUpdated:
+    return PortUpdated(port_id=ctx.actor_id, at=ctx.now, fixed_ips=list(state.fixed_ips),
+                       name=state.name, description=state.description,
+                       admin_state_up=state.admin_state_up, device_id=device_id,
+                       device_owner=device_owner)
 
 
 def _bound(port_id: str, ips: list[FixedIp]) -> Events:
@@ -312,7 +340,8 @@ def initial(_actor_id: str) -> PortState:
 
 PORT = ActorKind(
     name=KIND, state_type=PortState, initial=initial, decide=decide, evolve=evolve,
-    commands=(CreatePort, UpdatePort, DeletePort, BindPort, PlugPort, UnbindPort),
+    commands=(CreatePort, UpdatePort, DeletePort, BindPort, PlugPort, UnbindPort,
+              ReservePort),
     events=PORT_EVENTS, reactions={"network.deleted": _dhcp_port},
     reaction_events=(NetworkDeletedRef,), react=react, queries=(CheckHold,), answer=answer,
 )

@@ -49,7 +49,7 @@ from actors.network_views import (
     read_subnets,
     subnet_ids_of,
 )
-from actors.port import CreatePort, DeletePort, FixedIp, UpdatePort
+from actors.port import CreatePort, DeletePort, FixedIp, ReservePort, UnbindPort, UpdatePort
 from actors.segment import AllocateSegment, NetworkSettings, segment_id
 from actors.subnet import Allocate, CreateSubnet, DeleteSubnet, HostRoute, UpdateSubnet
 from bus.errors import CallTimeout
@@ -586,13 +586,21 @@ class NetworkingApi:
         """A NIC for server ``server_id``: the user's port ``port_id`` (which must be
         free), or a new port on ``network_id`` (with ``fixed_ip`` if asked) that the
         server owns. ApiError for a network or port the caller cannot see (Nova answers
-        those at once); NicUnavailable when the network cannot give the server a port
-        (the boot then ends in ERROR, as Nova's does)."""
+        those at once) and 409 for a port another device has; NicUnavailable when the
+        network cannot give the server a port (the boot then ends in ERROR, as Nova's
+        does). A given port is reserved for the server by its actor (``port.reserve``),
+        so of two boots given the same port exactly one gets it; the caller gives the
+        NICs back with ``release_nics`` when the boot does not go ahead."""
         if port_id is not None:
             port = await self._port(port_id, context)
+            in_use = ApiError("conflict", f"Port {port_id} is still in use.")
             if port.device_id:
-                raise ApiError("conflict", f"Port {port_id} is still in use.")
+                raise in_use
             net = await self._network(port.network_id, context)
+            reply = await self.cmd.ask(request, "port", port.id, ReservePort(
+                device_id=server_id, device_owner="compute:nova"))
+            if not reply.ok:
+                raise in_use if reply.error_type == "PortInUse" else _refused(reply)
         else:
             assert network_id is not None
             net = await self._network(network_id, context)
@@ -617,6 +625,28 @@ class NetworkingApi:
                        mac=port.mac_address, ips=tuple(f.ip_address for f in port.fixed_ips),
                        created=port_id is None, device=port_device(port.id),
                        network=await self._plumbing(net))
+
+    async def release_nics(self, request: web.Request, server_id: str,
+                           nics: Sequence[NicInfo]) -> None:
+        """Give back the NICs made for a server that will not boot: delete the ports made
+        for it (their MACs and addresses back to their owners now), and unreserve the
+        ports it was given, if it still has them. Best effort: failures are logged."""
+        for nic in nics:
+            try:
+                if nic.created:
+                    found = await read_ports(self.store, Where().eq("id", nic.port_id))
+                    await self.cmd.ask(request, "port", nic.port_id, DeletePort())
+                    await self._give_back(request, nic.network_id, nic.port_id,
+                                          found[0].fixed_ips if found else [])
+                else:
+                    await self.cmd.ask(request, "port", nic.port_id,
+                                       UnbindPort(device_id=server_id))
+            except ApiError as exc:
+                log.warning("nic_release_failed", server_id=server_id, port_id=nic.port_id,
+                            reason=exc.message or exc.code)
+            else:
+                log.info("nic_released", server_id=server_id, port_id=nic.port_id,
+                         deleted=nic.created)
 
     async def auto_network(self, context: AuthContext) -> str | None:
         """Nova's ``networks: auto``: the one network the project can use (its own or a

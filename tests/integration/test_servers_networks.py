@@ -201,3 +201,45 @@ async def test_bad_networks_are_refused_and_write_nothing(api: NetApi) -> None:
     await api.network(api.member)
     await api.req("POST", "/servers", api.member, status=409, json={"server": {
         "name": "vm", "imageRef": api.image, "flavorRef": "1", "networks": "auto"}})
+
+
+async def test_concurrent_boots_given_one_port_leave_it_to_exactly_one(api: NetApi) -> None:
+    """Five boots given the same free port at once: exactly one is accepted (the port
+    is reserved for it, then bound), the others get 409 and create no server."""
+    net = await api.network(api.member)
+    port = (await api.neutron("POST", "/ports", api.member, 201,
+                              json={"port": {"network_id": net}}))["port"]
+
+    async def boot(i: int) -> int:
+        status, _ = await api.req("POST", "/servers", api.member, json={"server": {
+            "name": f"race{i}", "imageRef": api.image, "flavorRef": "1",
+            "networks": [{"port": port["id"]}]}})
+        return status
+
+    statuses = await asyncio.gather(*(boot(i) for i in range(5)))
+    assert sorted(statuses) == [202, 409, 409, 409, 409], statuses
+    (sid,) = [s["id"] for s in (await api.req(
+        "GET", "/servers", api.member, status=200))[1]["servers"]]
+    assert (await api.settle(sid, api.member))["status"] == "ACTIVE"
+    (bound,) = await api.ports(id=port["id"])
+    assert bound["device_id"] == sid
+
+
+async def test_a_boot_refused_on_a_later_nic_leaves_no_port_behind(api: NetApi) -> None:
+    """``[{uuid: good}, {port: in use}]`` is 409 and ``[{uuid: good}, {uuid: unknown}]``
+    400; neither leaves a port on the good network (the first NIC's port is deleted),
+    and the in-use port keeps its server."""
+    net = await api.network(api.member)
+    port = (await api.neutron("POST", "/ports", api.member, 201,
+                              json={"port": {"network_id": net}}))["port"]
+    sid = await api.boot(api.member, networks=[{"port": port["id"]}])
+    assert (await api.settle(sid, api.member))["status"] == "ACTIVE"
+    before = {p["id"] for p in await api.ports(network_id=net)}
+    for networks, status in (
+            ([{"uuid": net}, {"port": port["id"]}], 409),
+            ([{"uuid": net}, {"uuid": "8f2c1e63-1111-4111-8111-111111111111"}], 400)):
+        await api.req("POST", "/servers", api.member, status=status, json={"server": {
+            "name": "vm", "imageRef": api.image, "flavorRef": "1", "networks": networks}})
+    assert {p["id"] for p in await api.ports(network_id=net)} == before
+    (kept,) = await api.ports(id=port["id"])
+    assert kept["device_id"] == sid
