@@ -77,6 +77,7 @@ _TYPES: dict[str, ErrorCode] = {
     "NetworkInUse": "conflict", "SubnetInUse": "conflict", "PortInUse": "conflict",
     "MacAddressInUse": "conflict", "IpAddressGenerationFailure": "conflict",
     "IpAddressAlreadyAllocated": "conflict", "InvalidIpForSubnet": "bad_request",
+    "InvalidInput": "bad_request",
     "NetworkNotFound": "not_found", "SubnetNotFound": "not_found",
     "PortNotFound": "not_found", "conflict": "conflict", "bad_request": "bad_request",
     "not_found": "not_found", "deadline_exceeded": "deadline_exceeded",
@@ -466,6 +467,10 @@ class NetworkingApi:
         _writer(context, "update_subnet")
         _owns(context, subnet.project_id, "update_subnet")
         body = (await read_json(request, docs.SubnetUpdateRequest)).subnet
+        if body.dns_nameservers is not None:
+            _check_dns(body.dns_nameservers)
+        if body.host_routes is not None:
+            _check_routes(body.host_routes)
         routes = None if body.host_routes is None else \
             [HostRoute(destination=r.destination, nexthop=r.nexthop) for r in body.host_routes]
         reply = await self.cmd.do(request, "subnet", subnet.id, UpdateSubnet(
@@ -805,16 +810,51 @@ def _subnet_command(body: docs.SubnetBody, net: NetworkView,
     try:
         gw, ranges = ipam.plan_subnet(body.cidr, gateway, pools,
                                       default_gateway=body.gateway_ip is msgspec.UNSET)
-        for server in body.dns_nameservers:
-            ipam.parse_ip(server, "dns_nameservers")
     except ipam.PlanError as exc:
         raise _bad(str(exc)) from None
+    _check_dns(body.dns_nameservers)
+    _check_routes(body.host_routes)
     return CreateSubnet(
         network_id=net.id, project_id=_owner(context, body.project_id or body.tenant_id),
         name=body.name, description=body.description, cidr=body.cidr, gateway_ip=gw,
         pools=ranges, enable_dhcp=body.enable_dhcp, dns_nameservers=body.dns_nameservers,
         host_routes=[HostRoute(destination=r.destination, nexthop=r.nexthop)
                      for r in body.host_routes])
+
+
+def _check_dns(servers: list[str]) -> None:
+    """Neutron's ``dns_nameservers`` validation: addresses, each once."""
+    try:
+        for server in servers:
+            ipam.parse_ip(server, "dns_nameservers")
+    except ipam.PlanError as exc:
+        raise _bad(str(exc)) from None
+    for server in servers:
+        if servers.count(server) > 1:
+            raise _bad(f"Invalid input for dns_nameservers. Reason: Duplicate nameserver "
+                       f"'{server}'.")
+
+
+def _check_routes(routes: list[docs.RouteBody]) -> None:
+    """Neutron's ``host_routes`` validation: a CIDR destination and an address nexthop,
+    each route once."""
+    seen: set[tuple[str, str]] = set()
+    for route in routes:
+        try:
+            ipam.parse_cidr(route.destination)
+        except ipam.PlanError:
+            raise _bad(f"Invalid input for host_routes. Reason: '{route.destination}' is "
+                       "not a valid IP subnet.") from None
+        try:
+            ipam.parse_ip(route.nexthop, "host_routes")
+        except ipam.PlanError as exc:
+            raise _bad(str(exc)) from None
+        key = (route.destination, route.nexthop)
+        if key in seen:
+            raise _bad(f"Invalid input for host_routes. Reason: Duplicate hostroute "
+                       f"'{{'destination': '{route.destination}', 'nexthop': "
+                       f"'{route.nexthop}'}}'.")
+        seen.add(key)
 
 
 def _check_port_body(body: docs.PortBody, context: AuthContext) -> None:
