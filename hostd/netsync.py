@@ -3,11 +3,14 @@
 The control plane tells hostd everything its host should carry (``hostd.network``, a
 ``DesiredHostNetwork`` read from the log's views at a log position) when a change of the
 log touches the host, and answers the same when hostd asks (``hostnet.desired``, at start
-and every reconcile period). ``apply`` makes the host exactly that through the driver's
+and every reconcile period). A pull makes the host exactly that through the driver's
 ``reconcile``: networks and ports built, DHCP servers and flood lists updated, and
 Orrery's devices nobody wants any more removed (a deleted port's tap, a network no port
-of this host is on). A desired set older (by log position) than the last one applied is
-ignored: pushes may overtake each other.
+of this host is on, whatever was left behind). A push changes only what differs from the
+set applied before it (ensure what is new or changed, remove what went), so its cost
+follows the change, not the number of networks on the host; the pulls catch anything a
+push missed, and a push after a failed one is a full reconcile. A desired set older (by
+log position) than the last one applied is ignored: pushes may overtake each other.
 
 A spawn plugs its ports before the log says they are bound here (the binding and the
 spawn go out together), so a desired set read a moment earlier would remove them. Ports
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import msgspec
 import structlog
@@ -35,7 +38,7 @@ import structlog
 from bus.envelopes import command_envelope
 from bus.errors import BusError
 from bus.protocol import Bus
-from hostd.network import HostNetwork
+from hostd.network import HostNetwork, HostNetworkError
 from schemas.hostd import (
     HOSTNET_KIND,
     PORT_ACTOR_KIND,
@@ -78,7 +81,10 @@ class NetworkSync:
         #: rounds applied (pulls and pushes), for tests and logs
         self.applied = 0
         self._pending: dict[str, PendingPort] = {}
+        #: what the host was last made to match (desired set plus pending ports)
+        self._target: DesiredHostNetwork | None = None
         self._lock = asyncio.Lock()
+        self._applied = asyncio.Condition()
 
     # -- from the control plane ---------------------------------------------------------
 
@@ -100,13 +106,14 @@ class NetworkSync:
         except msgspec.DecodeError as exc:
             log.warning("network_sync_skipped", host=self.host, reason=f"bad answer: {exc}")
             return False
-        await self.apply(sync)
+        await self.apply(sync, full=True)
         return True
 
-    async def apply(self, sync: SyncNetwork) -> tuple[str, ...] | None:
-        """Make the host match ``sync.desired`` (plus pending spawns); the devices and
-        DHCP servers removed, or None when ``sync`` is older than what was applied.
-        A driver error is raised after everything else was done (see its reconcile)."""
+    async def apply(self, sync: SyncNetwork, *, full: bool = False) -> tuple[str, ...] | None:
+        """Make the host match ``sync.desired`` (plus pending spawns): everything
+        (``full``, or after a failure) or what changed since the last set; the devices
+        and DHCP servers removed, or None when ``sync`` is older than what was applied.
+        A driver error is raised after everything else was done."""
         async with self._lock:
             if sync.position < self.position:
                 log.info("network_sync_stale", host=self.host, position=sync.position,
@@ -114,17 +121,56 @@ class NetworkSync:
                 return None
             for port_id in sync.gone_ports:
                 self._pending.pop(port_id, None)
-            target = self._with_pending(sync.desired)
+            target, before = self._with_pending(sync.desired), self._target
+            self._target = None  # until it is all done: a failure means a full one next
             try:
-                removed = await self.network.reconcile(target)
+                if full or before is None:
+                    removed = await self.network.reconcile(target)
+                else:
+                    removed = await self._converge(before, target)
             finally:
                 self.desired, self.position = sync.desired, sync.position
+            self._target = target
             self.applied += 1
+        async with self._applied:
+            self._applied.notify_all()
         log.info("network_synced", host=self.host, position=sync.position,
                  networks=len(target.networks), ports=len(target.ports),
                  pending=len(self._pending), removed=list(removed))
         await self._report_dhcp(sync.desired)
         return removed
+
+    async def _converge(self, old: DesiredHostNetwork,
+                        new: DesiredHostNetwork) -> tuple[str, ...]:
+        """Ensure what ``new`` adds or changes over ``old``, remove what it drops."""
+        failures: list[HostNetworkError] = []
+        old_nets = {n.network_id: n for n in old.networks}
+        new_nets = {n.network_id: n for n in new.networks}
+        old_ports = {p.port_id: p for p in old.ports}
+        new_ports = {p.port_id: p for p in new.ports}
+        for network_id, spec in new_nets.items():
+            if old_nets.get(network_id) != spec:
+                await _attempt(failures, self.network.ensure_network(spec))
+        for port_id, port in new_ports.items():
+            if old_ports.get(port_id) != port:
+                await _attempt(failures, self.network.ensure_port(port))
+        removed: list[str] = []
+        for port_id in old_ports.keys() - new_ports.keys():
+            await _attempt(failures, self.network.remove_port(port_id,
+                                                              old_ports[port_id].device))
+            removed.append(old_ports[port_id].device)
+        for network_id in old_nets.keys() - new_nets.keys():
+            await _attempt(failures, self.network.remove_network(network_id))
+            removed.append(f"network:{network_id}")
+        if failures:
+            raise failures[0]
+        return tuple(removed)
+
+    async def wait_for(self, check: Callable[[DesiredHostNetwork], bool]) -> None:
+        """Return once a desired set for which ``check`` holds has been applied."""
+        async with self._applied:
+            await self._applied.wait_for(
+                lambda: self.desired is not None and check(self.desired))
 
     def _with_pending(self, desired: DesiredHostNetwork) -> DesiredHostNetwork:
         """``desired`` plus the pending ports (and their networks) it does not have yet;
@@ -133,14 +179,7 @@ class NetworkSync:
         listed = {p.port_id for p in desired.ports}
         self._pending = {k: p for k, p in self._pending.items()
                          if k not in listed and now - p.since < self.pending_grace}
-        if not self._pending:
-            return desired
-        nets = {n.network_id for n in desired.networks}
-        extra_nets = {p.network.network_id: p.network for p in self._pending.values()
-                      if p.network.network_id not in nets}
-        return DesiredHostNetwork(networks=(*desired.networks, *extra_nets.values()),
-                                  ports=(*desired.ports,
-                                         *(p.port for p in self._pending.values())))
+        return _merged(desired, self._pending.values())
 
     async def _report_dhcp(self, desired: DesiredHostNetwork) -> None:
         """Tell each DHCP port this host serves that it is plugged here (a hint: the
@@ -180,10 +219,39 @@ class NetworkSync:
                 if port.port_id not in listed and network is not None:
                     self._pending[port.port_id] = PendingPort(port=port, network=network,
                                                               since=self.clock())
+            if self._target is not None:  # the host has them now: a push diffs from here
+                self._target = _merged(self._target, self._pending.values())
 
     async def unplug(self, port_ids: Iterable[str]) -> None:
         """Unplug a destroyed domain's ports (the next desired set agrees)."""
         async with self._lock:
-            for port_id in port_ids:
+            gone = set(port_ids)
+            for port_id in gone:
                 self._pending.pop(port_id, None)
                 await self.network.remove_port(port_id)
+            if self._target is not None:
+                self._target = msgspec.structs.replace(self._target, ports=tuple(
+                    p for p in self._target.ports if p.port_id not in gone))
+
+
+async def _attempt(failures: list[HostNetworkError], step: Awaitable[None]) -> None:
+    """One step of a push; a HostNetworkError is logged and kept for the end."""
+    try:
+        await step
+    except HostNetworkError as exc:
+        log.warning("network_sync_step_failed", network_id=exc.network_id,
+                    error=type(exc).__name__, reason=str(exc))
+        failures.append(exc)
+
+
+def _merged(desired: DesiredHostNetwork, pending: Iterable[PendingPort]) -> DesiredHostNetwork:
+    """``desired`` plus the ``pending`` ports (and their networks) it lacks."""
+    ports = {p.port_id for p in desired.ports}
+    extra = [p for p in pending if p.port.port_id not in ports]
+    if not extra:
+        return desired
+    nets = {n.network_id for n in desired.networks}
+    extra_nets = {p.network.network_id: p.network for p in extra
+                  if p.network.network_id not in nets}
+    return DesiredHostNetwork(networks=(*desired.networks, *extra_nets.values()),
+                              ports=(*desired.ports, *(p.port for p in extra)))

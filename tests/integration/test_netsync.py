@@ -65,14 +65,30 @@ def desired(*ports: PortSpec, net: NetworkSpec = SERVED) -> DesiredHostNetwork:
 
 async def test_a_desired_set_is_applied_and_an_older_one_ignored(setup: Setup) -> None:
     """Position 5 builds the network (with DHCP and peers) and plugs p1; a set read at
-    position 3 that arrives later changes nothing."""
+    position 3 that arrives later changes nothing; position 6 without them removes both
+    (a push: only what changed)."""
     sync, network, _, _ = setup
     assert await sync.apply(SyncNetwork(desired=desired(P1), position=5)) == ()
     assert "otpp1" in network.host.devices and "n1" in network.host.dhcp
     assert await sync.apply(SyncNetwork(desired=DesiredHostNetwork(), position=3)) is None
     assert "otpp1" in network.host.devices
     removed = await sync.apply(SyncNetwork(desired=DesiredHostNetwork(), position=6))
-    assert removed == ("dhcp:n1", "otpp1", "obrn1", "ovxn1")
+    assert removed == ("otpp1", "network:n1")
+    assert not {"otpp1", "obrn1", "ovxn1"} & set(network.host.devices)
+    assert "n1" not in network.host.dhcp
+
+
+async def test_a_push_changes_only_what_changed_and_a_full_sync_sweeps(setup: Setup) -> None:
+    """A push that adds p2 leaves a stray tap alone (it only ensures p2); a full sync
+    (what a pull does) removes the stray and keeps everything desired."""
+    sync, network, _, _ = setup
+    await sync.apply(SyncNetwork(desired=desired(P1), position=1))
+    network.host.add_device("otpstray", "tap", master="obrn1", up=True)
+    assert await sync.apply(SyncNetwork(desired=desired(P1, P2), position=2)) == ()
+    assert {"otpstray", "otpp2"} <= set(network.host.devices)
+    removed = await sync.apply(SyncNetwork(desired=desired(P1, P2), position=2), full=True)
+    assert removed == ("otpstray",)
+    assert {"otpp1", "otpp2", "obrn1"} <= set(network.host.devices)
 
 
 async def test_a_spawned_port_survives_a_set_that_does_not_know_it_yet(setup: Setup) -> None:
