@@ -36,6 +36,8 @@ from collections.abc import Sequence
 
 import msgspec
 
+from actors import holds
+from actors.holds import CheckHold
 from actors.kind import ActorKind, Context, Events, Rejected, Tell, TellHost
 from actors.port import KIND as PORT_KIND
 from actors.port import BindPort, DeletePort, PlugPort, UnbindPort
@@ -785,6 +787,13 @@ def initial(_actor_id: str) -> InstanceState:
     return InstanceState()
 
 
+def answer(state: InstanceState, query: CheckHold, ctx: Context) -> str:
+    """A port made or reserved for this server asks whether the server has it: ``held``
+    while the server exists (not deleted) with that port among its NICs."""
+    return holds.answer_held(state.exists and state.vm_state != DELETED
+                             and any(n.port_id == query.owner_id for n in state.nics))
+
+
 def make_instance_kind(deadlines: Deadlines | None = None, *,
                        snapshot_every: int = 100) -> ActorKind[InstanceState]:
     """The ``instance`` kind with these deadlines."""
@@ -801,6 +810,8 @@ def make_instance_kind(deadlines: Deadlines | None = None, *,
         on_timer=decider.on_timer,
         on_reply=decider.on_reply,
         effects=decider.effects,
+        queries=(CheckHold,),
+        answer=answer,
         snapshot_every=snapshot_every,
     )
 

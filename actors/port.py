@@ -21,6 +21,14 @@ Commands for the boot saga and hostd (the lead's instance saga uses these):
   port the user created survives its server; one the saga created is deleted instead).
   Only for that device: a port another device took since is left alone.
 
+A port the gateway made for a server (``port.create`` with ``for_server``) or reserved for
+one holds that server as a hold (`actors.holds`, key ``server:created`` / ``server:reserved``,
+holder the instance): confirmed when the server binds it; if it is still pending after
+the lease, the instance is asked (``hold.check``), and a server that does not exist (the
+API died between making the ports and creating the server, or the create was lost) gets
+its port back: a made port is deleted, a reserved one freed. So no port is left bound to
+a server that never was.
+
 ``port.update`` changes name, description, admin_state_up, device_id/owner and fixed IPs
 (the gateway allocates the new addresses first and frees the dropped ones after).
 The network's DHCP port is deleted when its network is (a reaction to
@@ -34,8 +42,9 @@ import datetime as dt
 import msgspec
 
 from actors import holds
-from actors.holds import CheckHold
+from actors.holds import CheckHold, Ledger
 from actors.kind import ActorKind, Context, Events, Rejected
+from schemas import Reply, TimerFired
 
 KIND = "port"
 DOWN, ACTIVE = "DOWN", "ACTIVE"
@@ -56,6 +65,8 @@ class CreatePort(msgspec.Struct, frozen=True, kw_only=True, tag="port.create"):
     admin_state_up: bool = True
     device_id: str = ""
     device_owner: str = ""
+    #: made by the gateway for server ``device_id``: deleted if that server never comes
+    for_server: bool = False
 
 
 class UpdatePort(msgspec.Struct, frozen=True, kw_only=True, tag="port.update"):
@@ -172,7 +183,10 @@ class PortDeleted(msgspec.Struct, frozen=True, kw_only=True, tag="port.deleted")
 
 PORT_EVENTS: tuple[type[msgspec.Struct], ...] = (
     PortCreated, PortUpdated, PortIpBound, PortIpReleased, PortBound, PortPlugged,
-    PortUnbound, PortDeleted)
+    PortUnbound, PortDeleted, *holds.HOLD_EVENTS)
+#: the hold keys of a port made for a server and of one reserved for a server
+MADE, RESERVED = "server:created", "server:reserved"
+INSTANCE_KIND = "instance"
 
 
 class PortState(msgspec.Struct, kw_only=True):
@@ -188,6 +202,8 @@ class PortState(msgspec.Struct, kw_only=True):
     device_owner: str = ""
     host_id: str = ""
     status: str = DOWN
+    #: the server the port waits for (see the module)
+    ledger: Ledger = msgspec.field(default_factory=Ledger)
 
     @property
     def live(self) -> bool:
@@ -199,11 +215,56 @@ class NetworkDeletedRef(msgspec.Struct, frozen=True, kw_only=True, tag="network.
     dhcp_port_id: str
 
 
+class PortDecider:
+    """decide / on_timer / on_reply / effects of the port kind, with the server lease."""
+
+    def __init__(self, lease: float) -> None:
+        self.lease = lease
+
+    def decide(self, state: PortState, command: msgspec.Struct, ctx: Context) -> Events:
+        events = decide(state, command, ctx)
+        match command:
+            case CreatePort(for_server=True, device_id=device) if device:
+                return [*events, *holds.taken(state.ledger, MADE, INSTANCE_KIND, device,
+                                              ctx, self.lease)]
+            case ReservePort(device_id=device) if events:
+                return [*events, *holds.taken(state.ledger, RESERVED, INSTANCE_KIND, device,
+                                              ctx, self.lease)]
+            case BindPort(device_id=device):
+                return [*events, *holds.confirmed(state.ledger, device)]
+            case UnbindPort() | DeletePort() if events:
+                return [*events, *(e for k, h in state.ledger.holds.items()
+                                   for e in holds.released(state.ledger, h.holder, k,
+                                                           "let go"))]
+        return events
+
+    def on_timer(self, state: PortState, fired: TimerFired, ctx: Context) -> Events:
+        return holds.sweep(state.ledger, ctx, self.lease)
+
+    def effects(self, state: PortState, events: Events, ctx: Context) -> list[object]:
+        return [t for e in events if isinstance(e, holds.HoldsChecking)
+                for t in holds.asks(KIND, e, ctx)]
+
+    def on_reply(self, state: PortState, reply: Reply, ctx: Context) -> Events:
+        """The instance's answer: held (confirmed) or free, and then the port goes back
+        (deleted if made for it, freed if reserved), unless someone else has it now."""
+        events = list(holds.answered(state.ledger, reply))
+        for event in events:
+            if not isinstance(event, holds.HoldReleased) or not state.live \
+                    or state.device_id != event.holder or state.host_id:
+                continue
+            if event.key == MADE:
+                return [*events, *_delete(state, ctx)]
+            return [*events, _updated(state, ctx, device_id="", device_owner="")]
+        return events
+
+
 def decide(state: PortState, command: msgspec.Struct, ctx: Context) -> Events:
     if isinstance(command, CreatePort):
         if state.exists:
             raise Rejected("conflict", f"Port {ctx.actor_id} already exists.")
         fields = msgspec.structs.asdict(command)
+        fields.pop("for_server")
         return [PortCreated(port_id=ctx.actor_id, at=ctx.now, **fields),
                 *_bound(ctx.actor_id, command.fixed_ips)]
     if not state.live:
@@ -316,6 +377,7 @@ def evolve(state: PortState, event: msgspec.Struct) -> PortState:
             state.status = DOWN
         case PortDeleted():
             state.deleted = True
+    holds.fold(state.ledger, event)
     return state
 
 
@@ -338,10 +400,19 @@ def initial(_actor_id: str) -> PortState:
     return PortState()
 
 
-PORT = ActorKind(
-    name=KIND, state_type=PortState, initial=initial, decide=decide, evolve=evolve,
-    commands=(CreatePort, UpdatePort, DeletePort, BindPort, PlugPort, UnbindPort,
-              ReservePort),
-    events=PORT_EVENTS, reactions={"network.deleted": _dhcp_port},
-    reaction_events=(NetworkDeletedRef,), react=react, queries=(CheckHold,), answer=answer,
-)
+def make_port_kind(lease: float = 120.0) -> ActorKind[PortState]:
+    """The port kind; a port made or reserved for a server asks about it after ``lease``."""
+    decider = PortDecider(lease)
+    return ActorKind(
+        name=KIND, state_type=PortState, initial=initial, decide=decider.decide,
+        evolve=evolve,
+        commands=(CreatePort, UpdatePort, DeletePort, BindPort, PlugPort, UnbindPort,
+                  ReservePort),
+        events=PORT_EVENTS, reactions={"network.deleted": _dhcp_port},
+        reaction_events=(NetworkDeletedRef,), react=react, queries=(CheckHold,),
+        answer=answer, on_timer=decider.on_timer, on_reply=decider.on_reply,
+        effects=decider.effects,
+    )
+
+
+PORT = make_port_kind()

@@ -560,7 +560,7 @@ class NetworkingApi:
     async def _new_port(self, request: web.Request, net: NetworkView,
                         subnets: list[SubnetView], *, owner: str, mac: str | None,
                         wanted: list[tuple[str | None, str | None]] | None,
-                        body: docs.PortBody) -> str:
+                        body: docs.PortBody, for_server: bool = False) -> str:
         """Create a port on ``net`` (addresses first, then the MAC, then the port, each
         handed back if a later step is refused) and wait until it can be read; its id."""
         await self._in_use(net.id, mac, wanted)
@@ -576,7 +576,7 @@ class NetworkingApi:
             network_id=net.id, project_id=owner, mac_address=got.result or "",
             fixed_ips=ips, name=body.name,
             description=body.description, admin_state_up=body.admin_state_up,
-            device_id=body.device_id, device_owner=body.device_owner))
+            device_id=body.device_id, device_owner=body.device_owner, for_server=for_server))
         if not reply.ok:
             await self._give_back(request, net.id, port_id, ips)
             raise _refused(reply)
@@ -619,7 +619,7 @@ class NetworkingApi:
                                             fixed_ip)]
                 new = await self._new_port(
                     request, net, subnets, owner=context.project_id or net.project_id,
-                    mac=None, wanted=wanted, body=docs.PortBody(
+                    mac=None, wanted=wanted, for_server=True, body=docs.PortBody(
                         network_id=net.id, device_id=server_id, device_owner="compute:nova"))
             except ApiError as exc:
                 if exc.code in ("deadline_exceeded", "unavailable"):

@@ -21,7 +21,7 @@ from actors.instance_views import InstancesProjection
 from actors.kind import ActorKind
 from actors.network import make_network_kind
 from actors.network_views import NetworkingProjection
-from actors.port import PORT
+from actors.port import make_port_kind
 from actors.runtime import EffectHandler
 from actors.scheduler import Placement
 from actors.segment import NetworkSettings, make_segment_kind
@@ -49,7 +49,8 @@ def cloud_kinds(net: NetworkSettings | None = None) -> list[ActorKind[Any]]:
     """Every resource kind a worker hosts."""
     net = net or network_settings()
     return [*IDENTITY_KINDS, HOST, IMAGE, FLAVOR, INSTANCE, make_network_kind(net.hold_lease),
-            make_subnet_kind(net.hold_lease), PORT, make_segment_kind(net)]
+            make_subnet_kind(net.hold_lease), make_port_kind(net.hold_lease),
+            make_segment_kind(net)]
 
 
 def cloud_effects(store: Any, bus: Bus) -> dict[type, EffectHandler]:

@@ -1,5 +1,6 @@
 """The port kind's binding decisions, pure: a port is taken by one device at a time
-(reserve, bind), and given back only by the device that has it (unbind)."""
+(reserve, bind), given back only by the device that has it (unbind), and given back
+after a lease when the server it was made or reserved for never came."""
 
 from __future__ import annotations
 
@@ -7,13 +8,19 @@ import datetime as dt
 
 import pytest
 
-from actors.kind import Context, Events, Rejected
+from actors.holds import CheckHold, HoldConfirmed, HoldReleased
+from actors.instance import InstanceState, NicInfo
+from actors.instance import answer as instance_answer
+from actors.kind import Context, Events, Rejected, Tell
 from actors.port import (
     BindPort,
     CreatePort,
     DeletePort,
+    FixedIp,
     PortBound,
+    PortDecider,
     PortDeleted,
+    PortIpReleased,
     PortState,
     PortUnbound,
     PortUpdated,
@@ -22,6 +29,8 @@ from actors.port import (
     decide,
     evolve,
 )
+from schemas import Reply, TimerFired, TimerSet
+from schemas.hostnet import NetworkSpec
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -75,3 +84,73 @@ def test_a_deleted_bound_port_names_its_host() -> None:
     state, _ = run(created(), BindPort(host_id="h1", device_id="s1"))
     _, events = run(state, DeletePort())
     assert events == [PortDeleted(port_id="p1", network_id="n", host_id="h1", at=NOW)]
+
+
+def test_a_port_made_for_a_server_that_never_came_is_deleted_after_its_lease() -> None:
+    """Made for s1 (the API died before creating it): after the lease the port asks the
+    instance; ``free`` deletes the port and gives its address back; ``held`` keeps it."""
+    decider = PortDecider(lease=60)
+    state, events = PortState(), decider.decide(PortState(), CreatePort(
+        network_id="n", project_id="p", mac_address="fa:16:3e:00:00:01", device_id="s1",
+        device_owner="compute:nova", for_server=True,
+        fixed_ips=[FixedIp(subnet_id="sub", ip_address="10.0.0.5")]), ctx())
+    for event in events:
+        state = evolve(state, event)
+    assert any(isinstance(e, TimerSet) for e in events)
+    later = Context(actor_id="p1", message_id="t", correlation_id="c",
+                    now=NOW + dt.timedelta(seconds=61))
+    checking = decider.on_timer(state, TimerFired(timer_id="x", name="holds"), later)
+    for event in checking:
+        state = evolve(state, event)
+    (ask,) = decider.effects(state, checking, later)
+    assert isinstance(ask, Tell) and (ask.kind, ask.actor_id) == ("instance", "s1")
+    assert isinstance(ask.command, CheckHold)
+    held = decider.on_reply(state, Reply(command_id=ask.request_id, ok=True,
+                                         result="held"), later)
+    assert [type(e) for e in held] == [HoldConfirmed]
+    free = decider.on_reply(state, Reply(command_id=ask.request_id, ok=True,
+                                         result="free"), later)
+    assert [type(e) for e in free] == [HoldReleased, PortIpReleased, PortDeleted]
+
+
+def test_a_bound_port_is_settled_and_a_reserved_one_is_freed_if_unclaimed() -> None:
+    """Binding by the server confirms the hold (nothing is asked later); a reserved port
+    whose server never came is freed, not deleted: it is the user's."""
+    decider = PortDecider(lease=60)
+
+    def run_d(state: PortState, command: object) -> PortState:
+        for event in decider.decide(state, command, ctx()):  # type: ignore[arg-type]
+            state = evolve(state, event)
+        return state
+
+    bound = run_d(run_d(created(), ReservePort(device_id="s1")),
+                  BindPort(host_id="h1", device_id="s1"))
+    assert all(h.confirmed for h in bound.ledger.holds.values())
+    reserved = run_d(created(), ReservePort(device_id="s2"))
+    later = Context(actor_id="p1", message_id="t", correlation_id="c",
+                    now=NOW + dt.timedelta(seconds=61))
+    checking = decider.on_timer(reserved, TimerFired(timer_id="x", name="holds"), later)
+    for event in checking:
+        reserved = evolve(reserved, event)
+    (ask,) = decider.effects(reserved, checking, later)
+    assert isinstance(ask, Tell)
+    free = decider.on_reply(reserved, Reply(command_id=ask.request_id, ok=True,
+                                            result="free"), later)
+    assert [type(e) for e in free] == [HoldReleased, PortUpdated]
+    assert isinstance(free[1], PortUpdated) and free[1].device_id == ""
+
+
+def test_the_instance_holds_a_port_while_it_exists_with_it() -> None:
+    """The instance's answer to a port's ``hold.check``: held only for a live server that
+    has the port among its NICs."""
+    nic = NicInfo(port_id="p1", network_id="n", network_name="net", mac="fa:16:3e:00:00:01",
+                  device="otpp1", network=NetworkSpec(network_id="n", type="vxlan",
+                                                      segmentation_id=5))
+    ask = CheckHold(owner_kind="port", owner_id="p1", key="server:created")
+    live = InstanceState(exists=True, nics=[nic])
+    assert instance_answer(live, ask, ctx()) == "held"
+    assert instance_answer(InstanceState(), ask, ctx()) == "free"
+    assert instance_answer(InstanceState(exists=True, vm_state="deleted", nics=[nic]), ask,
+                           ctx()) == "free"
+    other = CheckHold(owner_kind="port", owner_id="p2", key="server:created")
+    assert instance_answer(live, other, ctx()) == "free"
