@@ -44,7 +44,7 @@ import msgspec
 from actors import holds
 from actors.holds import CheckHold, Ledger
 from actors.kind import ActorKind, Context, Events, Rejected
-from schemas import Reply, TimerFired
+from schemas import Reply, TimerCancelled, TimerFired
 
 KIND = "port"
 DOWN, ACTIVE = "DOWN", "ACTIVE"
@@ -231,12 +231,24 @@ class PortDecider:
                 return [*events, *holds.taken(state.ledger, RESERVED, INSTANCE_KIND, device,
                                               ctx, self.lease)]
             case BindPort(device_id=device):
-                return [*events, *holds.confirmed(state.ledger, device)]
+                settled = holds.confirmed(state.ledger, device)
+                return [*events, *settled, *self._no_timer(state, settled)]
             case UnbindPort() | DeletePort() if events:
-                return [*events, *(e for k, h in state.ledger.holds.items()
-                                   for e in holds.released(state.ledger, h.holder, k,
-                                                           "let go"))]
+                let_go = [e for k, h in state.ledger.holds.items()
+                          for e in holds.released(state.ledger, h.holder, k, "let go")]
+                return [*events, *let_go, *self._no_timer(state, let_go)]
         return events
+
+    @staticmethod
+    def _no_timer(state: PortState, settling: Events) -> Events:
+        """Cancel the lease timer once ``settling`` leaves nothing pending (a port per
+        server boot would otherwise fire one timer each, for nothing, a lease later)."""
+        if not settling or state.ledger.timer is None:
+            return []
+        settled = {(getattr(e, "key", ""), getattr(e, "holder", "")) for e in settling}
+        pending = [k for k, h in state.ledger.holds.items()
+                   if not h.confirmed and (k, h.holder) not in settled]
+        return [] if pending else [TimerCancelled(timer_id=state.ledger.timer)]
 
     def on_timer(self, state: PortState, fired: TimerFired, ctx: Context) -> Events:
         return holds.sweep(state.ledger, ctx, self.lease)

@@ -123,9 +123,11 @@ def test_a_bound_port_is_settled_and_a_reserved_one_is_freed_if_unclaimed() -> N
             state = evolve(state, event)
         return state
 
-    bound = run_d(run_d(created(), ReservePort(device_id="s1")),
-                  BindPort(host_id="h1", device_id="s1"))
+    reserved1 = run_d(created(), ReservePort(device_id="s1"))
+    assert reserved1.ledger.timer is not None
+    bound = run_d(reserved1, BindPort(host_id="h1", device_id="s1"))
     assert all(h.confirmed for h in bound.ledger.holds.values())
+    assert bound.ledger.timer is None  # nothing left to ask about: the timer is cancelled
     reserved = run_d(created(), ReservePort(device_id="s2"))
     later = Context(actor_id="p1", message_id="t", correlation_id="c",
                     now=NOW + dt.timedelta(seconds=61))
