@@ -1,8 +1,15 @@
 """The ``hosts`` projection: each host's state, capacity, usage, last beat and ratios.
 
 ``HostsProjection`` folds the host kind's events into the ``hosts`` table (run it with a
-``store.projections.ProjectionRunner``); ``read_hosts`` / ``read_host`` read it back as
-``HostView`` rows, which is what the scheduler and ``os-hypervisors`` consume.
+``store.projections.ProjectionRunner``), and each host's network capabilities (the types
+it carries, its physical networks, its VXLAN underlay address) into ``host_networks``;
+``read_hosts`` / ``read_host`` read them back as ``HostView`` rows (capabilities in
+``capacity.networks``), which is what the scheduler, the host network planner and
+``os-hypervisors`` consume.
+
+``host_networks`` is a table of its own rather than a column of ``hosts`` so that a log
+folded before it existed keeps working: the table is created empty and filled by the next
+capacity report that carries capabilities (``orrery replay`` rebuilds it from the start).
 """
 
 from __future__ import annotations
@@ -28,15 +35,24 @@ from actors.host import (
 )
 from schemas import EventEnvelope, stream_kind
 from schemas.hostd import Capacity
+from schemas.hostnet import Capabilities
 from store.protocol import SqlTx
 
 TABLE = "hosts"
 UP, DOWN = "up", "down"
 
 _COLUMNS = (
-    "id, state, vcpus, ram_mb, disk_gb, used_vcpus, used_ram_mb, used_disk_gb,"
-    " instances, last_heartbeat, cpu_ratio, ram_ratio, disk_ratio"
+    "h.id, h.state, h.vcpus, h.ram_mb, h.disk_gb, h.used_vcpus, h.used_ram_mb,"
+    " h.used_disk_gb, h.instances, h.last_heartbeat, h.cpu_ratio, h.ram_ratio, h.disk_ratio,"
+    " n.networks"
 )
+_FROM = " FROM hosts h LEFT JOIN host_networks n ON n.id = h.id"
+_NETWORKS = (
+    "INSERT INTO host_networks (id, networks) VALUES ($1, $2)"
+    " ON CONFLICT (id) DO UPDATE SET networks = excluded.networks"
+)
+_JSON = msgspec.json.Encoder()
+_CAPABILITIES = msgspec.json.Decoder(Capabilities)
 _INVENTORY = (
     "INSERT INTO hosts (id, state, vcpus, ram_mb, disk_gb, used_vcpus, used_ram_mb,"
     " used_disk_gb, instances, last_heartbeat, cpu_ratio, ram_ratio, disk_ratio)"
@@ -94,8 +110,9 @@ class HostsProjection:
         " used_disk_gb BIGINT NOT NULL, instances BIGINT NOT NULL, last_heartbeat TEXT,"
         " cpu_ratio DOUBLE PRECISION NOT NULL, ram_ratio DOUBLE PRECISION NOT NULL,"
         " disk_ratio DOUBLE PRECISION NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS host_networks (id TEXT PRIMARY KEY, networks TEXT)",
     )
-    drop: Sequence[str] = ("DROP TABLE IF EXISTS hosts",)
+    drop: Sequence[str] = ("DROP TABLE IF EXISTS hosts", "DROP TABLE IF EXISTS host_networks")
 
     async def apply(self, tx: SqlTx, events: Sequence[EventEnvelope]) -> None:
         for ev in events:
@@ -113,6 +130,8 @@ async def _apply_one(tx: SqlTx, host_id: str, event: msgspec.Struct) -> None:
         ):
             await tx.execute(_INVENTORY, host_id, UP, c.vcpus, c.ram_mb, c.disk_gb,
                              _iso(at), r.cpu, r.ram, r.disk)
+            networks = None if c.networks is None else _JSON.encode(c.networks).decode()
+            await tx.execute(_NETWORKS, host_id, networks)
         case HostHeartbeat(at=at):
             await tx.execute("UPDATE hosts SET last_heartbeat = $2 WHERE id = $1",
                              host_id, _iso(at))
@@ -135,10 +154,11 @@ class QueryStore(Protocol):
 
 
 def _row(row: tuple[Any, ...]) -> HostView:
-    (hid, state, vcpus, ram, disk, uv, ur, ud, n, beat, cr, rr, dr) = row
+    (hid, state, vcpus, ram, disk, uv, ur, ud, n, beat, cr, rr, dr, nets) = row
     return HostView(
         id=hid, state=state,
-        capacity=Capacity(vcpus=int(vcpus), ram_mb=int(ram), disk_gb=int(disk)),
+        capacity=Capacity(vcpus=int(vcpus), ram_mb=int(ram), disk_gb=int(disk),
+                          networks=_CAPABILITIES.decode(nets) if nets else None),
         used=Resources(vcpus=int(uv), ram_mb=int(ur), disk_gb=int(ud)),
         instances=int(n),
         last_heartbeat=dt.datetime.fromisoformat(beat) if beat else None,
@@ -148,11 +168,11 @@ def _row(row: tuple[Any, ...]) -> HostView:
 
 async def read_hosts(store: QueryStore) -> list[HostView]:
     """Every host in the table, by id."""
-    rows = await store.query(f"SELECT {_COLUMNS} FROM hosts ORDER BY id")
+    rows = await store.query(f"SELECT {_COLUMNS}{_FROM} ORDER BY h.id")
     return [_row(r) for r in rows]
 
 
 async def read_host(store: QueryStore, host_id: str) -> HostView | None:
     """One host's row, or None when it never reported."""
-    rows = await store.query(f"SELECT {_COLUMNS} FROM hosts WHERE id = $1", host_id)
+    rows = await store.query(f"SELECT {_COLUMNS}{_FROM} WHERE h.id = $1", host_id)
     return _row(rows[0]) if rows else None

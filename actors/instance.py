@@ -36,6 +36,8 @@ from collections.abc import Sequence
 
 import msgspec
 
+from actors import holds
+from actors.holds import CheckHold
 from actors.kind import ActorKind, Context, Events, Rejected, Tell, TellHost
 from actors.port import KIND as PORT_KIND
 from actors.port import BindPort, DeletePort, PlugPort, UnbindPort
@@ -328,8 +330,9 @@ INSTANCE_EVENTS: tuple[type[msgspec.Struct], ...] = (
 
 class Place(msgspec.Struct, frozen=True, kw_only=True):
     """An effect for the scheduler: claim room for the instance on the best host not in
-    ``exclude``. The claim's command id is ``request@host``; when no host can take it,
-    the answer is a Reply with ``error_type="no_valid_host"``."""
+    ``exclude`` that carries every network type and physical network of its NICs. The
+    claim's command id is ``request@host``; when no host can take it, the answer is a
+    Reply with ``error_type="no_valid_host"``."""
 
     instance_id: str
     request: str
@@ -338,6 +341,8 @@ class Place(msgspec.Struct, frozen=True, kw_only=True):
     disk_gb: int
     image_size: int = 0
     exclude: tuple[str, ...] = ()
+    network_types: tuple[str, ...] = ()
+    physical_networks: tuple[str, ...] = ()
 
 
 class InstanceState(msgspec.Struct, kw_only=True):
@@ -654,9 +659,13 @@ class InstanceDecider:
     @staticmethod
     def _place(state: InstanceState, ctx: Context) -> Place:
         assert state.flavor is not None and state.image is not None and state.awaiting
+        nets = [nic.network for nic in state.nics]
         return Place(instance_id=ctx.actor_id, request=state.awaiting, vcpus=state.flavor.vcpus,
                      ram_mb=state.flavor.ram, disk_gb=state.flavor.disk,
-                     image_size=state.image.size, exclude=tuple(state.refused))
+                     image_size=state.image.size, exclude=tuple(state.refused),
+                     network_types=tuple(sorted({n.type for n in nets})),
+                     physical_networks=tuple(sorted({n.physical_network for n in nets
+                                                     if n.physical_network})))
 
     @staticmethod
     def _spawn(state: InstanceState, ctx: Context) -> SpawnDomain:
@@ -696,7 +705,7 @@ def _release_ports(state: InstanceState, ctx: Context) -> list[Tell]:
     """The server is gone or never came: the ports its boot created are deleted (their
     addresses and MACs go back to their owners), the ports it was given are unbound."""
     return [Tell(kind=PORT_KIND, actor_id=nic.port_id,
-                 command=DeletePort() if nic.created else UnbindPort(),
+                 command=DeletePort() if nic.created else UnbindPort(device_id=ctx.actor_id),
                  request_id=f"{ctx.message_id}/release/{nic.port_id}") for nic in state.nics]
 
 
@@ -778,6 +787,13 @@ def initial(_actor_id: str) -> InstanceState:
     return InstanceState()
 
 
+def answer(state: InstanceState, query: CheckHold, ctx: Context) -> str:
+    """A port made or reserved for this server asks whether the server has it: ``held``
+    while the server exists (not deleted) with that port among its NICs."""
+    return holds.answer_held(state.exists and state.vm_state != DELETED
+                             and any(n.port_id == query.owner_id for n in state.nics))
+
+
 def make_instance_kind(deadlines: Deadlines | None = None, *,
                        snapshot_every: int = 100) -> ActorKind[InstanceState]:
     """The ``instance`` kind with these deadlines."""
@@ -794,6 +810,8 @@ def make_instance_kind(deadlines: Deadlines | None = None, *,
         on_timer=decider.on_timer,
         on_reply=decider.on_reply,
         effects=decider.effects,
+        queries=(CheckHold,),
+        answer=answer,
         snapshot_every=snapshot_every,
     )
 

@@ -215,9 +215,9 @@ class NetworkDecider:
         others = [h.value for k, h in state.ledger.holds.items() if k.startswith(SUBNET)]
         clash = ipam.overlaps(cidr, others)
         if clash is not None:
-            raise Rejected("bad_request", f"Invalid input for operation: Requested subnet "
+            raise Rejected("InvalidInput", f"Invalid input for operation: Requested subnet "
                            f"with cidr: {cidr} for network: {ctx.actor_id} overlaps with "
-                           f"another subnet ({clash}).")
+                           "another subnet.")
         return holds.taken(state.ledger, SUBNET + subnet_id, SUBNET_KIND, subnet_id, ctx,
                            self.lease, value=cidr)
 

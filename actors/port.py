@@ -14,8 +14,20 @@ Commands for the boot saga and hostd (the lead's instance saga uses these):
   another device is 409 ``PortInUse``; binding again to the same device is a no-op.
 - ``port.plug`` (``host_id``): hostd has plugged the port on that host: ``ACTIVE``.
   From another host than the binding's, or unbound, it is refused (409).
-- ``port.unbind``: host, device id and owner cleared, status ``DOWN`` (a port the user
-  created survives its server; one the saga created is deleted instead).
+- ``port.reserve`` (``device_id``, ``device_owner``): the gateway takes a user's port
+  for a server before the server exists; 409 ``PortInUse`` when another device has it,
+  a no-op for the same device. So of two boots given one port, exactly one gets it.
+- ``port.unbind`` (``device_id``): host, device id and owner cleared, status ``DOWN`` (a
+  port the user created survives its server; one the saga created is deleted instead).
+  Only for that device: a port another device took since is left alone.
+
+A port the gateway made for a server (``port.create`` with ``for_server``) or reserved for
+one holds that server as a hold (`actors.holds`, key ``server:created`` / ``server:reserved``,
+holder the instance): confirmed when the server binds it; if it is still pending after
+the lease, the instance is asked (``hold.check``), and a server that does not exist (the
+API died between making the ports and creating the server, or the create was lost) gets
+its port back: a made port is deleted, a reserved one freed. So no port is left bound to
+a server that never was.
 
 ``port.update`` changes name, description, admin_state_up, device_id/owner and fixed IPs
 (the gateway allocates the new addresses first and frees the dropped ones after).
@@ -30,8 +42,9 @@ import datetime as dt
 import msgspec
 
 from actors import holds
-from actors.holds import CheckHold
+from actors.holds import CheckHold, Ledger
 from actors.kind import ActorKind, Context, Events, Rejected
+from schemas import Reply, TimerCancelled, TimerFired
 
 KIND = "port"
 DOWN, ACTIVE = "DOWN", "ACTIVE"
@@ -52,6 +65,8 @@ class CreatePort(msgspec.Struct, frozen=True, kw_only=True, tag="port.create"):
     admin_state_up: bool = True
     device_id: str = ""
     device_owner: str = ""
+    #: made by the gateway for server ``device_id``: deleted if that server never comes
+    for_server: bool = False
 
 
 class UpdatePort(msgspec.Struct, frozen=True, kw_only=True, tag="port.update"):
@@ -83,8 +98,17 @@ class PlugPort(msgspec.Struct, frozen=True, kw_only=True, tag="port.plug"):
     host_id: str
 
 
+class ReservePort(msgspec.Struct, frozen=True, kw_only=True, tag="port.reserve"):
+    """Take the port for ``device_id`` (a server being created), or refuse."""
+
+    device_id: str
+    device_owner: str = "compute:nova"
+
+
 class UnbindPort(msgspec.Struct, frozen=True, kw_only=True, tag="port.unbind"):
-    pass
+    """Give the port back from ``device_id`` ("" : whoever has it)."""
+
+    device_id: str = ""
 
 
 class PortCreated(msgspec.Struct, frozen=True, kw_only=True, tag="port.created"):
@@ -141,19 +165,28 @@ class PortPlugged(msgspec.Struct, frozen=True, kw_only=True, tag="port.plugged")
 
 
 class PortUnbound(msgspec.Struct, frozen=True, kw_only=True, tag="port.unbound"):
+    """``host_id``: the host it was bound to ("" in events recorded before it was kept)."""
+
     port_id: str
     at: dt.datetime
+    host_id: str = ""
 
 
 class PortDeleted(msgspec.Struct, frozen=True, kw_only=True, tag="port.deleted"):
+    """``host_id``: the host it was bound to, if any (as in ``port.unbound``)."""
+
     port_id: str
     network_id: str
     at: dt.datetime
+    host_id: str = ""
 
 
 PORT_EVENTS: tuple[type[msgspec.Struct], ...] = (
     PortCreated, PortUpdated, PortIpBound, PortIpReleased, PortBound, PortPlugged,
-    PortUnbound, PortDeleted)
+    PortUnbound, PortDeleted, *holds.HOLD_EVENTS)
+#: the hold keys of a port made for a server and of one reserved for a server
+MADE, RESERVED = "server:created", "server:reserved"
+INSTANCE_KIND = "instance"
 
 
 class PortState(msgspec.Struct, kw_only=True):
@@ -169,6 +202,8 @@ class PortState(msgspec.Struct, kw_only=True):
     device_owner: str = ""
     host_id: str = ""
     status: str = DOWN
+    #: the server the port waits for (see the module)
+    ledger: Ledger = msgspec.field(default_factory=Ledger)
 
     @property
     def live(self) -> bool:
@@ -180,11 +215,68 @@ class NetworkDeletedRef(msgspec.Struct, frozen=True, kw_only=True, tag="network.
     dhcp_port_id: str
 
 
+class PortDecider:
+    """decide / on_timer / on_reply / effects of the port kind, with the server lease."""
+
+    def __init__(self, lease: float) -> None:
+        self.lease = lease
+
+    def decide(self, state: PortState, command: msgspec.Struct, ctx: Context) -> Events:
+        events = decide(state, command, ctx)
+        match command:
+            case CreatePort(for_server=True, device_id=device) if device:
+                return [*events, *holds.taken(state.ledger, MADE, INSTANCE_KIND, device,
+                                              ctx, self.lease)]
+            case ReservePort(device_id=device) if events:
+                return [*events, *holds.taken(state.ledger, RESERVED, INSTANCE_KIND, device,
+                                              ctx, self.lease)]
+            case BindPort(device_id=device):
+                settled = holds.confirmed(state.ledger, device)
+                return [*events, *settled, *self._no_timer(state, settled)]
+            case UnbindPort() | DeletePort() if events:
+                let_go = [e for k, h in state.ledger.holds.items()
+                          for e in holds.released(state.ledger, h.holder, k, "let go")]
+                return [*events, *let_go, *self._no_timer(state, let_go)]
+        return events
+
+    @staticmethod
+    def _no_timer(state: PortState, settling: Events) -> Events:
+        """Cancel the lease timer once ``settling`` leaves nothing pending (a port per
+        server boot would otherwise fire one timer each, for nothing, a lease later)."""
+        if not settling or state.ledger.timer is None:
+            return []
+        settled = {(getattr(e, "key", ""), getattr(e, "holder", "")) for e in settling}
+        pending = [k for k, h in state.ledger.holds.items()
+                   if not h.confirmed and (k, h.holder) not in settled]
+        return [] if pending else [TimerCancelled(timer_id=state.ledger.timer)]
+
+    def on_timer(self, state: PortState, fired: TimerFired, ctx: Context) -> Events:
+        return holds.sweep(state.ledger, ctx, self.lease)
+
+    def effects(self, state: PortState, events: Events, ctx: Context) -> list[object]:
+        return [t for e in events if isinstance(e, holds.HoldsChecking)
+                for t in holds.asks(KIND, e, ctx)]
+
+    def on_reply(self, state: PortState, reply: Reply, ctx: Context) -> Events:
+        """The instance's answer: held (confirmed) or free, and then the port goes back
+        (deleted if made for it, freed if reserved), unless someone else has it now."""
+        events = list(holds.answered(state.ledger, reply))
+        for event in events:
+            if not isinstance(event, holds.HoldReleased) or not state.live \
+                    or state.device_id != event.holder or state.host_id:
+                continue
+            if event.key == MADE:
+                return [*events, *_delete(state, ctx)]
+            return [*events, _updated(state, ctx, device_id="", device_owner="")]
+        return events
+
+
 def decide(state: PortState, command: msgspec.Struct, ctx: Context) -> Events:
     if isinstance(command, CreatePort):
         if state.exists:
             raise Rejected("conflict", f"Port {ctx.actor_id} already exists.")
         fields = msgspec.structs.asdict(command)
+        fields.pop("for_server")
         return [PortCreated(port_id=ctx.actor_id, at=ctx.now, **fields),
                 *_bound(ctx.actor_id, command.fixed_ips)]
     if not state.live:
@@ -194,11 +286,13 @@ def decide(state: PortState, command: msgspec.Struct, ctx: Context) -> Events:
             return _update(state, command, ctx)
         case DeletePort():
             return _delete(state, ctx)
+        case ReservePort(device_id=device, device_owner=owner):
+            _free_for(state, device, ctx)
+            if (state.device_id, state.device_owner) == (device, owner):
+                return []
+            return [_updated(state, ctx, device_id=device, device_owner=owner)]
         case BindPort(host_id=host, device_id=device, device_owner=owner):
-            if state.device_id not in ("", device):
-                raise Rejected("PortInUse", f"Unable to complete operation on port "
-                               f"{ctx.actor_id} for network {state.network_id}. Port already "
-                               f"has an attached device {state.device_id}.")
+            _free_for(state, device, ctx)
             if (state.host_id, state.device_id, state.device_owner) == (host, device, owner):
                 return []
             return [PortBound(port_id=ctx.actor_id, host_id=host, device_id=device,
@@ -208,11 +302,29 @@ def decide(state: PortState, command: msgspec.Struct, ctx: Context) -> Events:
                 raise Rejected("conflict", f"Port {ctx.actor_id} is not bound to host {host}.")
             return [] if state.status == ACTIVE else [
                 PortPlugged(port_id=ctx.actor_id, host_id=host, at=ctx.now)]
-        case UnbindPort():
+        case UnbindPort(device_id=device):
             if not (state.host_id or state.device_id or state.device_owner):
                 return []
-            return [PortUnbound(port_id=ctx.actor_id, at=ctx.now)]
+            if device and device != state.device_id:
+                return []  # another device has it now
+            return [PortUnbound(port_id=ctx.actor_id, host_id=state.host_id, at=ctx.now)]
     raise Rejected("bad_request", f"port has no command {type(command).__name__}")
+
+
+def _free_for(state: PortState, device: str, ctx: Context) -> None:
+    """Refuse (409 PortInUse) unless the port is free or already ``device``'s."""
+    if state.device_id not in ("", device):
+        raise Rejected("PortInUse", f"Unable to complete operation on port {ctx.actor_id} "
+                       f"for network {state.network_id}. Port already has an attached "
+                       f"device {state.device_id}.")
+
+
+def _updated(state: PortState, ctx: Context, *, device_id: str,
+             device_owner: str) -> PortUpdated:
+    return PortUpdated(port_id=ctx.actor_id, at=ctx.now, fixed_ips=list(state.fixed_ips),
+                       name=state.name, description=state.description,
+                       admin_state_up=state.admin_state_up, device_id=device_id,
+                       device_owner=device_owner)
 
 
 def _bound(port_id: str, ips: list[FixedIp]) -> Events:
@@ -244,7 +356,8 @@ def _update(state: PortState, cmd: UpdatePort, ctx: Context) -> Events:
 
 def _delete(state: PortState, ctx: Context) -> Events:
     return [*_released(ctx.actor_id, state.fixed_ips),
-            PortDeleted(port_id=ctx.actor_id, network_id=state.network_id, at=ctx.now)]
+            PortDeleted(port_id=ctx.actor_id, network_id=state.network_id,
+                        host_id=state.host_id, at=ctx.now)]
 
 
 def react(state: PortState, event: msgspec.Struct, ctx: Context) -> Events:
@@ -276,6 +389,7 @@ def evolve(state: PortState, event: msgspec.Struct) -> PortState:
             state.status = DOWN
         case PortDeleted():
             state.deleted = True
+    holds.fold(state.ledger, event)
     return state
 
 
@@ -298,9 +412,19 @@ def initial(_actor_id: str) -> PortState:
     return PortState()
 
 
-PORT = ActorKind(
-    name=KIND, state_type=PortState, initial=initial, decide=decide, evolve=evolve,
-    commands=(CreatePort, UpdatePort, DeletePort, BindPort, PlugPort, UnbindPort),
-    events=PORT_EVENTS, reactions={"network.deleted": _dhcp_port},
-    reaction_events=(NetworkDeletedRef,), react=react, queries=(CheckHold,), answer=answer,
-)
+def make_port_kind(lease: float = 120.0) -> ActorKind[PortState]:
+    """The port kind; a port made or reserved for a server asks about it after ``lease``."""
+    decider = PortDecider(lease)
+    return ActorKind(
+        name=KIND, state_type=PortState, initial=initial, decide=decider.decide,
+        evolve=evolve,
+        commands=(CreatePort, UpdatePort, DeletePort, BindPort, PlugPort, UnbindPort,
+                  ReservePort),
+        events=PORT_EVENTS, reactions={"network.deleted": _dhcp_port},
+        reaction_events=(NetworkDeletedRef,), react=react, queries=(CheckHold,),
+        answer=answer, on_timer=decider.on_timer, on_reply=decider.on_reply,
+        effects=decider.effects,
+    )
+
+
+PORT = make_port_kind()

@@ -1,7 +1,9 @@
 """The scheduler: pure filters and weighers over host views, then claims until one sticks.
 
 ``place(request, hosts)`` filters (up, room for vCPU/RAM/disk under each host's allocation
-ratios, the image fits the root disk) and weighs (most free RAM first, then most free
+ratios, the image fits the root disk, the host carries every network type and physical
+network of the instance's NICs, e.g. no VLAN network on a host whose kernel lacks 802.1Q)
+and weighs (most free RAM first, then most free
 vCPUs, then host id, so the ranking is deterministic). ``schedule`` sends a ``Claim`` to
 each ranked host in turn: the host actor is the single writer of its capacity, so a
 ``conflict`` only means someone else took the room first and the next host is tried.
@@ -35,7 +37,7 @@ log = structlog.get_logger(__name__)
 GIB = 1024**3
 CLAIM_TIMEOUT = 10.0
 #: the reasons a filter gives, keyed for counting
-DOWN, NO_CAPACITY = "down", "capacity"
+DOWN, NO_CAPACITY, NO_NETWORK = "down", "capacity", "network"
 
 HostsReader = Callable[[], Awaitable[Sequence[HostView]]]
 
@@ -49,6 +51,9 @@ class PlacementRequest(msgspec.Struct, frozen=True, kw_only=True):
     ram_mb: int
     disk_gb: int
     image_size: int = 0
+    #: the network types (flat, vlan, vxlan) and physical networks of its NICs
+    network_types: tuple[str, ...] = ()
+    physical_networks: tuple[str, ...] = ()
 
     @property
     def needs(self) -> Resources:
@@ -78,10 +83,28 @@ def image_problem(request: PlacementRequest) -> str | None:
     return None
 
 
+def network_problem(request: PlacementRequest, host: HostView) -> str | None:
+    """Why ``host`` cannot carry the request's networks (None: it can, or none asked)."""
+    if not request.network_types and not request.physical_networks:
+        return None
+    caps = host.capacity.networks
+    if caps is None:
+        return "no network driver"
+    for kind in request.network_types:
+        if not getattr(caps, kind, False):
+            return f"no {kind} networks ({caps.missing.get(kind, 'unsupported')})"
+    for physnet in request.physical_networks:
+        if physnet not in caps.physical_networks:
+            return f"no physical network {physnet}"
+    return None
+
+
 def rejection(request: PlacementRequest, host: HostView) -> str | None:
     """Why ``host`` cannot take ``request`` (None: it passes every filter)."""
     if not host.up:
         return DOWN
+    if network_problem(request, host) is not None:
+        return NO_NETWORK
     if shortfall(host.free, request.needs) is not None:
         return NO_CAPACITY
     return None
@@ -111,9 +134,17 @@ def filter_hosts(
     reasons = []
     if refused[DOWN]:
         reasons.append(f"{refused[DOWN]} host(s) down")
+    if refused[NO_NETWORK]:
+        reasons.append(f"{refused[NO_NETWORK]} host(s) unable to carry {_networks(request)}")
     if refused[NO_CAPACITY]:
         reasons.append(f"{refused[NO_CAPACITY]} host(s) without room for {_need(request)}")
     return passing, reasons
+
+
+def _networks(request: PlacementRequest) -> str:
+    kinds = "/".join(request.network_types) or "any"
+    physnets = ", ".join(request.physical_networks)
+    return f"{kinds} networks" + (f" on physical network(s) {physnets}" if physnets else "")
 
 
 def _need(request: PlacementRequest) -> str:
@@ -240,7 +271,9 @@ class Placement:
     async def __call__(self, origin: Origin, place: Place) -> None:
         request = PlacementRequest(instance_id=place.instance_id, vcpus=place.vcpus,
                                    ram_mb=place.ram_mb, disk_gb=place.disk_gb,
-                                   image_size=place.image_size)
+                                   image_size=place.image_size,
+                                   network_types=place.network_types,
+                                   physical_networks=place.physical_networks)
         passing, reasons = await self._candidates(request, place.exclude)
         if not passing:
             error = str(NoValidHost(reasons))

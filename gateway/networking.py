@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 import structlog
@@ -27,6 +27,7 @@ from aiohttp import web
 from actors import ipam
 from actors.client import ActorClient
 from actors.holds import ReleaseHolds
+from actors.hostnet import segment_spec
 from actors.instance import NicInfo
 from actors.network import (
     DHCP_OWNER,
@@ -48,7 +49,7 @@ from actors.network_views import (
     read_subnets,
     subnet_ids_of,
 )
-from actors.port import CreatePort, DeletePort, FixedIp, UpdatePort
+from actors.port import CreatePort, DeletePort, FixedIp, ReservePort, UnbindPort, UpdatePort
 from actors.segment import AllocateSegment, NetworkSettings, segment_id
 from actors.subnet import Allocate, CreateSubnet, DeleteSubnet, HostRoute, UpdateSubnet
 from bus.errors import CallTimeout
@@ -59,14 +60,7 @@ from gateway.errors import ApiError, ErrorCode
 from gateway.json import decode, json_response, read_body, read_json
 from gateway.middleware import REQUEST_ID
 from schemas import Reply
-from schemas.hostnet import (
-    DhcpHost,
-    DhcpSpec,
-    NetworkSpec,
-    NetworkType,
-    SubnetSpec,
-    port_device,
-)
+from schemas.hostnet import NetworkSpec, port_device
 from store.protocol import ProjectionStore
 
 
@@ -83,6 +77,7 @@ _TYPES: dict[str, ErrorCode] = {
     "NetworkInUse": "conflict", "SubnetInUse": "conflict", "PortInUse": "conflict",
     "MacAddressInUse": "conflict", "IpAddressGenerationFailure": "conflict",
     "IpAddressAlreadyAllocated": "conflict", "InvalidIpForSubnet": "bad_request",
+    "InvalidInput": "bad_request",
     "NetworkNotFound": "not_found", "SubnetNotFound": "not_found",
     "PortNotFound": "not_found", "conflict": "conflict", "bad_request": "bad_request",
     "not_found": "not_found", "deadline_exceeded": "deadline_exceeded",
@@ -472,6 +467,10 @@ class NetworkingApi:
         _writer(context, "update_subnet")
         _owns(context, subnet.project_id, "update_subnet")
         body = (await read_json(request, docs.SubnetUpdateRequest)).subnet
+        if body.dns_nameservers is not None:
+            _check_dns(body.dns_nameservers)
+        if body.host_routes is not None:
+            _check_routes(body.host_routes)
         routes = None if body.host_routes is None else \
             [HostRoute(destination=r.destination, nexthop=r.nexthop) for r in body.host_routes]
         reply = await self.cmd.do(request, "subnet", subnet.id, UpdateSubnet(
@@ -561,7 +560,7 @@ class NetworkingApi:
     async def _new_port(self, request: web.Request, net: NetworkView,
                         subnets: list[SubnetView], *, owner: str, mac: str | None,
                         wanted: list[tuple[str | None, str | None]] | None,
-                        body: docs.PortBody) -> str:
+                        body: docs.PortBody, for_server: bool = False) -> str:
         """Create a port on ``net`` (addresses first, then the MAC, then the port, each
         handed back if a later step is refused) and wait until it can be read; its id."""
         await self._in_use(net.id, mac, wanted)
@@ -577,7 +576,7 @@ class NetworkingApi:
             network_id=net.id, project_id=owner, mac_address=got.result or "",
             fixed_ips=ips, name=body.name,
             description=body.description, admin_state_up=body.admin_state_up,
-            device_id=body.device_id, device_owner=body.device_owner))
+            device_id=body.device_id, device_owner=body.device_owner, for_server=for_server))
         if not reply.ok:
             await self._give_back(request, net.id, port_id, ips)
             raise _refused(reply)
@@ -592,13 +591,21 @@ class NetworkingApi:
         """A NIC for server ``server_id``: the user's port ``port_id`` (which must be
         free), or a new port on ``network_id`` (with ``fixed_ip`` if asked) that the
         server owns. ApiError for a network or port the caller cannot see (Nova answers
-        those at once); NicUnavailable when the network cannot give the server a port
-        (the boot then ends in ERROR, as Nova's does)."""
+        those at once) and 409 for a port another device has; NicUnavailable when the
+        network cannot give the server a port (the boot then ends in ERROR, as Nova's
+        does). A given port is reserved for the server by its actor (``port.reserve``),
+        so of two boots given the same port exactly one gets it; the caller gives the
+        NICs back with ``release_nics`` when the boot does not go ahead."""
         if port_id is not None:
             port = await self._port(port_id, context)
+            in_use = ApiError("conflict", f"Port {port_id} is still in use.")
             if port.device_id:
-                raise ApiError("conflict", f"Port {port_id} is still in use.")
+                raise in_use
             net = await self._network(port.network_id, context)
+            reply = await self.cmd.ask(request, "port", port.id, ReservePort(
+                device_id=server_id, device_owner="compute:nova"))
+            if not reply.ok:
+                raise in_use if reply.error_type == "PortInUse" else _refused(reply)
         else:
             assert network_id is not None
             net = await self._network(network_id, context)
@@ -612,7 +619,7 @@ class NetworkingApi:
                                             fixed_ip)]
                 new = await self._new_port(
                     request, net, subnets, owner=context.project_id or net.project_id,
-                    mac=None, wanted=wanted, body=docs.PortBody(
+                    mac=None, wanted=wanted, for_server=True, body=docs.PortBody(
                         network_id=net.id, device_id=server_id, device_owner="compute:nova"))
             except ApiError as exc:
                 if exc.code in ("deadline_exceeded", "unavailable"):
@@ -623,6 +630,28 @@ class NetworkingApi:
                        mac=port.mac_address, ips=tuple(f.ip_address for f in port.fixed_ips),
                        created=port_id is None, device=port_device(port.id),
                        network=await self._plumbing(net))
+
+    async def release_nics(self, request: web.Request, server_id: str,
+                           nics: Sequence[NicInfo]) -> None:
+        """Give back the NICs made for a server that will not boot: delete the ports made
+        for it (their MACs and addresses back to their owners now), and unreserve the
+        ports it was given, if it still has them. Best effort: failures are logged."""
+        for nic in nics:
+            try:
+                if nic.created:
+                    found = await read_ports(self.store, Where().eq("id", nic.port_id))
+                    await self.cmd.ask(request, "port", nic.port_id, DeletePort())
+                    await self._give_back(request, nic.network_id, nic.port_id,
+                                          found[0].fixed_ips if found else [])
+                else:
+                    await self.cmd.ask(request, "port", nic.port_id,
+                                       UnbindPort(device_id=server_id))
+            except ApiError as exc:
+                log.warning("nic_release_failed", server_id=server_id, port_id=nic.port_id,
+                            reason=exc.message or exc.code)
+            else:
+                log.info("nic_released", server_id=server_id, port_id=nic.port_id,
+                         deleted=nic.created)
 
     async def auto_network(self, context: AuthContext) -> str | None:
         """Nova's ``networks: auto``: the one network the project can use (its own or a
@@ -635,29 +664,11 @@ class NetworkingApi:
         return nets[0].id if nets else None
 
     async def _plumbing(self, net: NetworkView) -> NetworkSpec:
-        """What a host needs to carry ``net``: its segment, its subnets and, with DHCP
-        on, the network's DHCP port and a static entry for every port of the network."""
+        """What a host needs to plug a server's port on ``net``: its segment and subnets.
+        DHCP and VXLAN peers are the host network planner's (`actors.hostnet`): one host
+        serves a network's DHCP, and peers change as hosts come and go."""
         subnets = await read_subnets(self.store, Where().eq("network_id", net.id))
-        ports = await read_ports(self.store, Where().eq("network_id", net.id))
-        dhcp_subnets = {s.id for s in subnets if s.enable_dhcp}
-        server = next((p for p in ports if p.device_owner == DHCP_OWNER), None)
-        dhcp = None
-        if server is not None and dhcp_subnets:
-            dhcp = DhcpSpec(
-                mac=server.mac_address,
-                ips=tuple(f.ip_address for f in server.fixed_ips
-                          if f.subnet_id in dhcp_subnets),
-                hosts=tuple(DhcpHost(mac=p.mac_address, ip=f.ip_address)
-                            for p in ports if p is not server
-                            for f in p.fixed_ips if f.subnet_id in dhcp_subnets))
-        kind = net.network_type if net.network_type in ("flat", "vlan", "vxlan") else "vxlan"
-        return NetworkSpec(
-            network_id=net.id, type=cast(NetworkType, kind),
-            physical_network=net.physical_network, segmentation_id=net.segmentation_id,
-            mtu=net.mtu, dhcp=dhcp,
-            subnets=tuple(SubnetSpec(subnet_id=s.id, cidr=s.cidr, gateway_ip=s.gateway_ip,
-                                     dns_nameservers=tuple(s.dns_nameservers),
-                                     enable_dhcp=s.enable_dhcp) for s in subnets))
+        return segment_spec(net, subnets)
 
     async def _in_use(self, network_id: str, mac: str | None,
                       wanted: list[tuple[str | None, str | None]] | None) -> None:
@@ -799,16 +810,51 @@ def _subnet_command(body: docs.SubnetBody, net: NetworkView,
     try:
         gw, ranges = ipam.plan_subnet(body.cidr, gateway, pools,
                                       default_gateway=body.gateway_ip is msgspec.UNSET)
-        for server in body.dns_nameservers:
-            ipam.parse_ip(server, "dns_nameservers")
     except ipam.PlanError as exc:
         raise _bad(str(exc)) from None
+    _check_dns(body.dns_nameservers)
+    _check_routes(body.host_routes)
     return CreateSubnet(
         network_id=net.id, project_id=_owner(context, body.project_id or body.tenant_id),
         name=body.name, description=body.description, cidr=body.cidr, gateway_ip=gw,
         pools=ranges, enable_dhcp=body.enable_dhcp, dns_nameservers=body.dns_nameservers,
         host_routes=[HostRoute(destination=r.destination, nexthop=r.nexthop)
                      for r in body.host_routes])
+
+
+def _check_dns(servers: list[str]) -> None:
+    """Neutron's ``dns_nameservers`` validation: addresses, each once."""
+    try:
+        for server in servers:
+            ipam.parse_ip(server, "dns_nameservers")
+    except ipam.PlanError as exc:
+        raise _bad(str(exc)) from None
+    for server in servers:
+        if servers.count(server) > 1:
+            raise _bad(f"Invalid input for dns_nameservers. Reason: Duplicate nameserver "
+                       f"'{server}'.")
+
+
+def _check_routes(routes: list[docs.RouteBody]) -> None:
+    """Neutron's ``host_routes`` validation: a CIDR destination and an address nexthop,
+    each route once."""
+    seen: set[tuple[str, str]] = set()
+    for route in routes:
+        try:
+            ipam.parse_cidr(route.destination)
+        except ipam.PlanError:
+            raise _bad(f"Invalid input for host_routes. Reason: '{route.destination}' is "
+                       "not a valid IP subnet.") from None
+        try:
+            ipam.parse_ip(route.nexthop, "host_routes")
+        except ipam.PlanError as exc:
+            raise _bad(str(exc)) from None
+        key = (route.destination, route.nexthop)
+        if key in seen:
+            raise _bad(f"Invalid input for host_routes. Reason: Duplicate hostroute "
+                       f"'{{'destination': '{route.destination}', 'nexthop': "
+                       f"'{route.nexthop}'}}'.")
+        seen.add(key)
 
 
 def _check_port_body(body: docs.PortBody, context: AuthContext) -> None:

@@ -56,7 +56,7 @@ from actors.instance_views import (
     read_server_refs,
     read_servers,
 )
-from bus.errors import CallTimeout
+from bus.errors import BusError, CallTimeout
 from gateway.app import ServiceRouter
 from gateway.auth import AuthContext, authenticate
 from gateway.discovery import APIVersion
@@ -212,7 +212,11 @@ class ServersApi:
             flavor=flavor, image=image, metadata=body.metadata, key_name=body.key_name,
             user_data=body.user_data, availability_zone=body.availability_zone,
             description=body.description, nics=nics, nic_error=nic_error)
-        await self._command(request, context, server_id, command)
+        try:
+            await self._command(request, context, server_id, command)
+        except ApiError as exc:
+            await self._abandon(request, context, server_id, nics, exc)
+            raise
         log.info("server_created", server_id=server_id, flavor=flavor.id, image=image.id)
         doc: Doc = {"id": server_id, "links": _links(request, server_id),
                     "OS-DCF:diskConfig": _disk_config(body.disk_config),
@@ -267,6 +271,25 @@ class ServersApi:
                 PROJECTION_NAME, reply.position, self.wait_timeout):
             raise ApiError("unavailable", "The instances projection is behind; try again.")
 
+    async def _abandon(self, request: web.Request, context: AuthContext, server_id: str,
+                       nics: list[NicInfo], exc: ApiError) -> None:
+        """The create was refused or not answered: its ports go back. Unanswered, the
+        instance may yet be created (its command is queued): a delete queued behind it
+        makes sure that such an instance goes, and gives its ports back too. (When only
+        the projection was behind, the instance exists and owns its ports.)"""
+        if exc.code == "unavailable":
+            return
+        if exc.code == "deadline_exceeded":
+            try:
+                await self.client.cast(INSTANCE_KIND, server_id, DeleteInstance(),
+                                       correlation_id=request[REQUEST_ID],
+                                       project_id=context.project_id, user_id=context.user_id)
+            except BusError as err:
+                log.warning("abandoned_server_delete_failed", server_id=server_id,
+                            reason=repr(err))
+        if nics and self.networking is not None:
+            await self.networking.release_nics(request, server_id, nics)
+
     async def _nics(self, request: web.Request, context: AuthContext, server_id: str,
                     networks: str | list[dict[str, Any]] | None,
                     ) -> tuple[list[NicInfo], str | None]:
@@ -293,6 +316,7 @@ class ServersApi:
             except NicUnavailable as exc:
                 return nics, str(exc)
             except ApiError as exc:
+                await self.networking.release_nics(request, server_id, nics)
                 if exc.code != "not_found":
                     raise
                 what = "Port" if entry.get("port") else "Network"

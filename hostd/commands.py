@@ -39,7 +39,8 @@ from hostd.hypervisor import (
     HypervisorUnavailable,
 )
 from hostd.image_cache import ImageCache, ImageCacheError
-from hostd.network import HostNetwork, HostNetworkError
+from hostd.netsync import NetworkSync
+from hostd.network import HostNetworkError
 from schemas import CommandEnvelope, Reply
 from schemas.hostd import (
     HOSTD_COMMAND_DECODER,
@@ -48,6 +49,7 @@ from schemas.hostd import (
     GetDomainState,
     HostdCommand,
     ImageRef,
+    InstanceCommand,
     RebootDomain,
     SpawnDomain,
     StartDomain,
@@ -107,7 +109,7 @@ class HostCommands:
     domain is defined, and a destroy unplugs the ports it names."""
 
     def __init__(self, hypervisor: Hypervisor, images: ImageCache | None = None,
-                 network: HostNetwork | None = None) -> None:
+                 network: NetworkSync | None = None) -> None:
         self.hypervisor = hypervisor
         self.images = images
         self.network = network
@@ -125,7 +127,7 @@ class HostCommands:
         done = self._done.get(instance_id)
         return self.busy(instance_id) or (done is not None and at <= done)
 
-    async def handle(self, msg: CommandEnvelope, command: HostdCommand,
+    async def handle(self, msg: CommandEnvelope, command: InstanceCommand,
                      interim: Interim = _no_interim) -> Reply:
         """Carry out ``command`` before ``msg.deadline``; the Reply says how it went
         (progress on the way goes to ``interim``)."""
@@ -152,7 +154,7 @@ class HostCommands:
                  state=state)
         return Reply(command_id=msg.command_id, ok=True, result=state.value)
 
-    async def _apply(self, msg: CommandEnvelope, command: HostdCommand,
+    async def _apply(self, msg: CommandEnvelope, command: InstanceCommand,
                      interim: Interim) -> DomainState:
         hv = self.hypervisor
         uuid = command.instance_id
@@ -180,8 +182,7 @@ class HostCommands:
             case DestroyDomain(ports=ports):
                 await hv.undefine(uuid)
                 if self.network is not None:
-                    for port_id in ports:
-                        await self.network.remove_port(port_id)
+                    await self.network.unplug(ports)
             case GetDomainState():
                 pass
         return await hv.state(uuid)
@@ -192,10 +193,7 @@ class HostCommands:
             return
         if self.network is None:
             raise CommandFailed("network_error", "this host has no network driver")
-        for spec in spawn.networks:
-            await self.network.ensure_network(spec)
-        for port in spawn.ports:
-            await self.network.ensure_port(port)
+        await self.network.plug(spawn.networks, spawn.ports)
 
     async def _ensure_image(self, image: ImageRef) -> str:
         assert self.images is not None

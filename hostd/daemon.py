@@ -5,7 +5,9 @@ start, then a beat every ``heartbeat_every`` seconds), answers the commands rout
 its host queue with Replies (see hostd.commands for their conventions), forwards each
 lifecycle observation of an instance's domain to that instance actor
 (``instance.observed``), and reconciles after the capacity report and then every
-``reconcile_every`` seconds (see hostd.reconcile).
+``reconcile_every`` seconds: its domains (see hostd.reconcile) and, with a network
+driver, its network (see hostd.netsync), which the control plane also pushes
+(``hostd.network``) when the log changes it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from bus.routing import HOST_KIND
 from hostd.commands import HostCommands, decode_command
 from hostd.hypervisor import Hypervisor, HypervisorError, ObservationStream
 from hostd.image_cache import ImageCache
-from hostd.network import HostNetwork
+from hostd.netsync import NetworkSync
+from hostd.network import HostNetwork, HostNetworkError
 from hostd.reconcile import Reconciler, is_instance_id, observed_envelope
 from schemas import COMMAND_DECODER, CommandEnvelope, Reply
 from schemas.hostd import (
@@ -35,6 +38,7 @@ from schemas.hostd import (
     HostBeat,
     InstanceObserved,
     Observation,
+    SyncNetwork,
 )
 
 log = structlog.get_logger(__name__)
@@ -84,7 +88,9 @@ class HostDaemon:
         self.images = images
         self.reconcile_every = reconcile_every
         self.network = network
-        self.commands = HostCommands(hypervisor, images, network)
+        self.sync = None if network is None else NetworkSync(
+            bus, network, host, call_timeout=call_timeout)
+        self.commands = HostCommands(hypervisor, images, self.sync)
         self.reconciler = Reconciler(bus, hypervisor, host, orphan_grace=orphan_grace,
                                      call_timeout=call_timeout, busy=self.commands.busy)
         self.reported = asyncio.Event()
@@ -112,6 +118,9 @@ class HostDaemon:
                          tg.create_task(self._beat_loop(), name="hostd-beat"),
                          tg.create_task(self._forward(observations), name="hostd-observe"),
                          tg.create_task(self._reconcile_loop(), name="hostd-reconcile")]
+                if self.sync is not None:
+                    tasks.append(tg.create_task(self._network_loop(self.sync),
+                                                name="hostd-network"))
                 await self._stop.wait()
                 for task in tasks:
                     task.cancel()
@@ -210,11 +219,26 @@ class HostDaemon:
                 log.warning("reconcile_failed", host=self.host, reason=repr(exc))
             await asyncio.sleep(self.reconcile_every)
 
+    async def _network_loop(self, sync: NetworkSync) -> None:
+        """Ask for the host's desired network after the capacity report, then every
+        ``reconcile_every`` seconds (pushes come in between)."""
+        await self.reported.wait()
+        while True:
+            try:
+                await sync.pull()
+            except HostNetworkError as exc:
+                log.warning("network_sync_failed", host=self.host, error=type(exc).__name__,
+                            reason=str(exc))
+            await asyncio.sleep(self.reconcile_every)
+
     # -- serving compute.<host> ------------------------------------------------------------
 
     async def _on_delivery(self, delivery: Delivery) -> None:
         msg = self._envelope(delivery)
         command = decode_command(msg)
+        if isinstance(command, SyncNetwork):
+            await self._on_sync(msg, command)
+            return
         structlog.contextvars.bind_contextvars(
             correlation_id=msg.correlation_id, instance_id=command.instance_id)
 
@@ -229,6 +253,21 @@ class HostDaemon:
                 raise Redeliver(f"{msg.type} failed, worth retrying: {reply.error}")
         finally:
             structlog.contextvars.unbind_contextvars("correlation_id", "instance_id")
+
+    async def _on_sync(self, msg: CommandEnvelope, command: SyncNetwork) -> None:
+        """A pushed desired network. Past its deadline or failing, it is logged and
+        dropped: the next pull (or push) carries the whole desired set again."""
+        if self.sync is None:
+            log.warning("network_sync_ignored", host=self.host, reason="no network driver")
+            return
+        if dt.datetime.now(dt.UTC) > msg.deadline:
+            log.info("network_sync_expired", host=self.host, position=command.position)
+            return
+        try:
+            await self.sync.apply(command)
+        except HostNetworkError as exc:
+            log.warning("network_sync_failed", host=self.host, error=type(exc).__name__,
+                        reason=str(exc))
 
     async def _interim(self, msg: CommandEnvelope, reply: Reply) -> None:
         """Send an interim Reply, only to an actor caller: a plain call's reply queue takes

@@ -133,7 +133,7 @@ class FakeHostNetwork:
                 missing[kind] = reason
         return Capabilities(flat="flat" not in missing, vxlan="vxlan" not in missing,
                             vlan="vlan" not in missing, physical_networks=physnets,
-                            missing=missing)
+                            missing=missing, underlay_ip=self.underlay_ip)
 
     async def ensure_network(self, spec: NetworkSpec) -> None:
         validate_network(spec)

@@ -123,7 +123,7 @@ class Pyroute2HostNetwork:
             flat=_capable(missing, "flat", no_bridge, no_physnet),
             vxlan=_capable(missing, "vxlan", no_vxlan, no_underlay),
             vlan=_capable(missing, "vlan", no_vlan and f"802.1Q: {no_vlan}", no_physnet),
-            physical_networks=physnets, missing=missing)
+            physical_networks=physnets, missing=missing, underlay_ip=self.underlay_ip)
 
     async def _probe_kind(self, name: str, create: dict[str, object]) -> str | None:
         """None if the kernel makes this kind of device, else why not."""

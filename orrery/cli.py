@@ -31,6 +31,7 @@ from orrery.services import (
     cloud_effects,
     cloud_kinds,
     cloud_projections,
+    cloud_services,
     worker_projections,
 )
 from orrery.wiring import (
@@ -113,6 +114,8 @@ async def run_processes(cfg: Config, kinds_spec: Sequence[str], *, worker: bool,
                                        effect_handlers=cloud_effects(store, bus))
                 await runtime.start()
                 tg.create_task(TimerService(store, bus).run(), name="timers")
+                for service in cloud_services(store, bus):
+                    tg.create_task(service.run(), name=type(service).__name__)
             for i in range(hosts):  # all-in-one: in-process hosts
                 name = f"host-{i + 1}"
                 uri = test_node_uri(Path(cfg.data_dir) / "hosts", name) \

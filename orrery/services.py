@@ -11,6 +11,7 @@ from actors.flavor import FLAVOR
 from actors.flavor_views import FlavorProjection
 from actors.host import HOST
 from actors.host_views import HostsProjection, read_hosts
+from actors.hostnet_planner import HostNetworkPlanner
 from actors.identity import IDENTITY_KINDS
 from actors.identity_views import IdentityProjection
 from actors.image import IMAGE
@@ -20,7 +21,7 @@ from actors.instance_views import InstancesProjection
 from actors.kind import ActorKind
 from actors.network import make_network_kind
 from actors.network_views import NetworkingProjection
-from actors.port import PORT
+from actors.port import make_port_kind
 from actors.runtime import EffectHandler
 from actors.scheduler import Placement
 from actors.segment import NetworkSettings, make_segment_kind
@@ -48,7 +49,8 @@ def cloud_kinds(net: NetworkSettings | None = None) -> list[ActorKind[Any]]:
     """Every resource kind a worker hosts."""
     net = net or network_settings()
     return [*IDENTITY_KINDS, HOST, IMAGE, FLAVOR, INSTANCE, make_network_kind(net.hold_lease),
-            make_subnet_kind(net.hold_lease), PORT, make_segment_kind(net)]
+            make_subnet_kind(net.hold_lease), make_port_kind(net.hold_lease),
+            make_segment_kind(net)]
 
 
 def cloud_effects(store: Any, bus: Bus) -> dict[type, EffectHandler]:
@@ -59,9 +61,16 @@ def cloud_effects(store: Any, bus: Bus) -> dict[type, EffectHandler]:
     return {Place: Placement(bus, hosts)}
 
 
+def cloud_services(store: Any, bus: Bus) -> list[HostNetworkPlanner]:
+    """The components a worker runs beside its actors, each with ``run()`` (until
+    cancelled) and ``shutdown()``: the host network planner."""
+    return [HostNetworkPlanner(store, bus)]
+
+
 def worker_projections() -> list[Projection]:
-    """The projections a worker reads itself (the scheduler's hosts view)."""
-    return [HostsProjection()]
+    """The projections a worker reads itself (the scheduler's hosts view, and the
+    networking view the host network planner reads)."""
+    return [HostsProjection(), NetworkingProjection()]
 
 
 def cloud_projections() -> list[Projection]:

@@ -8,7 +8,7 @@ from typing import Literal
 
 import msgspec
 
-from schemas.hostnet import Capabilities, NetworkSpec, PortSpec
+from schemas.hostnet import Capabilities, DesiredHostNetwork, NetworkSpec, PortSpec
 
 #: The disk image formats a domain can boot from.
 DiskFormat = Literal["qcow2", "raw"]
@@ -176,6 +176,19 @@ class GetDomainState(msgspec.Struct, frozen=True, kw_only=True, tag="hostd.state
     instance_id: str
 
 
+class SyncNetwork(msgspec.Struct, frozen=True, kw_only=True, tag="hostd.network"):
+    """Make the host's network exactly ``desired`` (what the log says this host should
+    carry), as of log ``position``: hostd ignores one older than what it last applied.
+    Sent when a change of the log touches the host, and the answer to a
+    ``hostnet.desired`` query. Not about one instance: no ``instance_id``.
+    ``gone_ports``: ports deleted or unbound from this host since the last push, which
+    go even if a spawn plugged them a moment ago (see hostd.netsync)."""
+
+    desired: DesiredHostNetwork
+    position: int = 0
+    gone_ports: tuple[str, ...] = ()
+
+
 # hostd -> instance actors (kind "instance", actor id = instance id), and the one query
 # hostd asks its host actor. Wire-compatible with the actors' own Structs.
 
@@ -201,9 +214,32 @@ class ExpectedDomains(msgspec.Struct, frozen=True, kw_only=True, tag="host.expec
     exist there). The answer's ``result`` is a JSON list of instance ids."""
 
 
-HostdCommand = SpawnDomain | StopDomain | StartDomain | RebootDomain | DestroyDomain \
+#: where hostd asks what its network should be (kind of the query, actor id = host name)
+HOSTNET_KIND = "hostnet"
+
+
+class DesiredNetwork(msgspec.Struct, frozen=True, kw_only=True, tag="hostnet.desired"):
+    """Ask the control plane what this host's network should be. The answer's ``result``
+    is a JSON ``SyncNetwork`` (the desired set and the log position it was read at)."""
+
+
+#: the actor kind of ports (hostd reports the DHCP ports it serves as plugged)
+PORT_ACTOR_KIND = "port"
+
+
+class DhcpPortPlugged(msgspec.Struct, frozen=True, kw_only=True, tag="port.plug"):
+    """The network's DHCP server runs on ``host_id``: its DHCP port is ACTIVE.
+    Wire-compatible with actors.port.PlugPort."""
+
+    host_id: str
+
+
+#: the commands about one instance's domain (each carries ``instance_id``)
+InstanceCommand = SpawnDomain | StopDomain | StartDomain | RebootDomain | DestroyDomain \
     | GetDomainState
+HostdCommand = InstanceCommand | SyncNetwork
 HOSTD_COMMANDS: tuple[type[msgspec.Struct], ...] = (
     SpawnDomain, StopDomain, StartDomain, RebootDomain, DestroyDomain, GetDomainState,
+    SyncNetwork,
 )
 HOSTD_COMMAND_DECODER: msgspec.json.Decoder[HostdCommand] = msgspec.json.Decoder(HostdCommand)

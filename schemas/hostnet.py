@@ -56,11 +56,13 @@ class DhcpHost(msgspec.Struct, frozen=True, kw_only=True):
 class DhcpSpec(msgspec.Struct, frozen=True, kw_only=True):
     """This host serves DHCP for the network: the network's DHCP port (its MAC and one
     address per DHCP-enabled subnet) and the static entries for every port of the
-    network, on this host or another (guests elsewhere reach it over the overlay)."""
+    network, on this host or another (guests elsewhere reach it over the overlay).
+    ``port_id`` is the DHCP port's id, which hostd reports plugged once its server runs."""
 
     mac: str
     ips: tuple[str, ...]
     hosts: tuple[DhcpHost, ...] = ()
+    port_id: str = ""
 
 
 class NetworkSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -102,13 +104,15 @@ class DesiredHostNetwork(msgspec.Struct, frozen=True, kw_only=True):
 class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
     """Which network types this host can carry, and why not where it cannot
     (``missing`` maps a type to the reason). The scheduler avoids hosts that lack a
-    network's type or physical network."""
+    network's type or physical network. ``underlay_ip`` is the host's VXLAN tunnel
+    endpoint, which the other hosts of a VXLAN network flood to (None: no VXLAN)."""
 
     flat: bool
     vxlan: bool
     vlan: bool
     physical_networks: tuple[str, ...] = ()
     missing: dict[str, str] = msgspec.field(default_factory=dict)
+    underlay_ip: str | None = None
 
 
 class DeviceView(msgspec.Struct, frozen=True, kw_only=True):

@@ -15,6 +15,7 @@ import pytest
 
 from actors.host_views import read_hosts
 from actors.instance import Deadlines
+from actors.port import CreatePort, ReservePort
 from bus.routing import Names
 from hostd.net_fake import FakeHostNetwork
 from schemas import stream_kind
@@ -201,3 +202,86 @@ async def test_bad_networks_are_refused_and_write_nothing(api: NetApi) -> None:
     await api.network(api.member)
     await api.req("POST", "/servers", api.member, status=409, json={"server": {
         "name": "vm", "imageRef": api.image, "flavorRef": "1", "networks": "auto"}})
+
+
+async def test_concurrent_boots_given_one_port_leave_it_to_exactly_one(api: NetApi) -> None:
+    """Five boots given the same free port at once: exactly one is accepted (the port
+    is reserved for it, then bound), the others get 409 and create no server."""
+    net = await api.network(api.member)
+    port = (await api.neutron("POST", "/ports", api.member, 201,
+                              json={"port": {"network_id": net}}))["port"]
+
+    async def boot(i: int) -> int:
+        status, _ = await api.req("POST", "/servers", api.member, json={"server": {
+            "name": f"race{i}", "imageRef": api.image, "flavorRef": "1",
+            "networks": [{"port": port["id"]}]}})
+        return status
+
+    statuses = await asyncio.gather(*(boot(i) for i in range(5)))
+    assert sorted(statuses) == [202, 409, 409, 409, 409], statuses
+    (sid,) = [s["id"] for s in (await api.req(
+        "GET", "/servers", api.member, status=200))[1]["servers"]]
+    assert (await api.settle(sid, api.member))["status"] == "ACTIVE"
+    (bound,) = await api.ports(id=port["id"])
+    assert bound["device_id"] == sid
+
+
+async def test_a_boot_refused_on_a_later_nic_leaves_no_port_behind(api: NetApi) -> None:
+    """``[{uuid: good}, {port: in use}]`` is 409 and ``[{uuid: good}, {uuid: unknown}]``
+    400; neither leaves a port on the good network (the first NIC's port is deleted),
+    and the in-use port keeps its server."""
+    net = await api.network(api.member)
+    port = (await api.neutron("POST", "/ports", api.member, 201,
+                              json={"port": {"network_id": net}}))["port"]
+    sid = await api.boot(api.member, networks=[{"port": port["id"]}])
+    assert (await api.settle(sid, api.member))["status"] == "ACTIVE"
+    before = {p["id"] for p in await api.ports(network_id=net)}
+    for networks, status in (
+            ([{"uuid": net}, {"port": port["id"]}], 409),
+            ([{"uuid": net}, {"uuid": "8f2c1e63-1111-4111-8111-111111111111"}], 400)):
+        await api.req("POST", "/servers", api.member, status=status, json={"server": {
+            "name": "vm", "imageRef": api.image, "flavorRef": "1", "networks": networks}})
+    assert {p["id"] for p in await api.ports(network_id=net)} == before
+    (kept,) = await api.ports(id=port["id"])
+    assert kept["device_id"] == sid
+
+
+@pytest.fixture
+async def short_lease_api(backends: tuple[str, dict[str, Any]], bus_names: Names,
+                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                          ) -> AsyncIterator[NetApi]:
+    monkeypatch.setenv("ORRERY_NETWORK_HOLD_LEASE", "1")
+    which, extra = backends
+    async with running_cloud(which, tmp_path, names=bus_names, hosts=1,
+                             deadlines=DEADLINES, **extra) as cloud:
+        yield await NetApi(cloud).setup()
+
+
+async def test_ports_taken_for_a_server_that_never_comes_go_back(
+        short_lease_api: NetApi) -> None:
+    """As if the API died between taking the ports and creating the server: a user's port
+    reserved for it is freed, and a port made for it is deleted, once the lease has run
+    out and the instance says it has no such server. A real server keeps its port."""
+    api = short_lease_api
+    net = await api.network(api.member)
+    given = (await api.neutron("POST", "/ports", api.member, 201,
+                               json={"port": {"network_id": net}}))["port"]
+    ghost = "0a0b0c0d-1111-4111-8111-000000000001"
+    reply = await api.cloud.client.call("port", given["id"], ReservePort(device_id=ghost))
+    assert reply.ok, reply
+    made = "0a0b0c0d-2222-4222-8222-000000000002"
+    reply = await api.cloud.client.call("port", made, CreatePort(
+        network_id=net, project_id=given["project_id"], mac_address="fa:16:3e:0a:0b:0c",
+        device_id=ghost, device_owner="compute:nova", for_server=True))
+    assert reply.ok, reply
+    sid = await api.boot(api.member, networks=[{"uuid": net}])
+    assert (await api.settle(sid, api.member))["status"] == "ACTIVE"
+
+    async def given_back() -> bool:
+        (port,) = await api.ports(id=given["id"])
+        return port["device_id"] == "" and not await api.ports(id=made)
+
+    await until(given_back, "the reserved port freed and the made one deleted")
+    await asyncio.sleep(2.5)  # past the lease of the real server's port too
+    (kept,) = await api.ports(device_id=sid)
+    assert kept["status"] == "ACTIVE"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from orrery.services import (
     cloud_effects,
     cloud_kinds,
     cloud_projections,
+    cloud_services,
     worker_projections,
 )
 from orrery.wiring import event_types, open_hypervisor
@@ -133,8 +134,12 @@ async def running_cloud(
     names: Names, hosts: int = 1, hypervisor: str = "fake", data_dir: Path | None = None,
     deadlines: Deadlines | None = None, settings: GatewaySettings | None = None,
     heartbeat_every: float = 1.0, call_timeout: float = 15.0,
+    host_network: Callable[[int], Any] | None = None,
 ) -> AsyncIterator[Cloud]:
-    """Run a whole cloud on the ``which`` backends ("embedded" or "real") until exit."""
+    """Run a whole cloud on the ``which`` backends ("embedded" or "real") until exit.
+
+    ``host_network(i)`` makes host ``i``'s (from 0) network driver; by default each host
+    gets the recording fake with physnet1 and underlay address 192.0.2.<i+1>."""
     kinds = kinds_with(deadlines)
     async with open_backends(which, types=event_types(kinds), names=names, tmp_path=tmp_path,
                              pg_dsn=pg_dsn, amqp_url=amqp_url) as (store, bus), \
@@ -148,16 +153,18 @@ async def running_cloud(
         tasks: list[asyncio.Task[None]] = [
             asyncio.create_task(TimerService(store, bus).run(), name="timers"),
             asyncio.create_task(Relay(store, bus).run(), name="relay"),
+            *(asyncio.create_task(service.run(), name=type(service).__name__)
+              for service in cloud_services(store, bus)),
         ]
         daemons, hypervisors = [], []
         try:
             for i in range(hosts):
                 hv = await open_hypervisor(hypervisor)
                 hypervisors.append(hv)
+                network = host_network(i) if host_network else FakeHostNetwork(
+                    bridge_mappings={"physnet1": "br-phys"}, underlay_ip=f"192.0.2.{i + 1}")
                 daemon = HostDaemon(bus, hv, f"host-{i + 1}", heartbeat_every=heartbeat_every,
-                                    network=FakeHostNetwork(
-                                        bridge_mappings={"physnet1": "br-phys"},
-                                        underlay_ip=f"192.0.2.{i + 1}"))
+                                    network=network)
                 daemons.append(daemon)
                 tasks.append(asyncio.create_task(daemon.run(), name=f"hostd-{i + 1}"))
             client = ActorClient(bus, timeout=call_timeout)

@@ -9,13 +9,16 @@ from actors.host import AllocationRatios, Resources
 from actors.host_views import HostView
 from actors.scheduler import GIB, NoValidHost, PlacementRequest, filter_hosts, place
 from schemas.hostd import Capacity
+from schemas.hostnet import Capabilities
 
 
 def view(host_id: str, *, state: str = "up", vcpus: int = 8, ram_mb: int = 16384,
          disk_gb: int = 200, used: Resources | None = None,
-         ratios: AllocationRatios | None = None) -> HostView:
+         ratios: AllocationRatios | None = None,
+         networks: Capabilities | None = None) -> HostView:
     return HostView(id=host_id, state=state,
-                    capacity=Capacity(vcpus=vcpus, ram_mb=ram_mb, disk_gb=disk_gb),
+                    capacity=Capacity(vcpus=vcpus, ram_mb=ram_mb, disk_gb=disk_gb,
+                                      networks=networks),
                     used=used or Resources(), instances=0, last_heartbeat=None,
                     ratios=ratios or AllocationRatios())
 
@@ -128,3 +131,33 @@ def test_ranking_spreads_by_free_ram_and_is_deterministic(
 def test_an_all_down_cloud_has_no_placement() -> None:
     """With every host down the ranking is empty."""
     assert place(request(), [view("a", state="down"), view("b", state="down")]) == []
+
+
+NO_VLAN = Capabilities(flat=True, vxlan=True, vlan=False, physical_networks=("physnet1",),
+                       missing={"vlan": "802.1Q: the kernel has no vlan support"})
+ALL = Capabilities(flat=True, vxlan=True, vlan=True, physical_networks=("physnet1",))
+
+
+def test_a_vlan_boot_avoids_hosts_without_802_1q_and_says_why() -> None:
+    """A host whose kernel lacks 802.1Q never gets a VLAN network's server, however much
+    room it has; with no VLAN host at all the reasons name the cause."""
+    vlan = PlacementRequest(instance_id="i", vcpus=1, ram_mb=512, disk_gb=1,
+                            network_types=("vlan",), physical_networks=("physnet1",))
+    hosts = [view("big", ram_mb=65536, networks=NO_VLAN), view("small", networks=ALL)]
+    assert place(vlan, hosts) == ["small"]
+    assert place(request(), hosts) == ["big", "small"]
+    passing, reasons = filter_hosts(vlan, hosts[:1])
+    assert passing == [] and reasons == [
+        "1 host(s) unable to carry vlan networks on physical network(s) physnet1"]
+
+
+def test_a_network_boot_needs_the_physical_network_and_a_network_driver() -> None:
+    """A flat network on physnet2 fits no host that lacks physnet2; a host reporting no
+    network driver carries no network at all."""
+    flat2 = PlacementRequest(instance_id="i", vcpus=1, ram_mb=512, disk_gb=1,
+                             network_types=("flat",), physical_networks=("physnet2",))
+    vxlan = PlacementRequest(instance_id="i", vcpus=1, ram_mb=512, disk_gb=1,
+                             network_types=("vxlan",))
+    hosts = [view("a", networks=ALL), view("bare", ram_mb=65536)]
+    assert place(flat2, hosts) == []
+    assert place(vxlan, hosts) == ["a"]
