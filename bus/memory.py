@@ -112,6 +112,8 @@ class MemoryBroker:
         self.topic_bindings: dict[str, set[str]] = {}
         self.dead: deque[_Message] = deque()
         self.waiters: dict[str, dict[str, asyncio.Future[bytes]]] = {}
+        #: routing key -> the queues bound to it, worked out once per key and binding set
+        self._routes: dict[str, list[str]] = {}
 
     def declare(self, name: str, *, single_active: bool = False) -> _Queue:
         queue = self.queues.get(name)
@@ -121,12 +123,17 @@ class MemoryBroker:
 
     def bind_topic(self, queue: str, pattern: str) -> None:
         self.topic_bindings.setdefault(queue, set()).add(pattern)
+        self._routes.clear()
 
     def route_event(self, routing_key: str, body: bytes) -> None:
         """Topic exchange: one copy to every queue with a matching binding."""
-        for name, patterns in self.topic_bindings.items():
-            if any(topic_matches(p, routing_key) for p in patterns):
-                self.queues[name].put(_Message(body, routing_key))
+        names = self._routes.get(routing_key)
+        if names is None:
+            names = self._routes[routing_key] = [
+                name for name, patterns in self.topic_bindings.items()
+                if any(topic_matches(p, routing_key) for p in patterns)]
+        for name in names:
+            self.queues[name].put(_Message(body, routing_key))
 
     def put_raw(self, queue: str, body: bytes, routing_key: str | None = None) -> None:
         """Put raw bytes on a queue, as any AMQP client could (declares it if new)."""

@@ -90,7 +90,10 @@ def _renderers(fmt: str, out: IO[str]) -> list[Processor]:
             structlog.processors.JSONRenderer(serializer=_json_dumps),
         ]
     colors = bool(getattr(out, "isatty", lambda: False)())
-    return [structlog.dev.ConsoleRenderer(colors=colors)]
+    # plain tracebacks: rich's, with every frame's locals, took about a second each and
+    # held the event loop while they rendered
+    return [structlog.dev.ConsoleRenderer(colors=colors,
+                                          exception_formatter=structlog.dev.plain_traceback)]
 
 
 def _install(handler: logging.Handler, numeric: int) -> None:
