@@ -61,6 +61,20 @@ _SAVE_SNAPSHOT = (
     "INSERT INTO snapshots (stream, version, type, data) VALUES ($1, $2, $3, $4)"
     " ON CONFLICT (stream) DO UPDATE SET version = excluded.version, type = excluded.type,"
     " data = excluded.data WHERE snapshots.version <= excluded.version")
+_CORRELATED = (f"SELECT {_COLUMNS} FROM events WHERE correlation_id = ANY($1::text[])"
+               " ORDER BY position")
+#: a causation id of the uuid form may name an event (anything else cannot)
+_UUID_FORM = "'^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'"
+_UNEXPLAINED = (
+    f"SELECT {_COLUMNS} FROM events e WHERE e.causation_id IS NOT NULL"
+    " AND NOT EXISTS (SELECT 1 FROM reactions r WHERE r.stream = e.stream"
+    " AND r.cause = e.causation_id AND r.version >= e.version)"
+    " AND NOT EXISTS (SELECT 1 FROM events c WHERE c.event_id ="
+    f" (CASE WHEN e.causation_id ~ {_UUID_FORM} THEN e.causation_id::uuid END)"
+    " AND c.position < e.position)"
+    " ORDER BY e.position LIMIT $1")
+#: how long a whole-log analysis query may take
+ANALYSIS_TIMEOUT = 3600.0
 DDL_LOCK_KEY = 0x6F72_7265_7279_01  # held (per transaction) while projection DDL runs
 
 
@@ -271,6 +285,17 @@ class PostgresEventStore:
             backoff = 0.0
             if top <= after:
                 await wake.wait()
+
+    async def read_correlated(self, correlation_ids: Sequence[str]) -> list[EventEnvelope]:
+        with mapped():
+            rows = await self._pool.fetch(_CORRELATED, list(dict.fromkeys(correlation_ids)),
+                                          timeout=self._timeout)
+        return [_envelope(r) for r in rows]
+
+    async def unexplained_causes(self, limit: int = 100) -> list[EventEnvelope]:
+        with mapped():
+            rows = await self._pool.fetch(_UNEXPLAINED, limit, timeout=ANALYSIS_TIMEOUT)
+        return [_envelope(r) for r in rows]
 
     async def head(self) -> int:
         """The newest position below the horizon (settling like read_all)."""
