@@ -32,7 +32,6 @@ from typing import Any
 import msgspec
 
 from actors.fold import fold_event
-from actors.kind import tag_of
 from replay.catalog import Catalog
 from schemas import EventEnvelope, TimerSet
 from store.protocol import EventStore
@@ -43,7 +42,11 @@ CHECKS = (GAP, UNDECODABLE, DANGLING, OVERDUE_TIMER, OVERDUE_STATE, UNFOLDABLE)
 TIMER = "timer:"
 #: dangling causes counted at most (the database lists them; the first ``keep`` are shown)
 DANGLING_COUNTED = 10_000
-_CLOSING = frozenset({"timer.fired", "timer.cancelled"})
+_TIMER_TYPES = frozenset({"timer.set", "timer.fired", "timer.cancelled"})
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+#: per stream kind: its events' decoder (None: no code knows the kind) and tag -> Struct
+_KindCode = tuple[msgspec.json.Decoder[msgspec.Struct] | None, dict[str, type]]
+
 
 
 class Breach(msgspec.Struct, frozen=True, kw_only=True):
@@ -91,6 +94,7 @@ class LogChecker:
         self.closed: dict[str, str] = {}
         self.states: dict[str, tuple[Any, dict[str, str]]] = {}
         self.latest: dt.datetime | None = None
+        self._kinds: dict[str, _KindCode] = {}
         self.counts: Counter[str] = Counter()
         self.breaches: list[Breach] = []
         self.events = 0
@@ -106,46 +110,57 @@ class LogChecker:
                 position=e.position if e is not None else None))
 
     def feed(self, batch: Sequence[EventEnvelope]) -> None:
+        """Check a batch (the next events in log order). One tight loop: this is where
+        verify spends its time."""
+        versions, kinds, fold = self.versions, self._kinds, self.fold
+        latest = self.latest or _EPOCH
         for e in batch:
-            self._check(e)
+            stream, version = e.stream, e.version
+            last = versions.get(stream, 0)
+            if version != last + 1:
+                self._gap(e, last)
+            versions[stream] = version
+            if e.occurred_at > latest:
+                latest = e.occurred_at
+            kind = stream[:stream.find(":")]
+            codec = kinds.get(kind) or self._kind(kind)
+            if codec[0] is None:
+                self.breach(UNDECODABLE, stream, f"no code for resource kind {kind!r}", e)
+                continue
+            try:
+                event = codec[0].decode(e.data)
+            except msgspec.DecodeError as exc:
+                self.breach(UNDECODABLE, stream, f"{e.type}: {exc}", e)
+                continue
+            if type(event) is not codec[1].get(e.type):
+                self._mismatch(e, event)
+                continue
+            if e.type in _TIMER_TYPES:
+                self._timer(e, event)
+            cause = e.causation_id
+            if cause is not None and cause.startswith(TIMER):
+                self._timer_cause(e, cause[len(TIMER):])
+            if fold:
+                self._fold(e, event)
         self.events += len(batch)
-        if batch:
-            last = max(e.occurred_at for e in batch)
-            self.latest = last if self.latest is None else max(self.latest, last)
+        self.latest = latest if batch else self.latest
 
-    def _check(self, e: EventEnvelope) -> None:
-        last = self.versions.get(e.stream, 0)
-        if e.version != last + 1:
-            self.breach(GAP, e.stream, f"version {e.version} follows version {last}"
-                        f" (missing {last + 1}..{e.version - 1})"
-                        if e.version > last + 1 else
-                        f"version {e.version} after version {last}", e)
-        self.versions[e.stream] = e.version
-        event = self._decode(e)
-        if e.type == "timer.set" or e.type in _CLOSING:
-            self._timer(e, event)
-        cause = e.causation_id
-        if cause is not None and cause.startswith(TIMER):
-            self._timer_cause(e, cause[len(TIMER):])
-        if self.fold and event is not None:
-            self._fold(e, event)
-
-    def _decode(self, e: EventEnvelope) -> msgspec.Struct | None:
-        kind = e.stream.partition(":")[0]
+    def _kind(self, kind: str) -> _KindCode:
+        """The decoder and tags of a stream kind (no decoder: no code knows the kind)."""
         codec = self.catalog.codecs.get(kind)
-        if codec is None:
-            self.breach(UNDECODABLE, e.stream, f"no code for resource kind {kind!r}", e)
-            return None
-        try:
-            event: msgspec.Struct = codec.events.decode(e.data)
-        except msgspec.DecodeError as exc:
-            self.breach(UNDECODABLE, e.stream, f"{e.type}: {exc}", e)
-            return None
-        if type(event) is not self.catalog.tags[kind].get(e.type):
-            self.breach(UNDECODABLE, e.stream, f"the data is a {tag_of(type(event))},"
-                        f" the envelope says {e.type}", e)
-            return None
-        return event
+        found: _KindCode = (codec.events, self.catalog.tags[kind]) if codec is not None \
+            else (None, {})
+        self._kinds[kind] = found
+        return found
+
+    def _gap(self, e: EventEnvelope, last: int) -> None:
+        self.breach(GAP, e.stream, f"version {e.version} follows version {last}"
+                    f" (missing {last + 1}..{e.version - 1})" if e.version > last + 1 else
+                    f"version {e.version} after version {last}", e)
+
+    def _mismatch(self, e: EventEnvelope, event: object) -> None:
+        self.breach(UNDECODABLE, e.stream, f"the data is a {type(event).__name__},"
+                    f" the envelope says {e.type}", e)
 
     def _timer(self, e: EventEnvelope, event: msgspec.Struct | None) -> None:
         if isinstance(event, TimerSet):
