@@ -19,7 +19,10 @@ from store.protocol import NO_STREAM
 from tests.integration.test_replay_verify import COUNTER_KIND, _open, log_url  # noqa: F401
 from tests.support.events import Incremented, new_event
 from tests.support.procs import ROOT
-from tests.support.replay_tool import tool_env
+from tests.support.replay_tool import restore_logging, tool_env
+
+#: the tool runs in this process here, and configures its logging
+pytestmark = pytest.mark.usefixtures(restore_logging.__name__)
 
 T0 = dt.datetime(2026, 5, 1, 12, 0, tzinfo=dt.UTC)
 

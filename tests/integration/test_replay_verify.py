@@ -20,6 +20,10 @@ from schemas import NewEvent, TimerFired, TimerSet
 from store.protocol import NO_STREAM
 from tests.support.counter import COUNTER
 from tests.support.events import Incremented, Noted, new_event
+from tests.support.replay_tool import restore_logging
+
+#: the tool runs in this process here, and configures its logging
+pytestmark = pytest.mark.usefixtures(restore_logging.__name__)
 
 COUNTER_KIND = "tests.support.counter:COUNTER"
 NOW = dt.datetime.now(dt.UTC)

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+import pytest
+import structlog
 
 from tests.support.procs import ROOT
 
@@ -49,3 +54,18 @@ def database_url(which: str, tmp_path: Any, pg_dsn: str | None) -> str:
         return f"sqlite:///{tmp_path / 'log.sqlite'}"
     assert pg_dsn is not None
     return pg_dsn
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """``orrery.cli.main`` configures logging for the process (the tool logs warnings
+    only): put structlog and the root logger back for the tests that follow."""
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.configure(**saved)
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
+    root.setLevel(level)
+    logging.captureWarnings(False)
