@@ -61,6 +61,24 @@ _SAVE_SNAPSHOT = (
     "INSERT INTO snapshots (stream, version, type, data) VALUES ($1, $2, $3, $4)"
     " ON CONFLICT (stream) DO UPDATE SET version = excluded.version, type = excluded.type,"
     " data = excluded.data WHERE snapshots.version <= excluded.version")
+_CORRELATED = (f"SELECT {_COLUMNS} FROM events WHERE correlation_id = ANY($1::text[])"
+               " ORDER BY position")
+#: a causation id of the uuid form may name an event (anything else cannot)
+_UUID_FORM = "'^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'"
+#: events whose causation id is not a recorded cause of their append (a hash anti-join:
+#: one pass over each table), then, of those few, the ones that name no earlier event
+_UNEXPLAINED = (
+    "WITH unrecorded AS MATERIALIZED (SELECT e.position, e.causation_id FROM events e"
+    " WHERE e.causation_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM reactions r"
+    " WHERE r.stream = e.stream AND r.cause = e.causation_id AND r.version >= e.version))"
+    f" SELECT {_COLUMNS} FROM events WHERE position IN (SELECT u.position FROM unrecorded u"
+    " WHERE NOT EXISTS (SELECT 1 FROM events c WHERE c.event_id ="
+    f" (CASE WHEN u.causation_id ~ {_UUID_FORM} THEN u.causation_id::uuid END)"
+    " AND c.position < u.position)) ORDER BY position LIMIT $1")
+#: the anti-join's hash tables fit in memory for logs of millions of events
+ANALYSIS_WORK_MEM = "256MB"
+#: how long a whole-log analysis query may take
+ANALYSIS_TIMEOUT = 3600.0
 DDL_LOCK_KEY = 0x6F72_7265_7279_01  # held (per transaction) while projection DDL runs
 
 
@@ -271,6 +289,20 @@ class PostgresEventStore:
             backoff = 0.0
             if top <= after:
                 await wake.wait()
+
+    async def read_correlated(self, correlation_ids: Sequence[str]) -> list[EventEnvelope]:
+        with mapped():
+            rows = await self._pool.fetch(_CORRELATED, list(dict.fromkeys(correlation_ids)),
+                                          timeout=self._timeout)
+        return [_envelope(r) for r in rows]
+
+    async def unexplained_causes(self, limit: int = 100) -> list[EventEnvelope]:
+        with mapped():
+            async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
+                await conn.execute(f"SET LOCAL work_mem = '{ANALYSIS_WORK_MEM}'",
+                                   timeout=self._timeout)
+                rows = await conn.fetch(_UNEXPLAINED, limit, timeout=ANALYSIS_TIMEOUT)
+        return [_envelope(r) for r in rows]
 
     async def head(self) -> int:
         """The newest position below the horizon (settling like read_all)."""
