@@ -23,7 +23,7 @@ import structlog
 
 from schemas import EventEnvelope, NewEvent
 from store.errors import StoreError, StoreUnavailable
-from store.leases import PgLeases
+from store.leases import PgLeaseGroup, PgLeaseSession
 from store.metrics import APPEND_SECONDS
 from store.migrations import migrate
 from store.pg_common import (
@@ -166,6 +166,8 @@ class PostgresEventStore:
         self._closed = False
         self._writer = GroupCommit(append_pool, writers, max_batch_events, timeout)
         self._listener = _Listener(dsn, timeout)
+        self._leases: PgLeaseSession | None = None
+        self._lease_lock = asyncio.Lock()
 
     @classmethod
     async def connect(cls, dsn: str, types: EventTypes, *, writers: int = 2,
@@ -204,6 +206,8 @@ class PostgresEventStore:
         self._closed = True
         await self._writer.close(drain_timeout=self._timeout)
         await self._listener.close()
+        if self._leases is not None:
+            await self._leases.close()
         await self._append_pool.close()
         await self._pool.close()
 
@@ -388,9 +392,16 @@ class PostgresEventStore:
                 for sql, args in statements:
                     await conn.execute(sql, *args, timeout=self._timeout)
 
-    async def join_leases(self, group: str) -> PgLeases:
-        """Join lease group ``group`` (see store/leases.py) on a session of its own."""
-        return await PgLeases.join(self._dsn, group, self._timeout)
+    async def join_leases(self, group: str) -> PgLeaseGroup:
+        """Join lease group ``group`` (see store/leases.py) on this store's lease session,
+        opened on first use and again after it was lost."""
+        async with self._lease_lock:
+            session = self._leases
+            if session is None or session.lost.is_set():
+                if session is not None:
+                    await session.close()
+                session = self._leases = await PgLeaseSession.open(self._dsn, self._timeout)
+        return await session.join(group)
 
     @contextlib.asynccontextmanager
     async def try_leaderships(self, names: Iterable[str]) -> AsyncIterator[PgLeaderSet]:
