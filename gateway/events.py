@@ -162,7 +162,7 @@ class EventFeedApi:
         await response.write(b"retry: 2000\n\n")
         try:
             await self._pump(response, filters, after)
-        except (ConnectionResetError, ConnectionError):
+        except* ConnectionError:  # the client went away: the stream ends here
             log.info("event_stream_client_gone", after=after)
         return response
 
