@@ -87,6 +87,7 @@ class Lane:
         """The head's attempt ended: drop it when ``done``, and schedule the chain's head."""
         chain = self.chains[delivery.stream]
         self.busy.discard(delivery.stream)
+        self.wake.set()  # a slot is free, whatever happens to the chain
         if done:
             chain.popleft()
             self.size -= 1
@@ -95,7 +96,6 @@ class Lane:
             return
         head = chain[0]
         heapq.heappush(self.due, (head.next_at, head.seq, head.stream))
-        self.wake.set()
 
 
 class Sender:
