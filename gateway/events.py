@@ -119,10 +119,10 @@ class EventFeedApi:
         filters = await _context_filters(request)
         after = _int(request, "after", 0)
         limit = _int(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-        found, after = await self._read(filters, after, limit)
+        found, after = await self.read(filters, after, limit)
         return json_response({"events": [document(e) for e in found], "next_after": after})
 
-    async def _read(self, filters: Filters, after: int,
+    async def read(self, filters: Filters, after: int,
                     limit: int) -> tuple[list[EventEnvelope], int]:
         """Up to ``limit`` wanted events after ``after``, within the scan budget; and where
         to read on."""

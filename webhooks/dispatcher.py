@@ -44,7 +44,7 @@ class DispatcherSettings:
     destinations: DestinationPolicy = field(default_factory=DestinationPolicy)
     retention: float = 7 * 86_400.0
     cap: int = 2000
-    concurrency: int = 16
+    concurrency: int = 32
 
 
 class Dispatcher:
