@@ -55,7 +55,8 @@ SERVICES_KEY = web.AppKey("orrery_services", Services)
 
 
 def standard_services(settings: GatewaySettings) -> tuple[ServiceSpec, ...]:
-    """Identity, Compute, Image, Networking and Block Storage, as devstack mounts them."""
+    """Identity, Compute, Image, Networking and Block Storage, as devstack mounts them, and
+    Orrery's event feed (errors in Keystone's shape, the one generic OpenStack body)."""
     compute = Microversions(
         "compute", APIVersion(2, 1), APIVersion.parse(settings.compute_max_version),
         legacy_header=NOVA_LEGACY_HEADER,
@@ -72,6 +73,7 @@ def standard_services(settings: GatewaySettings) -> tuple[ServiceSpec, ...]:
         ServiceSpec("image", "/image", "/image", Style.GLANCE),
         ServiceSpec("network", "/networking", "/networking", Style.NEUTRON),
         ServiceSpec("volume", "/volume", "/volume/v3", Style.NOVA, volume),
+        ServiceSpec("events", "/events", "/events/v1", Style.KEYSTONE),
     )
 
 

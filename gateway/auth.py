@@ -59,6 +59,7 @@ CATALOG = (
     ("image", "glance", "/image"),
     ("network", "neutron", "/networking"),
     ("block-storage", "cinder", "/volume/v3/{project}"),
+    ("events", "orrery-events", "/events/v1"),
 )
 REGION = "RegionOne"
 

@@ -33,6 +33,9 @@ from orrery.services import (
     cloud_kinds,
     cloud_projections,
     cloud_services,
+    destination_policy,
+    dispatcher_settings,
+    webhook_dispatcher,
     worker_projections,
 )
 from orrery.wiring import (
@@ -62,7 +65,8 @@ async def _serve_http(cfg: Config, store: Any, bus: Bus, *, write_clouds: bool =
         await store.run_ddl(projection.ddl)
     async with ProjectionHub(store, projections, lead=True):
         generated = await bootstrap(store, client)
-        apis = cloud_apis(store, client, data_dir=cfg.data_dir)
+        apis = cloud_apis(store, client, data_dir=cfg.data_dir,
+                          destinations=destination_policy(cfg), heartbeat=cfg.events_heartbeat)
         app = make_cloud_app(store, client, apis=apis, ttl=token_ttl())
         if write_clouds:
             _write_clouds(cfg, generated)
@@ -117,6 +121,9 @@ async def run_processes(cfg: Config, kinds_spec: Sequence[str], *, worker: bool,
                 tg.create_task(TimerService(store, bus).run(), name="timers")
                 for service in cloud_services(store, bus):
                     tg.create_task(service.run(), name=type(service).__name__)
+                tg.create_task(webhook_dispatcher(store, ActorClient(bus),
+                                                  dispatcher_settings(cfg)).run(),
+                               name="webhooks")
             for i in range(hosts):  # all-in-one: in-process hosts
                 name = f"host-{i + 1}"
                 uri = test_node_uri(Path(cfg.data_dir) / "hosts", name) \

@@ -66,6 +66,17 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     network_tenant_type: Literal["vxlan", "vlan", "flat"] = "vxlan"
     network_mtu: Annotated[int, msgspec.Meta(ge=1280, le=9216)] = 1500
     network_hold_lease: Annotated[float, msgspec.Meta(gt=0)] = 120.0
+    #: The event feed and webhooks: the SSE heartbeat; which destinations webhooks may
+    #: reach (loopback, private ranges; link-local never); a delivery's request timeout,
+    #: its first retry's delay (doubling, with jitter) and how long it is retried; how long
+    #: attempt records are kept.
+    events_heartbeat: Annotated[float, msgspec.Meta(gt=0)] = 15.0
+    webhooks_allow_loopback: bool = False
+    webhooks_allow_private: bool = False
+    webhooks_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    webhooks_retry_base: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    webhooks_retry_period: Annotated[float, msgspec.Meta(gt=0)] = 86_400.0
+    webhooks_retention: Annotated[float, msgspec.Meta(gt=0)] = 604_800.0
 
     @property
     def embedded_store(self) -> bool:

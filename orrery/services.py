@@ -26,14 +26,22 @@ from actors.runtime import EffectHandler
 from actors.scheduler import Placement
 from actors.segment import NetworkSettings, make_segment_kind
 from actors.subnet import make_subnet_kind
+from actors.subscription import SUBSCRIPTION
+from actors.subscription_views import SubscriptionProjection
 from bus.protocol import Bus
 from gateway.app import ServiceApi
 from gateway.compute import ComputeApi
+from gateway.events import EventFeedApi
 from gateway.image import ImageApi
 from gateway.networking import NetworkingApi
+from gateway.subscriptions import SubscriptionsApi
 from orrery.config import Config, load_config
 from store.blobs import DirectoryImageStore
 from store.projections import Projection
+from webhooks.destinations import DestinationPolicy
+from webhooks.dispatcher import Dispatcher, DispatcherSettings
+from webhooks.outbox import RetryPolicy
+from webhooks.tables import DeliveryRecords
 
 
 def network_settings(cfg: Config | None = None) -> NetworkSettings:
@@ -50,7 +58,7 @@ def cloud_kinds(net: NetworkSettings | None = None) -> list[ActorKind[Any]]:
     net = net or network_settings()
     return [*IDENTITY_KINDS, HOST, IMAGE, FLAVOR, INSTANCE, make_network_kind(net.hold_lease),
             make_subnet_kind(net.hold_lease), make_port_kind(net.hold_lease),
-            make_segment_kind(net)]
+            make_segment_kind(net), SUBSCRIPTION]
 
 
 def cloud_effects(store: Any, bus: Bus) -> dict[type, EffectHandler]:
@@ -76,17 +84,44 @@ def worker_projections() -> list[Projection]:
 def cloud_projections() -> list[Projection]:
     """Every projection an API process keeps folded (the tables its reads come from)."""
     return [IdentityProjection(), HostsProjection(), ImageProjection(), FlavorProjection(),
-            InstancesProjection(), NetworkingProjection()]
+            InstancesProjection(), NetworkingProjection(), SubscriptionProjection()]
 
 
-def cloud_apis(store: Any, client: ActorClient, data_dir: str | None = None) -> list[ServiceApi]:
-    """The OpenStack APIs besides Identity (which the cloud app always serves).
+def destination_policy(cfg: Config) -> DestinationPolicy:
+    """Which addresses webhooks may reach, as configured."""
+    return DestinationPolicy(allow_loopback=cfg.webhooks_allow_loopback,
+                             allow_private=cfg.webhooks_allow_private)
+
+
+def dispatcher_settings(cfg: Config | None = None) -> DispatcherSettings:
+    """How webhooks are delivered, as configured (default: the configured settings)."""
+    c = cfg or load_config()
+    retry = RetryPolicy(period=c.webhooks_retry_period, base=c.webhooks_retry_base,
+                        timeout=c.webhooks_timeout)
+    return DispatcherSettings(retry=retry, destinations=destination_policy(c),
+                              retention=c.webhooks_retention)
+
+
+def webhook_dispatcher(store: Any, client: ActorClient,
+                       settings: DispatcherSettings | None = None) -> Dispatcher:
+    """The webhook dispatcher a worker runs (it delivers while it leads)."""
+    return Dispatcher(store, client, settings or dispatcher_settings())
+
+
+def cloud_apis(store: Any, client: ActorClient, data_dir: str | None = None, *,
+               destinations: DestinationPolicy | None = None,
+               heartbeat: float | None = None) -> list[ServiceApi]:
+    """The OpenStack APIs besides Identity (which the cloud app always serves), and the
+    event feed with its webhook subscriptions.
 
     Image data lives in ``<data_dir>/images``; without `data_dir`, the configured one
     (``ORRERY_DATA_DIR`` or ``$ORRERY_CONFIG``; pass ``cfg.data_dir`` when ``--config``).
+    ``destinations`` and ``heartbeat`` default to the configured ones too.
     """
     cfg = load_config()
     images = DirectoryImageStore(Path(data_dir or cfg.data_dir) / "images")
     networking = NetworkingApi(store, client, settings=network_settings(cfg))
+    policy = destinations or destination_policy(cfg)
     return [ImageApi(store, client, images), ComputeApi(store, client, networking=networking),
-            networking]
+            networking, EventFeedApi(store, heartbeat=heartbeat or cfg.events_heartbeat),
+            SubscriptionsApi(store, client, policy.check, DeliveryRecords(store))]

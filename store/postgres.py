@@ -23,6 +23,7 @@ import structlog
 
 from schemas import EventEnvelope, NewEvent
 from store.errors import StoreError, StoreUnavailable
+from store.event_query import conditions
 from store.leases import PgLeaseGroup, PgLeaseSession
 from store.metrics import APPEND_SECONDS
 from store.migrations import migrate
@@ -34,7 +35,7 @@ from store.pg_common import (
 )
 from store.pg_projection import PgProjectionTx
 from store.pg_writer import GroupCommit, PendingAppend
-from store.protocol import AppendResult, Snapshot
+from store.protocol import AppendResult, EventQuery, FilteredPage, Snapshot
 from store.registry import EventTypes
 
 log = structlog.get_logger(__name__)
@@ -48,6 +49,21 @@ _READ_FOLLOW = (
     " SELECT h.horizon, h.top, e.* FROM h LEFT JOIN LATERAL"
     f" (SELECT {_COLUMNS} FROM events WHERE position > $1 AND position < h.horizon"
     " ORDER BY position LIMIT $2) AS e ON true")
+#: a filtered read: the horizon, the newest position, the window of the next $3 positions
+#: below the horizon (its last position and size), and the matching events in it
+_READ_FILTERED = (
+    f"WITH h AS MATERIALIZED (SELECT {_HORIZON} AS horizon,"
+    " (SELECT max(position) FROM events) AS top),"
+    " w AS MATERIALIZED ({window})"
+    " SELECT h.horizon, h.top, w.last, w.n, e.* FROM h CROSS JOIN w LEFT JOIN LATERAL"
+    f" (SELECT {_COLUMNS} FROM events WHERE position > $1 AND position <= w.last"
+    " AND {where} ORDER BY position LIMIT $2) AS e ON true")
+_WINDOW = ("SELECT max(s.position) AS last, count(*) AS n FROM (SELECT position FROM events"
+           " WHERE position > $1 AND position < (SELECT horizon FROM h)"
+           " ORDER BY position LIMIT $3) AS s")
+#: no window: up to the horizon ($3 is NULL), for queries an index narrows (a stream)
+_UNBOUNDED = ("SELECT max(position) AS last, $3::bigint AS n FROM events"
+              " WHERE position < (SELECT horizon FROM h)")
 _READ_STREAM = (f"SELECT {_COLUMNS} FROM events WHERE stream = $1 AND version >= $2"
                 " ORDER BY version LIMIT $3")
 _LOAD = (
@@ -257,6 +273,27 @@ class PostgresEventStore:
             last = events[-1].position if events else after
             if len(events) == limit or top <= last or time.monotonic() >= deadline:
                 return events
+            backoff = min(max(backoff * 2, 0.002), 0.1)
+            await asyncio.sleep(backoff)
+
+    async def read_filtered(self, query: EventQuery, after: int = 0, limit: int = 100,
+                            scan: int | None = 10_000) -> FilteredPage:
+        """Filters in SQL over a window of the log below the horizon; settles like
+        read_all while a short window waits behind an open transaction."""
+        where, args = conditions(query, "postgres", 4)
+        window = _WINDOW if scan is not None else _UNBOUNDED
+        sql = _READ_FILTERED.replace("{window}", window).replace("{where}", where)
+        backoff, deadline = 0.0, time.monotonic() + self._settle_timeout
+        while True:
+            with mapped():
+                rows = await self._pool.fetch(sql, after, limit, scan, *args,
+                                              timeout=self._timeout)
+            top, last, seen = rows[0][1] or 0, rows[0][2] or after, rows[0][3]
+            events = [_envelope(r, 4) for r in rows if r[4] is not None]
+            if len(events) >= limit:
+                return FilteredPage(events=events, scanned=events[-1].position)
+            if (scan is not None and seen == scan) or top <= last or time.monotonic() >= deadline:
+                return FilteredPage(events=events, scanned=last)
             backoff = min(max(backoff * 2, 0.002), 0.1)
             await asyncio.sleep(backoff)
 

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from schemas import EventEnvelope, NewEvent
+from schemas import EventEnvelope, NewEvent, stream_kind
 
 #: expected_version for "this stream must not exist yet".
 NO_STREAM = 0
@@ -35,6 +35,36 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     version: int
     type: str
     data: bytes
+
+
+class EventQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """Which events a filtered read of the log returns: every field given must hold.
+
+    ``kinds`` / ``exclude_kinds`` name actor kinds (the part of the stream before ``:``);
+    ``project_id`` keeps only events recorded for that project (none without one).
+    """
+
+    stream: str | None = None
+    kinds: tuple[str, ...] = ()
+    exclude_kinds: tuple[str, ...] = ()
+    correlation_id: str | None = None
+    project_id: str | None = None
+
+    def matches(self, event: EventEnvelope) -> bool:
+        """Whether ``event`` passes (what the SQL of a filtered read does, in Python)."""
+        kind = stream_kind(event.stream)
+        return ((self.stream is None or event.stream == self.stream)
+                and (not self.kinds or kind in self.kinds)
+                and kind not in self.exclude_kinds
+                and (self.correlation_id is None or event.correlation_id == self.correlation_id)
+                and (self.project_id is None or event.project_id == self.project_id))
+
+
+class FilteredPage(msgspec.Struct, frozen=True, kw_only=True):
+    """A page of a filtered read: the events, and where the next read resumes (``after``)."""
+
+    events: list[EventEnvelope]
+    scanned: int
 
 
 class EventStore(Protocol):
@@ -79,6 +109,15 @@ class EventStore(Protocol):
     async def read_all(self, after: int = 0, limit: int = 1000) -> list[EventEnvelope]:
         """Committed events with position > ``after`` in global order, never skipping one
         that commits later at a lower position."""
+        ...
+
+    async def read_filtered(self, query: EventQuery, after: int = 0, limit: int = 100,
+                            scan: int | None = 10_000) -> FilteredPage:
+        """Up to ``limit`` events matching ``query`` with position > ``after``, in global
+        order and as gap-free as ``read_all``, looking at no more than the next ``scan``
+        events of the log (None: no bound). ``scanned`` is where to resume: the last event
+        returned when ``limit`` was reached, else the last position looked at (``after``
+        when nothing new is visible)."""
         ...
 
     def subscribe(self, after: int = 0, batch: int = 1000) -> AsyncIterator[list[EventEnvelope]]:

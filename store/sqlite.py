@@ -18,8 +18,9 @@ import structlog
 
 from schemas import EventEnvelope, NewEvent
 from store.errors import StoreError, StoreUnavailable
+from store.event_query import conditions
 from store.metrics import APPEND_SECONDS
-from store.protocol import ANY_VERSION, AppendResult, Snapshot
+from store.protocol import ANY_VERSION, AppendResult, EventQuery, FilteredPage, Snapshot
 from store.registry import EventTypes
 from store.sqlite_projection import SqliteProjectionTx, to_sqlite_params
 from store.sqlite_writer import GroupCommit, Pending, utc
@@ -106,6 +107,13 @@ def _envelope(row: tuple[Any, ...]) -> EventEnvelope:
         occurred_at=dt.datetime.fromisoformat(row[6]), correlation_id=row[7],
         causation_id=row[8], project_id=row[9], user_id=row[10],
     )
+
+
+def _page(events: list[EventEnvelope], limit: int, last: int) -> FilteredPage:
+    """A filtered page: resume after the last event when the page is full, else after
+    the last position the read looked at."""
+    scanned = events[-1].position if len(events) >= limit else last
+    return FilteredPage(events=events, scanned=scanned)
 
 
 def _position(event: EventEnvelope) -> int:
@@ -339,6 +347,28 @@ class SqliteEventStore:
             (after, limit),
         )
         return [_envelope(r) for r in rows]
+
+    async def read_filtered(self, query: EventQuery, after: int = 0, limit: int = 100,
+                            scan: int | None = 10_000) -> FilteredPage:
+        """From the in-memory tail when it reaches back to ``after`` (windowed reads), else
+        in SQL (an unbounded read lets the stream index do the work)."""
+        window = None if scan is None else self._from_tail(after, scan)
+        if window is not None:
+            found = [e for e in window if query.matches(e)][:limit]
+            last = window[-1].position if window else after
+            return _page(found, limit, last)
+        end = (await self._read(
+            "SELECT max(position) FROM (SELECT position FROM events WHERE position > ?"
+            " ORDER BY position LIMIT ?)", (after, scan)))[0][0] if scan is not None else (
+            await self._read("SELECT max(position) FROM events WHERE position > ?", (after,))
+        )[0][0]
+        if end is None:
+            return FilteredPage(events=[], scanned=after)
+        where, args = conditions(query, "sqlite", 4)
+        rows = await self._read(to_sqlite_params(
+            f"SELECT {_COLUMNS} FROM events WHERE position > $1 AND position <= $2"
+            f" AND {where} ORDER BY position LIMIT $3"), (after, end, limit, *args))
+        return _page([_envelope(r) for r in rows], limit, int(end))
 
     async def subscribe(
         self, after: int = 0, batch: int = 1000

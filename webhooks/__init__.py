@@ -1,1 +1,1 @@
-"""Event subscriptions delivered as signed webhooks (grows in the event-feed issue)."""
+"""Webhook delivery: fans the log out to subscriptions, signs, retries, records."""

@@ -5,7 +5,7 @@ Usage: PYTHONPATH=. .venv/bin/python tests/histories/record.py [KIND ...]
 Runs the whole cloud in-process on the embedded backends (default deadlines and network
 settings, as ``cloud_kinds()`` makes them), touches every resource kind through the API
 (users and projects, an image, a flavor, a network with a subnet and a port, a server on
-it stopped, started and deleted), then writes, per kind, the longest stream's first
+it stopped, started and deleted, a webhook subscription changed and deleted), then writes, per kind, the longest stream's first
 events (at most MAX_EVENTS) with the state they fold to, as the replay test expects it.
 Record again only when a change to a kind is meant to change what its old events fold to.
 """
@@ -52,6 +52,23 @@ async def scenario(api: NetApi) -> None:
     await api.wait_status(sid, "ACTIVE")
     await api.req("DELETE", f"/servers/{sid}", api.member, status=204)
     await asyncio.sleep(1.0)  # the ports' release and the host's reaction
+    await subscription(api)
+
+
+async def subscription(api: NetApi) -> None:
+    """A webhook subscription made, changed, disabled and deleted."""
+    async def events(method: str, path: str, status: int, body: Any = None) -> Any:
+        async with api.cloud.http.request(method, api.url(f"/events/v1{path}"), json=body,
+                                          headers={"X-Auth-Token": api.member}) as resp:
+            assert resp.status == status, f"{resp.status} {await resp.text()}"
+            return await resp.json(content_type=None) if resp.status != 204 else None
+
+    sub = (await events("POST", "/subscriptions", 201, {
+        "url": "http://127.0.0.1:9/hook", "event_types": ["instance.*"],
+        "description": "replay"}))
+    await events("PATCH", f"/subscriptions/{sub['id']}", 200,
+                 {"event_types": ["instance.*", "port.*"], "enabled": False})
+    await events("DELETE", f"/subscriptions/{sub['id']}", 204)
 
 
 def history(codec: KindCodec, events: list[EventEnvelope]) -> dict[str, Any]:

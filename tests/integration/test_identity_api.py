@@ -76,7 +76,8 @@ async def test_password_auth_issues_a_scoped_token_with_roles_and_catalog(cloud:
     assert token["user"]["id"] == ADMIN_USER_ID and token["project"]["id"] == ADMIN_PROJECT_ID
     assert [r["name"] for r in token["roles"]] == ["admin", "member", "reader"]
     types = {s["type"]: s["endpoints"][0] for s in token["catalog"]}
-    assert set(types) == {"identity", "compute", "image", "network", "block-storage"}
+    assert set(types) == {"identity", "compute", "image", "network", "block-storage",
+                          "events"}
     assert all(e["region_id"] == e["region"] == "RegionOne" for e in types.values())
     assert types["compute"]["url"].endswith("/compute/v2.1")
 

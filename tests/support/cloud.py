@@ -44,8 +44,14 @@ from store.projections import Projection, ProjectionHub
 from store.relay import Relay
 from tests.support.backends import open_backends
 from tests.support.serve import serving
+from webhooks.destinations import DestinationPolicy
+from webhooks.dispatcher import Dispatcher, DispatcherSettings
+from webhooks.outbox import RetryPolicy
 
 ADMIN_PASSWORD = "secret"
+#: webhooks in tests: receivers on loopback, retries after tens of milliseconds
+TEST_WEBHOOKS = DispatcherSettings(retry=RetryPolicy(base=0.05, cap=0.5, timeout=5.0),
+                                   destinations=DestinationPolicy(allow_loopback=True))
 
 
 @dataclass
@@ -135,11 +141,13 @@ async def running_cloud(
     deadlines: Deadlines | None = None, settings: GatewaySettings | None = None,
     heartbeat_every: float = 1.0, call_timeout: float = 15.0,
     host_network: Callable[[int], Any] | None = None,
+    webhooks: DispatcherSettings = TEST_WEBHOOKS, sse_heartbeat: float = 15.0,
 ) -> AsyncIterator[Cloud]:
     """Run a whole cloud on the ``which`` backends ("embedded" or "real") until exit.
 
     ``host_network(i)`` makes host ``i``'s (from 0) network driver; by default each host
-    gets the recording fake with physnet1 and underlay address 192.0.2.<i+1>."""
+    gets the recording fake with physnet1 and underlay address 192.0.2.<i+1>. ``webhooks``
+    are how the dispatcher delivers and which destinations the API accepts."""
     kinds = kinds_with(deadlines)
     async with open_backends(which, types=event_types(kinds), names=names, tmp_path=tmp_path,
                              pg_dsn=pg_dsn, amqp_url=amqp_url) as (store, bus), \
@@ -168,8 +176,11 @@ async def running_cloud(
                 daemons.append(daemon)
                 tasks.append(asyncio.create_task(daemon.run(), name=f"hostd-{i + 1}"))
             client = ActorClient(bus, timeout=call_timeout)
+            tasks.append(asyncio.create_task(Dispatcher(store, client, webhooks).run(),
+                                             name="webhooks"))
             await bootstrap(store, client, password=ADMIN_PASSWORD)
-            apis = cloud_apis(store, client, data_dir=str(data_dir or tmp_path / "data"))
+            apis = cloud_apis(store, client, data_dir=str(data_dir or tmp_path / "data"),
+                              destinations=webhooks.destinations, heartbeat=sse_heartbeat)
             app = make_cloud_app(store, client, apis=apis, settings=settings)
             async with serving(app) as url, aiohttp.ClientSession() as http:
                 yield Cloud(url=url, store=store, bus=bus, client=client, http=http,

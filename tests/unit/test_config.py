@@ -173,7 +173,10 @@ def test_every_field_is_settable_from_its_variable() -> None:
         "passivate_after": "3", "snapshot_every": "4", "command_max_attempts": "6",
         "network_vni_ranges": "100:200", "network_vlan_ranges": "phys2:10:20",
         "network_flat_networks": "phys2", "network_tenant_type": "vlan",
-        "network_mtu": "9000", "network_hold_lease": "30",
+        "network_mtu": "9000", "network_hold_lease": "30", "events_heartbeat": "2",
+        "webhooks_allow_loopback": "1", "webhooks_allow_private": "yes",
+        "webhooks_timeout": "3", "webhooks_retry_base": "0.5", "webhooks_retry_period": "60",
+        "webhooks_retention": "3600",
     }
     config = load_config(env={env_var(field): value for field, value in env.items()})
     loaded = msgspec.structs.asdict(config)
@@ -190,3 +193,11 @@ def test_bad_segment_ranges_are_refused(field: str, value: str) -> None:
     """Segmentation ranges must read lo:hi (vni) or physnet:lo:hi (vlan), lo <= hi."""
     with pytest.raises(ConfigError, match=env_var(field)):
         load_config(env={env_var(field): value})
+
+
+def test_the_readme_documents_every_field() -> None:
+    """The README's configuration table has a row for every field's variable."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`") for line in readme.splitlines()
+            if line.startswith("| `ORRERY_")}
+    assert {env_var(field) for field in Config.__struct_fields__} <= rows
