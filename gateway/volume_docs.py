@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from actors.host_views import HostView
 from actors.volume_messages import Attachment
 from actors.volume_views import VolumeView
 from gateway.errors import ApiError
@@ -171,3 +172,33 @@ def volume_doc(request: web.Request, v: VolumeView, *, admin: bool) -> Doc:
                     v.project_id, "os-vol-mig-status-attr:migstat": None,
                     "os-vol-mig-status-attr:name_id": None})
     return doc
+
+
+def _backend_host(host: HostView) -> str:
+    storage = host.capacity.storage
+    return f"{host.id}@{storage.backend if storage else 'unknown'}"
+
+
+def service_doc(host: HostView) -> Doc:
+    """A storage host as Cinder lists its ``cinder-volume`` service."""
+    beat = host.last_heartbeat
+    return {"binary": "cinder-volume", "host": _backend_host(host), "zone": AVAILABILITY_ZONE,
+            "status": "enabled", "state": host.state, "disabled_reason": None,
+            "updated_at": beat.strftime("%Y-%m-%dT%H:%M:%S.%f") if beat else None}
+
+
+def pool_doc(host: HostView, *, detail: bool) -> Doc:
+    """A storage host as one scheduler pool (``capabilities`` with ``detail``)."""
+    name = f"{_backend_host(host)}#{host.id}"
+    if not detail:
+        return {"name": name}
+    storage = host.capacity.storage
+    total = storage.total_gb if storage else 0
+    return {"name": name, "capabilities": {
+        "volume_backend_name": storage.backend if storage else None,
+        "storage_protocol": "file", "vendor_name": "Orrery", "driver_version": "1.0",
+        "total_capacity_gb": total, "allocated_capacity_gb": host.used.volume_gb,
+        "free_capacity_gb": host.free.volume_gb, "max_over_subscription_ratio": "1.0",
+        "thin_provisioning_support": False, "thick_provisioning_support": True,
+        "volume_format": storage.format if storage else None,
+        "timestamp": host.last_heartbeat.isoformat() if host.last_heartbeat else None}}

@@ -9,6 +9,11 @@ actor that wait for the ``volumes`` projection, so the next read sees them: crea
 list and ``detail`` (filters ``name``, ``status``, ``metadata``; ``limit``/``marker``,
 ``all_tenants`` for an admin), show. Another project's volume is 404 as if absent; a
 reader's write is 403. Bad input is refused here, before any command, in Cinder's words.
+
+For an admin, the storage hosts: ``os-services`` lists each as a ``cinder-volume``
+service (``<host>@<backend>``, up or down by its heartbeat), ``scheduler-stats/get_pools``
+its capacity, what its volumes claim and what is free (``openstack volume service list``,
+``openstack volume backend pool list --long``).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import structlog
 from aiohttp import web
 
 from actors.client import ActorClient
+from actors.host_views import HostView, read_hosts
 from actors.volume import KIND as VOLUME_KIND
 from actors.volume_messages import (
     CreateVolume,
@@ -84,6 +90,8 @@ class VolumesApi:
             router.get(f"{prefix}/types", self.list_types)
             router.get(f"{prefix}/types/default", self.show_default_type)
             router.get(f"{prefix}/types/{{id}}", self.show_type)
+            router.get(f"{prefix}/os-services", self.list_services)
+            router.get(f"{prefix}/scheduler-stats/get_pools", self.list_pools)
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -265,6 +273,24 @@ class VolumesApi:
         if reply.position and not await self.store.wait_for_projection(
                 PROJECTION_NAME, reply.position, self.wait_timeout):
             raise ApiError("unavailable", "The volumes projection is behind; try again.")
+
+    # -- storage hosts (admin) ----------------------------------------------------------------
+
+    async def _storage_hosts(self, request: web.Request, rule: str) -> list[HostView]:
+        context = await _context(request)
+        if not context.is_admin:
+            raise ApiError("forbidden", f"Policy doesn't allow {rule} to be performed.")
+        return [h for h in await read_hosts(self.store) if h.capacity.storage is not None]
+
+    async def list_services(self, request: web.Request) -> web.Response:
+        hosts = await self._storage_hosts(request, "volume_extension:services:index")
+        return json_response({"services": [docs.service_doc(h) for h in hosts]})
+
+    async def list_pools(self, request: web.Request) -> web.Response:
+        hosts = await self._storage_hosts(request, "scheduler_extension:scheduler_stats:"
+                                                   "get_pools")
+        detail = _truthy(request.query.get("detail"))
+        return json_response({"pools": [docs.pool_doc(h, detail=detail) for h in hosts]})
 
     # -- volume types ------------------------------------------------------------------------
 

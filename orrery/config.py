@@ -66,6 +66,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     network_tenant_type: Literal["vxlan", "vlan", "flat"] = "vxlan"
     network_mtu: Annotated[int, msgspec.Meta(ge=1280, le=9216)] = 1500
     network_hold_lease: Annotated[float, msgspec.Meta(gt=0)] = 120.0
+    #: Block storage: the format of the files a storage host makes new volumes in.
+    volume_format: Literal["raw", "qcow2"] = "raw"
 
     @property
     def embedded_store(self) -> bool:
@@ -103,7 +105,7 @@ _SCHEMES: dict[str, tuple[str, ...]] = {
     "database_url": ("sqlite:///", "postgresql://", "postgres://"),
     "amqp_url": ("memory://", "amqp://", "amqps://"),
 }
-_LOWERCASE = frozenset({"log_level", "log_format"})
+_LOWERCASE = frozenset({"log_level", "log_format", "volume_format"})
 _BOOL_WORDS = {"yes": "true", "on": "true", "no": "false", "off": "false"}
 
 

@@ -207,6 +207,28 @@ async def test_too_big_for_every_storage_host_ends_in_error(api: Api) -> None:
     await api.req("GET", f"/volumes/{vid}", api.member, status=404)
 
 
+async def test_storage_hosts_are_services_and_pools_to_the_admin(api: Api) -> None:
+    """os-services lists storage-1 as an up cinder-volume; get_pools shows its 20 GiB and
+    what a 2 GiB volume claims; both are 403 to a member; os-hypervisors lists no
+    storage host."""
+    vid = (await api.create(size=2))["volume"]["id"]
+    await api.wait_status(vid, "available")
+    _, body = await api.req("GET", "/os-services", api.admin, status=200)
+    (service,) = body["services"]
+    assert (service["binary"], service["host"], service["state"]) == (
+        "cinder-volume", "storage-1@fake", "up")
+    _, body = await api.req("GET", "/scheduler-stats/get_pools?detail=True", api.admin,
+                            status=200)
+    (pool,) = body["pools"]
+    caps = pool["capabilities"]
+    assert (caps["total_capacity_gb"], caps["allocated_capacity_gb"],
+            caps["free_capacity_gb"]) == (20, 2, 18)
+    await api.req("GET", "/os-services", api.member, status=403)
+    _, body = await api.req("GET", "/compute/v2.1/os-hypervisors", api.admin, raw=True,
+                            status=200)
+    assert [h["hypervisor_hostname"] for h in body["hypervisors"]] == ["host-1"]
+
+
 async def test_volume_types_list_the_default(api: Api) -> None:
     """The __DEFAULT__ type is listed and shown; a create naming it is accepted, naming
     another is 404."""

@@ -173,7 +173,7 @@ def test_every_field_is_settable_from_its_variable() -> None:
         "passivate_after": "3", "snapshot_every": "4", "command_max_attempts": "6",
         "network_vni_ranges": "100:200", "network_vlan_ranges": "phys2:10:20",
         "network_flat_networks": "phys2", "network_tenant_type": "vlan",
-        "network_mtu": "9000", "network_hold_lease": "30",
+        "network_mtu": "9000", "network_hold_lease": "30", "volume_format": "QCOW2",
     }
     config = load_config(env={env_var(field): value for field, value in env.items()})
     loaded = msgspec.structs.asdict(config)
