@@ -150,9 +150,11 @@ async def running_cloud(
     host_network: Callable[[int], Any] | None = None, storage_hosts: int = 0,
     storage: Callable[[int], StorageBackend] | None = None,
     hypervisor_factory: Callable[[int], Hypervisor] | None = None,
-    volume_deadlines: VolumeDeadlines | None = None,
+    volume_deadlines: VolumeDeadlines | None = None, host_images: bool = False,
 ) -> AsyncIterator[Cloud]:
     """Run a whole cloud on the ``which`` backends ("embedded" or "real") until exit.
+
+    ``host_images``: hosts boot from their own image cache (libvirt needs a disk file).
 
     ``host_network(i)`` makes host ``i``'s (from 0) network driver; by default each host
     gets the recording fake with physnet1 and underlay address 192.0.2.<i+1>."""
@@ -192,7 +194,8 @@ async def running_cloud(
                 network = host_network(i) if host_network else FakeHostNetwork(
                     bridge_mappings={"physnet1": "br-phys"}, underlay_ip=f"192.0.2.{i + 1}")
                 daemon = HostDaemon(bus, hv, f"host-{i + 1}", heartbeat_every=heartbeat_every,
-                                    network=network)
+                                    network=network, images=image_cache(
+                                        data, f"host-{i + 1}") if host_images else None)
                 daemons.append(daemon)
                 tasks.append(asyncio.create_task(daemon.run(), name=f"hostd-{i + 1}"))
             client = ActorClient(bus, timeout=call_timeout)
