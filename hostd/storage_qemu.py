@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import structlog
 
 from hostd.storage import (
@@ -71,7 +72,9 @@ class QemuImgBackend:
         os.replace(partial, path)
         log.info("volume_file_created", volume_id=volume_id, size_gb=size_gb,
                  format=self._format)
-        return await self._info(volume_id)
+        # what qemu-img was just told (an info would cost a second run of the tool)
+        return VolumeFile(volume_id=volume_id, path=str(path), format=self._format,
+                          size_gb=size_gb)
 
     async def create_from_image(self, volume_id: str, size_gb: int, image_path: str,
                                 image_format: DiskFormat) -> VolumeFile:
@@ -103,7 +106,7 @@ class QemuImgBackend:
             return current
         await self._run("resize", "-q", "-f", current.format, current.path, f"{size_gb}G")
         log.info("volume_file_extended", volume_id=volume_id, size_gb=size_gb)
-        return await self._info(volume_id)
+        return msgspec.structs.replace(current, size_gb=size_gb)
 
     async def delete(self, volume_id: str) -> None:
         path = self._path(volume_id)
