@@ -55,6 +55,11 @@ def scenario(cli: Os, storage: Path) -> None:
                       "--image", "vol-img", "--wait", "vm1")
     assert server["status"] == "ACTIVE"
 
+    services = cli.json("orrery", "volume", "service", "list")
+    assert [(s["Binary"], s["State"]) for s in services] == [("cinder-volume", "up")]
+    (pool,) = cli.json("orrery", "volume", "backend", "pool", "list", "--long")
+    assert pool["Capabilities"]["total_capacity_gb"] > 0, pool
+
     made = cli.json("orrery", "volume", "create", "--size", "1", "v1")
     assert made["size"] == 1 and made["status"] in ("creating", "available")
     vid = made["id"]
