@@ -10,11 +10,12 @@ import msgspec
 import pytest
 
 from actors.codec import KindCodec
+from actors.volume import VOLUME
 from orrery.wiring import event_types
 from tests.support.counter import COUNTER
 
 HISTORIES = sorted((Path(__file__).parents[1] / "histories").glob("*.json"))
-KINDS = {COUNTER.name: COUNTER}
+KINDS = {COUNTER.name: COUNTER, VOLUME.name: VOLUME}
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
