@@ -13,6 +13,7 @@ import structlog
 
 from actors import metrics
 from actors.codec import CellSnapshot, KindCodec, to_new_event
+from actors.fold import fold_event
 from actors.kind import Context, Rejected
 from bus.errors import BadMessage
 from bus.replies import REPLY_TYPE
@@ -21,9 +22,7 @@ from schemas import (
     CommandEnvelope,
     EventEnvelope,
     Reply,
-    TimerCancelled,
     TimerFired,
-    TimerSet,
     stream_name,
 )
 from schemas.envelope import ENCODER, REPLY_DECODER
@@ -80,12 +79,7 @@ class ActorCell:
         self.loaded = False
 
     def _evolve(self, event: msgspec.Struct) -> None:
-        match event:
-            case TimerSet(timer_id=tid, name=name):
-                self.timers[tid] = name
-            case TimerFired(timer_id=tid) | TimerCancelled(timer_id=tid):
-                self.timers.pop(tid, None)
-        self.state = self.kind.evolve(self.state, event)
+        self.state = fold_event(self.codec, self.state, self.timers, event)
 
     async def _maybe_snapshot(self) -> None:
         every = self.kind.snapshot_every

@@ -1,5 +1,5 @@
-"""The ``orrery`` command: ``up`` (all-in-one), ``worker``, ``relay``, ``api``, ``hostd`` and
-``storaged``."""
+"""The ``orrery`` command: ``up`` (all-in-one), ``worker``, ``relay``, ``api``, ``hostd``,
+``storaged`` and ``replay`` (the debug tool over the log)."""
 
 from __future__ import annotations
 
@@ -246,6 +246,27 @@ def _add_hostd(sub: Any) -> None:
                    help="build the data plane inside this network namespace")
 
 
+def _add_replay(sub: Any) -> None:
+    from replay.cli import add_arguments
+
+    p = sub.add_parser("replay", help="read the event log: history, state, trace, verify, …",
+                       description="The replay and debug tool: reads the log directly.")
+    p.add_argument("--kind", action="append", default=[], dest="extra_kinds",
+                   help="extra actor kind as module:attribute (repeatable)")
+    add_arguments(p)
+
+
+def _replay(cfg: Config, args: argparse.Namespace) -> int:
+    """``orrery replay …`` with the cloud's kinds and projections (and the timers')."""
+    from actors.timers import TimerProjection
+    from replay.cli import run
+
+    kinds = {k.name: k for k in [*cloud_kinds(), *load_kinds(args.extra_kinds)]}
+    projections = {p.name: p for p in [*worker_projections(), *cloud_projections(),
+                                       TimerProjection(lambda *_: None)]}
+    return run(args, list(kinds.values()), list(projections.values()), cfg.database_url)
+
+
 def _run(main: Callable[[], Awaitable[None]]) -> int:
     async def guarded() -> None:
         task = asyncio.current_task()
@@ -293,6 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 " qemu-img is installed (auto), else the fake")
     _add_hostd(sub)
     _add_storaged(sub)
+    _add_replay(sub)
     args = parser.parse_args(argv)
     try:
         cfg = load_config(path=args.config)
@@ -301,6 +323,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "up":
         cfg = _up_overrides(cfg, args)
+    if args.command == "replay":  # a tool at a terminal: only its warnings are news
+        configure_logging("warning", cfg.log_format)
+        return _replay(cfg, args)
     configure_logging(cfg.log_level, cfg.log_format)
     if args.command in ("worker", "relay", "hostd", "storaged"):
         # processes without an HTTP API still expose /metrics: on metrics_port, or on a

@@ -23,7 +23,7 @@ import structlog
 
 from schemas import EventEnvelope, NewEvent
 from store.errors import StoreError, StoreUnavailable
-from store.leases import PgLeases
+from store.leases import PgLeaseGroup, PgLeaseSession
 from store.metrics import APPEND_SECONDS
 from store.migrations import migrate
 from store.pg_common import (
@@ -61,6 +61,24 @@ _SAVE_SNAPSHOT = (
     "INSERT INTO snapshots (stream, version, type, data) VALUES ($1, $2, $3, $4)"
     " ON CONFLICT (stream) DO UPDATE SET version = excluded.version, type = excluded.type,"
     " data = excluded.data WHERE snapshots.version <= excluded.version")
+_CORRELATED = (f"SELECT {_COLUMNS} FROM events WHERE correlation_id = ANY($1::text[])"
+               " ORDER BY position")
+#: a causation id of the uuid form may name an event (anything else cannot)
+_UUID_FORM = "'^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'"
+#: events whose causation id is not a recorded cause of their append (a hash anti-join:
+#: one pass over each table), then, of those few, the ones that name no earlier event
+_UNEXPLAINED = (
+    "WITH unrecorded AS MATERIALIZED (SELECT e.position, e.causation_id FROM events e"
+    " WHERE e.causation_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM reactions r"
+    " WHERE r.stream = e.stream AND r.cause = e.causation_id AND r.version >= e.version))"
+    f" SELECT {_COLUMNS} FROM events WHERE position IN (SELECT u.position FROM unrecorded u"
+    " WHERE NOT EXISTS (SELECT 1 FROM events c WHERE c.event_id ="
+    f" (CASE WHEN u.causation_id ~ {_UUID_FORM} THEN u.causation_id::uuid END)"
+    " AND c.position < u.position)) ORDER BY position LIMIT $1")
+#: the anti-join's hash tables fit in memory for logs of millions of events
+ANALYSIS_WORK_MEM = "256MB"
+#: how long a whole-log analysis query may take
+ANALYSIS_TIMEOUT = 3600.0
 DDL_LOCK_KEY = 0x6F72_7265_7279_01  # held (per transaction) while projection DDL runs
 
 
@@ -148,6 +166,8 @@ class PostgresEventStore:
         self._closed = False
         self._writer = GroupCommit(append_pool, writers, max_batch_events, timeout)
         self._listener = _Listener(dsn, timeout)
+        self._leases: PgLeaseSession | None = None
+        self._lease_lock = asyncio.Lock()
 
     @classmethod
     async def connect(cls, dsn: str, types: EventTypes, *, writers: int = 2,
@@ -186,6 +206,8 @@ class PostgresEventStore:
         self._closed = True
         await self._writer.close(drain_timeout=self._timeout)
         await self._listener.close()
+        if self._leases is not None:
+            await self._leases.close()
         await self._append_pool.close()
         await self._pool.close()
 
@@ -272,6 +294,20 @@ class PostgresEventStore:
             if top <= after:
                 await wake.wait()
 
+    async def read_correlated(self, correlation_ids: Sequence[str]) -> list[EventEnvelope]:
+        with mapped():
+            rows = await self._pool.fetch(_CORRELATED, list(dict.fromkeys(correlation_ids)),
+                                          timeout=self._timeout)
+        return [_envelope(r) for r in rows]
+
+    async def unexplained_causes(self, limit: int = 100) -> list[EventEnvelope]:
+        with mapped():
+            async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
+                await conn.execute(f"SET LOCAL work_mem = '{ANALYSIS_WORK_MEM}'",
+                                   timeout=self._timeout)
+                rows = await conn.fetch(_UNEXPLAINED, limit, timeout=ANALYSIS_TIMEOUT)
+        return [_envelope(r) for r in rows]
+
     async def head(self) -> int:
         """The newest position below the horizon (settling like read_all)."""
         backoff, deadline = 0.0, time.monotonic() + self._settle_timeout
@@ -356,9 +392,16 @@ class PostgresEventStore:
                 for sql, args in statements:
                     await conn.execute(sql, *args, timeout=self._timeout)
 
-    async def join_leases(self, group: str) -> PgLeases:
-        """Join lease group ``group`` (see store/leases.py) on a session of its own."""
-        return await PgLeases.join(self._dsn, group, self._timeout)
+    async def join_leases(self, group: str) -> PgLeaseGroup:
+        """Join lease group ``group`` (see store/leases.py) on this store's lease session,
+        opened on first use and again after it was lost."""
+        async with self._lease_lock:
+            session = self._leases
+            if session is None or session.lost.is_set():
+                if session is not None:
+                    await session.close()
+                session = self._leases = await PgLeaseSession.open(self._dsn, self._timeout)
+        return await session.join(group)
 
     @contextlib.asynccontextmanager
     async def try_leaderships(self, names: Iterable[str]) -> AsyncIterator[PgLeaderSet]:

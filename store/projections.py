@@ -14,7 +14,7 @@ can also rebuild it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Protocol
 
@@ -38,6 +38,8 @@ PROJECTION_POSITION = Gauge(
     "The log position the projection has folded up to (its checkpoint).",
     ["projection"],
 )
+#: told how a rebuild goes: (events folded in the last batch, checkpoint, target position)
+Progress = Callable[[int, int, int], None]
 #: the leadership a hub takes to fold a projection (``projection:<name>``)
 LEADERSHIP_PREFIX = "projection:"
 #: how long a checkpoint move may wait after a batch that wrote nothing
@@ -330,8 +332,10 @@ class ProjectionRunner(ProjectionHub):
         self.start()
         return self
 
-    async def rebuild(self) -> int:
-        """Drop the tables and checkpoint, recreate, and fold the log up to its head."""
+    async def rebuild(self, progress: Progress | None = None) -> int:
+        """Drop the tables and checkpoint, recreate, and fold the log up to its head;
+        ``progress(events, checkpoint, target)`` is told after every batch (events this
+        runner folded in it: 0 when a live runner moved the checkpoint past it)."""
         store, name = self._store, self.name
         await store.reset_projection(name, self._projection.drop)
         await store.run_ddl(self._projection.ddl)
@@ -346,11 +350,13 @@ class ProjectionRunner(ProjectionHub):
             try:
                 async with store.projection_tx(name, checkpoint, events[-1].position) as tx:
                     await self._projection.apply(tx, events)
-                checkpoint = events[-1].position
+                checkpoint, folded = events[-1].position, len(events)
                 await self._advance({name: checkpoint})
             except ConcurrencyError:  # a live runner is folding too: go on from its point
-                checkpoint = await store.projection_checkpoint(name)
+                checkpoint, folded = await store.projection_checkpoint(name), 0
                 await self._advance({name: checkpoint})
+            if progress is not None:
+                progress(folded, checkpoint, target)
         self._log.info("projection_rebuilt", checkpoint=checkpoint)
         return checkpoint
 

@@ -89,6 +89,20 @@ class EventStore(Protocol):
         """The position of the last event a reader can currently see (0 if none)."""
         ...
 
+    async def read_correlated(self, correlation_ids: Sequence[str]) -> list[EventEnvelope]:
+        """Every committed event whose correlation id is one of ``correlation_ids``, in
+        position order (what one request caused, read through an index)."""
+        ...
+
+    async def unexplained_causes(self, limit: int = 100) -> list[EventEnvelope]:
+        """Up to ``limit`` events, in position order, whose causation id the log does not
+        explain. A causation id is explained when it is the id of an event at a lower
+        position (a reaction's cause), or when the store recorded it as the ``cause`` of
+        the append that wrote the event, at or past the event's version (a command's or
+        a timer's id: commands are not in the log, but the append they caused records
+        them). Events without a causation id are explained. A whole-log query."""
+        ...
+
     async def save_snapshot(self, snapshot: Snapshot) -> None:
         """Store ``snapshot`` as the stream's latest (an older version never replaces a newer)."""
         ...

@@ -17,7 +17,7 @@ import msgspec
 import structlog
 
 from schemas import EventEnvelope, NewEvent
-from store.errors import StoreUnavailable
+from store.errors import StoreError, StoreUnavailable
 from store.metrics import APPEND_SECONDS
 from store.protocol import ANY_VERSION, AppendResult, Snapshot
 from store.registry import EventTypes
@@ -63,6 +63,8 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             position INTEGER NOT NULL
         )""",
     )),
+    # read_correlated: everything one request caused, without scanning the log
+    (2, ("CREATE INDEX events_correlation ON events (correlation_id)",)),
 )
 
 _COLUMNS = (
@@ -76,6 +78,23 @@ _SAVE_SNAPSHOT = (
 )
 #: how many of its latest events the store keeps in memory for its readers (at least)
 TAIL_EVENTS = 20_000
+#: how often a follower (another process writes the file) looks for new events
+FOLLOW_POLL_SECONDS = 0.2
+#: events whose causation id is neither an earlier event's id nor the recorded cause of
+#: their own append (see EventStore.unexplained_causes)
+_UNEXPLAINED = (
+    f"SELECT {_COLUMNS} FROM events e WHERE e.causation_id IS NOT NULL"
+    " AND NOT EXISTS (SELECT 1 FROM reactions r WHERE r.stream = e.stream"
+    " AND r.cause = e.causation_id AND r.version >= e.version)"
+    " AND NOT EXISTS (SELECT 1 FROM events c WHERE c.event_id = e.causation_id"
+    " AND c.position < e.position)"
+    " ORDER BY e.position LIMIT ?")
+#: how long a whole-log analysis query may take
+ANALYSIS_TIMEOUT = 3600.0
+#: SQLite's default limit on host parameters is 999 in old builds
+_IN_CHUNK = 500
+
+
 def _utc_text(when: dt.datetime) -> str:
     return utc(when).isoformat()
 
@@ -149,11 +168,15 @@ class SqliteEventStore:
     writer: it keeps the events it committed last in memory (the tail), so that
     subscribers, woken in-process when an append commits, follow the log without reading
     it back.
+
+    A store opened as a ``follower`` reads a file another process writes (the replay tool
+    beside ``orrery up``): it reads every event from the file, follows by polling, and
+    refuses appends; it may still fold projections (the file serialises its writers).
     """
 
     def __init__(
         self, path: str, types: EventTypes, writer: sqlite3.Connection,
-        reader: sqlite3.Connection | None, *, timeout: float,
+        reader: sqlite3.Connection | None, *, timeout: float, follower: bool = False,
     ) -> None:
         self._path = path
         self._types = types
@@ -176,12 +199,15 @@ class SqliteEventStore:
         self._tail_floor = 0
         self._closed = False
         self._appends: GroupCommit | None = None
+        self._follower = follower
 
     @classmethod
     async def open(
-        cls, path: str | Path, types: EventTypes, *, op_timeout: float = 30.0
+        cls, path: str | Path, types: EventTypes, *, op_timeout: float = 30.0,
+        follower: bool = False,
     ) -> SqliteEventStore:
-        """Open (creating and migrating if needed) the log at ``path``."""
+        """Open (creating and migrating if needed) the log at ``path``; as a ``follower``
+        when another process is (or may be) its writer."""
         name = str(path)
         memory = name == ":memory:"
         async with asyncio.timeout(op_timeout):
@@ -193,7 +219,7 @@ class SqliteEventStore:
         except BaseException:
             writer.close()
             raise
-        store = cls(name, types, writer, reader, timeout=op_timeout)
+        store = cls(name, types, writer, reader, timeout=op_timeout, follower=follower)
         store._head = store._tail_floor = await store.head()
         store._appends = GroupCommit(writer, store._writer.submit, asyncio.get_running_loop(),
                                      store._note_commit, store._head)
@@ -245,6 +271,8 @@ class SqliteEventStore:
             raise ValueError(f"expected_version must be >= {ANY_VERSION}")
         for event in events:
             self._types.validate(event.type, event.data)
+        if self._follower:
+            raise StoreError("a follower store reads the log; another process appends")
         if self._closed or self._appends is None:
             raise StoreUnavailable("the SQLite event store is closed")
         outcome: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
@@ -281,7 +309,7 @@ class SqliteEventStore:
         """Events after ``after`` from memory, or None when the tail does not reach back
         that far. The tail holds every event this store committed after ``_tail_floor``
         (it is the file's only writer), in position order."""
-        if after < self._tail_floor:
+        if after < self._tail_floor or self._follower:
             return None
         start = bisect.bisect_right(self._tail, after, key=_position)
         return self._tail[start:start + limit]
@@ -326,9 +354,45 @@ class SqliteEventStore:
 
     async def _wait_past(self, position: int) -> bool:
         """Wait until an append commits past ``position``; False once the store closes."""
+        if self._follower:  # the writer is elsewhere: nobody here is woken by its commits
+            while not self._closed:
+                if await self.head() > position:
+                    return True
+                await asyncio.sleep(FOLLOW_POLL_SECONDS)  # polled: no signal crosses processes
+            return False
         while not self._closed and self._head <= position:
             await self._committed.wait()
         return not self._closed
+
+    async def read_correlated(self, correlation_ids: Sequence[str]) -> list[EventEnvelope]:
+        ids = list(dict.fromkeys(correlation_ids))
+        rows: list[tuple[Any, ...]] = []
+        for i in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[i:i + _IN_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            rows += await self._read(
+                f"SELECT {_COLUMNS} FROM events WHERE correlation_id IN ({marks})",
+                tuple(chunk))
+        rows.sort(key=lambda r: int(r[0]))
+        return [_envelope(r) for r in rows]
+
+    async def unexplained_causes(self, limit: int = 100) -> list[EventEnvelope]:
+        if self._inline_reads:  # a file: the whole-log query gets a connection of its own
+            async with asyncio.timeout(ANALYSIS_TIMEOUT):
+                rows = await asyncio.to_thread(self._unexplained_rows, limit)
+        else:
+            conn = self._reader_conn
+            rows = await self._run(self._writer,
+                                   lambda: conn.execute(_UNEXPLAINED, (limit,)).fetchall())
+        return [_envelope(r) for r in rows]
+
+    def _unexplained_rows(self, limit: int) -> list[tuple[Any, ...]]:
+        """On a connection of its own: a whole-log query runs beside the loop's reads."""
+        conn = _connect(self._path)
+        try:
+            return conn.execute(_UNEXPLAINED, (limit,)).fetchall()
+        finally:
+            conn.close()
 
     async def head(self) -> int:
         rows = await self._read("SELECT COALESCE(MAX(position), 0) FROM events", ())
@@ -412,7 +476,10 @@ class SqliteEventStore:
     async def wait_for_projection(self, name: str, position: int, timeout: float) -> bool:
         """True once ``name``'s checkpoint reaches ``position``; False after ``timeout``
         seconds. This process is the log's only writer, so after one read the checkpoint
-        is known from its own projection commits, each of which wakes the waiters."""
+        is known from its own projection commits, each of which wakes the waiters (a
+        follower, whose writer is elsewhere, reads the checkpoint until it is there)."""
+        if self._follower:
+            return await self._poll_projection(name, position, timeout)
         if name not in self._checkpoints:
             known = await self.projection_checkpoint(name)
             self._checkpoints[name] = max(known, self._checkpoints.get(name, 0))
@@ -420,6 +487,17 @@ class SqliteEventStore:
             async with asyncio.timeout(timeout):
                 while self._checkpoints[name] < position:
                     await self._moved.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _poll_projection(self, name: str, position: int, timeout: float) -> bool:
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    if await self.projection_checkpoint(name) >= position:
+                        break
+                    await asyncio.sleep(FOLLOW_POLL_SECONDS)  # polled, as _wait_past
         except TimeoutError:
             return False
         return True

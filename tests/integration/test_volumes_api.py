@@ -180,8 +180,11 @@ async def test_update_extend_and_delete(api: Api) -> None:
         return status == 404
     await _eventually(gone)
     assert await api.backend.get(vid) is None
-    host = await read_host(api.cloud.store, "storage-1")
-    assert host is not None and host.used.volume_gb == 0 and host.volumes == 0
+
+    async def released() -> bool:  # the host reacts to volume.deleted
+        host = await read_host(api.cloud.store, "storage-1")
+        return host is not None and host.used.volume_gb == 0 and host.volumes == 0
+    await _eventually(released)
 
 
 async def test_volume_from_an_image_holds_its_bytes(api: Api) -> None:

@@ -1,0 +1,100 @@
+"""``rebuild``: projections refolded from position 0 while the system runs.
+
+Each projection is rebuilt by ``ProjectionRunner.rebuild``: its tables and checkpoint are
+dropped and recreated and the log folded up to the head it had when the rebuild began. A
+live process folding the same projection notices its checkpoint moved back and folds
+from there too; whichever commits a batch first moves the checkpoint, the other goes on
+from it (the checkpoint is compare-and-swapped), so the two never fold an event twice.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from typing import IO
+
+import msgspec
+
+from replay.errors import NotFound
+from store.projections import Projection, ProjectionHost, ProjectionRunner
+
+
+class Rebuilt(msgspec.Struct, frozen=True, kw_only=True):
+    """One projection rebuilt: the events this run folded, its checkpoint, how fast."""
+
+    projection: str
+    events: int
+    checkpoint: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+class ProgressBar:
+    """A one-line bar on a terminal (redrawn in place); elsewhere, nothing until done."""
+
+    def __init__(self, name: str, out: IO[str] | None = None, width: int = 30) -> None:
+        self.name = name
+        self.out = out or sys.stderr
+        self.width = width
+        self.events = 0
+        self.live = self.out.isatty()
+        self._drawn = 0.0
+
+    def __call__(self, folded: int, checkpoint: int, target: int) -> None:
+        self.events += folded
+        now = time.monotonic()
+        if not self.live or (now - self._drawn < 0.1 and checkpoint < target):
+            return
+        self._drawn = now
+        share = min(checkpoint / target, 1.0) if target else 1.0
+        bar = "#" * int(share * self.width)
+        self.out.write(f"\r{self.name:14s} [{bar:{self.width}s}] {share:6.1%}"
+                       f"  {self.events} events")
+        self.out.flush()
+
+    def done(self, result: Rebuilt) -> None:
+        end = "\n" if self.live else ""
+        self.out.write(f"{end}{result.projection}: {result.events} events folded up to"
+                       f" position {result.checkpoint} in {result.seconds:.2f} s"
+                       f" ({result.rate:.0f} events/s)\n")
+        self.out.flush()
+
+
+def choose(projections: Sequence[Projection], name: str | None) -> list[Projection]:
+    """Every projection, or the one called ``name`` (NotFound otherwise)."""
+    if name is None:
+        return list(projections)
+    chosen = [p for p in projections if p.name == name]
+    if not chosen:
+        known = ", ".join(sorted(p.name for p in projections))
+        raise NotFound(f"no projection {name!r} (known: {known})")
+    return chosen
+
+
+async def rebuild(store: ProjectionHost, projections: Sequence[Projection], *,
+                  show: bool = True, batch: int = 1000) -> list[Rebuilt]:
+    """Rebuild each of ``projections`` in turn (a progress bar on stderr when ``show``)."""
+    results = []
+    for projection in projections:
+        bar = ProgressBar(projection.name) if show else None
+        runner = ProjectionRunner(store, projection, batch=batch)
+        counted = [0]
+
+        def progress(folded: int, checkpoint: int, target: int,
+                     bar: ProgressBar | None = bar, counted: list[int] = counted) -> None:
+            counted[0] += folded
+            if bar is not None:
+                bar(folded, checkpoint, target)
+
+        started = time.perf_counter()
+        checkpoint = await runner.rebuild(progress)
+        result = Rebuilt(projection=projection.name, events=counted[0], checkpoint=checkpoint,
+                         seconds=time.perf_counter() - started)
+        if bar is not None:
+            bar.done(result)
+        results.append(result)
+    return results
