@@ -9,9 +9,11 @@ attachment (Nova's block device mappings) with the saga's step (``reserving``,
 which is what ``os-volume_attachments`` and a server's ``volumes_attached`` show and what
 the gateway waits on after it asks for an attach.
 
-Both sides are folded by one projection in one transaction per batch, so a read sees the
-server's attachment no later than the volume's ``in-use``: the saga records the server's
-side first, and a reader that saw the volume in-use sees that too.
+Both sides are folded by one projection in one transaction per batch, so the two agree
+for every reader: the saga records the server's side of an attach first, so a reader
+that sees the volume in-use sees the server's attachment; and a detached attachment stays
+listed (``releasing``) until the volume's ``volume.detached`` is folded, which takes it
+away in the same transaction that makes the volume available.
 """
 
 from __future__ import annotations
@@ -52,8 +54,10 @@ from store.protocol import SqlTx
 PROJECTION_NAME = "volumes"
 VOLUMES, SERVER_VOLUMES = "volumes", "server_volumes"
 INSTANCE_KIND = "instance"
+#: detached from the domain, until the volume says it is free (then ``detached``)
+RELEASING = "releasing"
 #: a server's attachments that are its volumes (the rest failed or are gone)
-SHOWN = (saga.RESERVING, saga.ATTACHING, saga.ATTACHED, saga.DETACHING)
+SHOWN = (saga.RESERVING, saga.ATTACHING, saga.ATTACHED, saga.DETACHING, RELEASING)
 #: an attach the volume refused, one that failed after the volume was reserved, a detach
 REFUSED, FAILED, DETACHED = "refused", "failed", "detached"
 
@@ -82,6 +86,8 @@ DDL = (
         PRIMARY KEY (server_id, attachment_id))""",
     f"CREATE INDEX IF NOT EXISTS {SERVER_VOLUMES}_volume ON {SERVER_VOLUMES}"
     " (server_id, volume_id)",
+    f"CREATE INDEX IF NOT EXISTS {SERVER_VOLUMES}_attachment ON {SERVER_VOLUMES}"
+    " (attachment_id)",
 )
 DROP = (f"DROP TABLE IF EXISTS {VOLUMES}", f"DROP TABLE IF EXISTS {SERVER_VOLUMES}")
 
@@ -220,6 +226,9 @@ async def _fold_volume(tx: SqlTx, vid: str, event: msgspec.Struct) -> None:
             held = [a for a in await _attachments(tx, vid) if a.attachment_id != aid]
             await _set(tx, vid, at, "attachments = $3", _JSON.encode(held).decode())
             await _set(tx, vid, at, f"status = {_STATUS_AFTER}")
+            await tx.execute(f"UPDATE {SERVER_VOLUMES} SET state = '{DETACHED}',"
+                             " updated_at = $2 WHERE attachment_id = $1 AND state ="
+                             f" '{RELEASING}'", aid, stamp(at))
         case VolumeDeleting(at=at):
             await _set(tx, vid, at, "status = 'deleting'")
         case VolumeDeleteFailed(reason=reason, at=at):
@@ -264,7 +273,7 @@ async def _fold_server(tx: SqlTx, sid: str, event: msgspec.Struct) -> None:
         case saga.InstanceVolumeDetaching(volume_id=vid, at=at):
             await _step(tx, sid, vid, at, f"'{saga.DETACHING}'")
         case saga.InstanceVolumeDetached(volume_id=vid, at=at):
-            await _step(tx, sid, vid, at, f"'{DETACHED}'")
+            await _step(tx, sid, vid, at, f"'{RELEASING}'")
         case saga.InstanceVolumeDetachFailed(volume_id=vid, reason=reason, at=at):
             await _step(tx, sid, vid, at, f"'{saga.ATTACHED}'", reason)
         case InstanceDeleted(at=at):
