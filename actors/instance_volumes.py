@@ -53,6 +53,8 @@ RESERVING, ATTACHING, ATTACHED, DETACHING = "reserving", "attaching", "attached"
 _ATTACHABLE = ("active", "stopped")
 _DEVICE = re.compile(r"^(?:/dev/)?(vd[a-z])$")
 _CONNECTION = msgspec.json.Decoder(Connection)
+#: seconds a host may take to get to detaching a disk an attach left behind
+CLEANUP_TIMEOUT = 600.0
 
 
 class VolumeSlot(msgspec.Struct, kw_only=True):
@@ -352,8 +354,8 @@ def effects(state: InstanceState, event: msgspec.Struct, ctx: Context,
             out: list[object] = [Tell(kind=VOLUME_KIND, actor_id=vid,
                                       request_id=f"{ctx.message_id}/unreserve/{vid}",
                                       command=Unreserve(attachment_id=aid))]
-            if cleanup and state.host:
-                out.append(TellHost(host=state.host, timeout=timeout,
+            if cleanup and state.host:  # whenever the host gets to it, however late
+                out.append(TellHost(host=state.host, timeout=CLEANUP_TIMEOUT,
                                     request_id=f"{ctx.message_id}/cleanup/{vid}",
                                     command=DetachVolume(instance_id=sid, volume_id=vid,
                                                          device=device)))

@@ -47,6 +47,8 @@ from boot import AMQP, POLL_GAP, Api, Deployment, _base_env, _spawn, _stop, free
 from common import fresh_database, percentile, result_line, run
 
 CINDER = "/volume/v3/volumes"
+#: the files are sparse: offer far more than any run claims, whatever the disk's size
+CAPACITY_GB = "1000000"
 
 
 def _env(tmp: Path, fmt: str) -> dict[str, str]:
@@ -58,7 +60,8 @@ async def embedded(tmp: Path, fmt: str) -> AsyncIterator[Deployment]:
     port = free_port()
     proc = _spawn(["up", "--port", str(port), "--data-dir", str(tmp), "--hosts", "1",
                    "--hypervisor", "libvirt", "--storage-hosts", "1", "--storage",
-                   "qemu-img"], _env(tmp, fmt), tmp / "up.log")
+                   "qemu-img", "--storage-capacity-gb", CAPACITY_GB], _env(tmp, fmt),
+                  tmp / "up.log")
 
     async def count() -> int:
         return 0
@@ -90,7 +93,8 @@ async def real(tmp: Path, fmt: str, workers: int) -> AsyncIterator[Deployment]:
                             "--libvirt-uri", "test:///default",
                             "--images-from", str(tmp / "images")])
             start("storaged", ["storaged", "--host", "storage-1", "--storage-dir",
-                               str(tmp / "volumes"), "--images-from", str(tmp / "images")])
+                               str(tmp / "volumes"), "--images-from", str(tmp / "images"),
+                               "--capacity-gb", CAPACITY_GB])
             start("api", ["api"], ORRERY_API_PORT=str(api_port))
             conn = await asyncpg.connect(dsn)
 
@@ -129,6 +133,11 @@ class Watcher:
                 fut = self._done.pop(v["id"], None)
                 if fut is not None and not fut.done():
                     fut.set_result(seen)
+            failed = await self.api.json("GET", f"{CINDER}?status=error&limit=1000")
+            for v in failed["volumes"]:
+                fut = self._done.pop(v["id"], None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(RuntimeError(f"volume {v['id']} went to error"))
 
 
 async def _closed_loop(n: int, clients: int, one: Callable[[int], Awaitable[float]]

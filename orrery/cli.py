@@ -96,7 +96,8 @@ async def _serve_app(cfg: Config, app: web.Application) -> None:
 
 async def run_processes(cfg: Config, kinds_spec: Sequence[str], *, worker: bool, relay: bool,
                         http: bool, hosts: int = 0, hypervisor: str = "fake",
-                        storage_hosts: int = 0, storage: str = "fake") -> None:
+                        storage_hosts: int = 0, storage: str = "fake",
+                        storage_capacity_gb: int | None = None) -> None:
     """Open the backends and run the chosen roles until cancelled."""
     kinds = [*load_kinds(kinds_spec), *cloud_kinds()]
     store = await open_store(cfg, event_types(kinds))
@@ -136,7 +137,8 @@ async def run_processes(cfg: Config, kinds_spec: Sequence[str], *, worker: bool,
             for i in range(storage_hosts):  # all-in-one: in-process storage hosts
                 name = f"storage-{i + 1}"
                 backend = open_storage(storage, Path(cfg.data_dir) / "volumes" / name,
-                                       format=cfg.volume_format)
+                                       format=cfg.volume_format,
+                                       capacity_gb=storage_capacity_gb)
                 storaged = StorageDaemon(bus, backend, name,
                                          images=image_cache(Path(cfg.data_dir), name))
                 tg.create_task(storaged.run(), name=name)
@@ -312,6 +314,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--storage", choices=("auto", *STORAGE_BACKENDS), default="auto",
                            help="their backend: qemu-img files in DATA_DIR/volumes when"
                                 " qemu-img is installed (auto), else the fake")
+            p.add_argument("--storage-capacity-gb", type=int, metavar="GIB",
+                           help="block storage each offers (default: the size of the file"
+                                " system DATA_DIR is on)")
     _add_hostd(sub)
     _add_storaged(sub)
     _add_replay(sub)
@@ -350,8 +355,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     storage = getattr(args, "storage", "fake")
     if storage == "auto":
         storage = "qemu-img" if qemu_img_available() else "fake"
+    capacity = getattr(args, "storage_capacity_gb", None)
     return _run(lambda: run_processes(cfg, args.kind, hosts=hosts, hypervisor=hypervisor,
-                                      storage_hosts=storage_hosts, storage=storage, **roles))
+                                      storage_hosts=storage_hosts, storage=storage,
+                                      storage_capacity_gb=capacity, **roles))
 
 
 def _up_overrides(cfg: Config, args: argparse.Namespace) -> Config:

@@ -22,7 +22,7 @@ from tests.integration.test_volumes_api import Api as VolumesApi
 from tests.support.cloud import running_cloud
 
 NOVA = "/compute/v2.1"
-DEADLINES = Deadlines(scheduling=10, spawning=10, deleting=5, attaching=2, detaching=2)
+DEADLINES = Deadlines(scheduling=30, spawning=30, deleting=5, attaching=2, detaching=2)
 VOLUME_DEADLINES = VolumeDeadlines(creating=10, extending=10, deleting=10, lease=4)
 
 
