@@ -4,6 +4,12 @@ The host actor (id = host name) is the single writer of its capacity, so a claim
 decided against every earlier claim and nothing is ever overcommitted. Usage is the fold
 of ``host.claimed`` / ``host.released``, so it can always be rebuilt from the log.
 
+A claim's consumer is an instance (vCPUs, RAM, root disk on a compute host) or a volume
+(``volume_gb`` of block storage on a storage host, whose capacity is
+``Capacity.storage``); both are keyed by their id in ``instance_id``. A volume that grows
+re-claims with ``resize``: its old claim is released and the new one taken in one
+decision, or refused as a whole.
+
 Liveness: hostd sends ``Heartbeat`` often; the actor records ``host.heartbeat`` at most
 once per ``record_every`` seconds (no event for every unchanged beat). One durable timer
 named ``down`` is due ``down_after`` seconds after the last recorded beat; when it fires
@@ -29,24 +35,29 @@ DOWN_TIMER = "down"
 
 
 class AllocationRatios(msgspec.Struct, frozen=True, kw_only=True):
-    """How far each physical resource may be overcommitted (Nova's allocation ratios)."""
+    """How far each physical resource may be overcommitted (Nova's allocation ratios;
+    ``volume`` is Cinder's max_over_subscription_ratio, thick provisioning at 1.0)."""
 
     cpu: float = 4.0
     ram: float = 1.0
     disk: float = 1.0
+    volume: float = 1.0
 
 
 class Resources(msgspec.Struct, frozen=True, kw_only=True):
-    """An amount of vCPU, RAM (MiB) and disk (GiB): a claim, or a host's usage."""
+    """An amount of vCPU, RAM (MiB), disk (GiB) and block storage (GiB): a claim, or a
+    host's usage."""
 
     vcpus: int = 0
     ram_mb: int = 0
     disk_gb: int = 0
+    volume_gb: int = 0
 
     def plus(self, other: Resources, sign: int = 1) -> Resources:
         return Resources(vcpus=self.vcpus + sign * other.vcpus,
                          ram_mb=self.ram_mb + sign * other.ram_mb,
-                         disk_gb=self.disk_gb + sign * other.disk_gb)
+                         disk_gb=self.disk_gb + sign * other.disk_gb,
+                         volume_gb=self.volume_gb + sign * other.volume_gb)
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -67,16 +78,21 @@ class Heartbeat(msgspec.Struct, frozen=True, kw_only=True, tag="host.beat"):
 
 
 class Claim(msgspec.Struct, frozen=True, kw_only=True, tag="host.claim"):
-    """Reserve room for ``instance_id`` on this host (idempotent per instance)."""
+    """Reserve room for consumer ``instance_id`` (an instance or a volume) on this host
+    (idempotent per consumer); with ``resize``, a consumer that holds a claim swaps it
+    for this one."""
 
     instance_id: str
-    vcpus: int
-    ram_mb: int
-    disk_gb: int
+    vcpus: int = 0
+    ram_mb: int = 0
+    disk_gb: int = 0
+    volume_gb: int = 0
+    resize: bool = False
 
     @property
     def resources(self) -> Resources:
-        return Resources(vcpus=self.vcpus, ram_mb=self.ram_mb, disk_gb=self.disk_gb)
+        return Resources(vcpus=self.vcpus, ram_mb=self.ram_mb, disk_gb=self.disk_gb,
+                         volume_gb=self.volume_gb)
 
 
 class Release(msgspec.Struct, frozen=True, kw_only=True, tag="host.release"):
@@ -126,21 +142,23 @@ class HostUp(msgspec.Struct, frozen=True, kw_only=True, tag="host.up"):
 
 
 class HostClaimed(msgspec.Struct, frozen=True, kw_only=True, tag="host.claimed"):
-    """Room reserved for an instance."""
+    """Room reserved for an instance (or, ``volume_gb`` only, a volume)."""
 
     instance_id: str
     vcpus: int
     ram_mb: int
     disk_gb: int
+    volume_gb: int = 0
 
 
 class HostReleased(msgspec.Struct, frozen=True, kw_only=True, tag="host.released"):
-    """An instance's claim given back (the amounts it had claimed)."""
+    """A consumer's claim given back (the amounts it had claimed)."""
 
     instance_id: str
     vcpus: int
     ram_mb: int
     disk_gb: int
+    volume_gb: int = 0
 
 
 # -- reactions: an instance that failed or was deleted gives its claim back ----------------
@@ -160,7 +178,22 @@ class InstanceDeletedFrom(msgspec.Struct, frozen=True, kw_only=True, tag="instan
     host: str | None = None
 
 
-def _instance_host(event: InstanceFailedOn | InstanceDeletedFrom) -> str | None:
+class VolumeFailedOn(msgspec.Struct, frozen=True, kw_only=True, tag="volume.failed"):
+    """The part of ``volume.failed`` the host reacts to."""
+
+    volume_id: str
+    host: str | None = None
+
+
+class VolumeDeletedFrom(msgspec.Struct, frozen=True, kw_only=True, tag="volume.deleted"):
+    """The part of ``volume.deleted`` the host reacts to."""
+
+    volume_id: str
+    host: str | None = None
+
+
+def _consumer_host(event: InstanceFailedOn | InstanceDeletedFrom | VolumeFailedOn
+                   | VolumeDeletedFrom) -> str | None:
     return event.host
 
 
@@ -189,9 +222,11 @@ class HostState(msgspec.Struct, kw_only=True):
 
 def limits(capacity: Capacity, ratios: AllocationRatios) -> Resources:
     """What may be claimed in total: each capacity times its ratio, rounded down."""
+    storage = capacity.storage.total_gb if capacity.storage is not None else 0
     return Resources(vcpus=math.floor(capacity.vcpus * ratios.cpu),
                      ram_mb=math.floor(capacity.ram_mb * ratios.ram),
-                     disk_gb=math.floor(capacity.disk_gb * ratios.disk))
+                     disk_gb=math.floor(capacity.disk_gb * ratios.disk),
+                     volume_gb=math.floor(storage * ratios.volume))
 
 
 def free(capacity: Capacity, ratios: AllocationRatios, used: Resources) -> Resources:
@@ -205,6 +240,7 @@ def shortfall(room: Resources, need: Resources) -> str | None:
         ("vCPUs", "", need.vcpus, room.vcpus),
         ("RAM", " MiB", need.ram_mb, room.ram_mb),
         ("disk", " GiB", need.disk_gb, room.disk_gb),
+        ("block storage", " GiB", need.volume_gb, room.volume_gb),
     ):
         if want > have:
             return f"not enough {what}: {want}{unit} requested, {max(have, 0)}{unit} free"
@@ -235,10 +271,7 @@ class HostDecider:
                 return self._claim(state, command)
             case Release(instance_id=instance_id):
                 held = state.claims.get(instance_id)
-                if held is None:
-                    return []
-                return [HostReleased(instance_id=instance_id, vcpus=held.vcpus,
-                                     ram_mb=held.ram_mb, disk_gb=held.disk_gb)]
+                return [] if held is None else [_released(instance_id, held)]
         raise Rejected("bad_request", f"host has no command {type(command).__name__}")
 
     def _beat(self, state: HostState, capacity: Capacity, sent_at: dt.datetime,
@@ -263,28 +296,35 @@ class HostDecider:
 
     def _claim(self, state: HostState, claim: Claim) -> Events:
         need = claim.resources
-        if min(need.vcpus, need.ram_mb, need.disk_gb) < 0:
+        if min(need.vcpus, need.ram_mb, need.disk_gb, need.volume_gb) < 0:
             raise Rejected("bad_request", "a claim cannot be negative")
         held = state.claims.get(claim.instance_id)
-        if held is not None:
-            if held == need:
-                return []
+        if held is not None and held == need:
+            return []
+        if held is not None and not claim.resize:
             raise Rejected("conflict", f"instance {claim.instance_id} already holds"
                            " a different claim on this host")
         if not state.registered:
             raise Rejected("conflict", "host has never reported its capacity")
         if not state.up:
             raise Rejected("conflict", "host is down")
-        reason = shortfall(free(state.capacity, self.ratios, state.used), need)
+        room = free(state.capacity, self.ratios, state.used)
+        if held is not None:  # a resize: the old claim counts as room
+            room = room.plus(held)
+        reason = shortfall(room, need)
         if reason is not None:
             raise Rejected("conflict", reason)
-        return [HostClaimed(instance_id=claim.instance_id, vcpus=need.vcpus,
-                            ram_mb=need.ram_mb, disk_gb=need.disk_gb)]
+        claimed = HostClaimed(instance_id=claim.instance_id, vcpus=need.vcpus,
+                              ram_mb=need.ram_mb, disk_gb=need.disk_gb,
+                              volume_gb=need.volume_gb)
+        return [claimed] if held is None else [_released(claim.instance_id, held), claimed]
 
     def react(self, state: HostState, event: msgspec.Struct, ctx: Context) -> Events:
-        """An instance failed or was deleted: release whatever it claimed here."""
+        """An instance or a volume failed or was deleted: release what it claimed here."""
         if isinstance(event, InstanceFailedOn | InstanceDeletedFrom):
             return self.decide(state, Release(instance_id=event.instance_id), ctx)
+        if isinstance(event, VolumeFailedOn | VolumeDeletedFrom):
+            return self.decide(state, Release(instance_id=event.volume_id), ctx)
         return []
 
     def on_timer(self, state: HostState, fired: TimerFired, ctx: Context) -> Events:
@@ -296,10 +336,17 @@ class HostDecider:
         return [HostDown(at=ctx.now, last_heartbeat=state.last_heartbeat)]
 
 
+def _released(consumer: str, held: Resources) -> HostReleased:
+    return HostReleased(instance_id=consumer, vcpus=held.vcpus, ram_mb=held.ram_mb,
+                        disk_gb=held.disk_gb, volume_gb=held.volume_gb)
+
+
 def answer(state: HostState, query: msgspec.Struct, ctx: Context) -> str:
-    """``host.expected``: the instances holding a claim here, as a JSON list."""
+    """``host.expected``: the instances holding a claim here, as a JSON list (volumes'
+    claims are no domains)."""
     if isinstance(query, ExpectedDomains):
-        return ENCODER.encode(sorted(state.claims)).decode()
+        return ENCODER.encode(sorted(k for k, r in state.claims.items()
+                                     if not r.volume_gb)).decode()
     raise Rejected("bad_request", f"host has no query {type(query).__name__}")
 
 
@@ -320,8 +367,8 @@ def evolve(state: HostState, event: msgspec.Struct) -> HostState:
             state.up = False
         case HostUp(at=at):
             state.up, state.last_heartbeat = True, at
-        case HostClaimed(instance_id=iid, vcpus=v, ram_mb=r, disk_gb=d):
-            state.claims[iid] = Resources(vcpus=v, ram_mb=r, disk_gb=d)
+        case HostClaimed(instance_id=iid, vcpus=v, ram_mb=r, disk_gb=d, volume_gb=g):
+            state.claims[iid] = Resources(vcpus=v, ram_mb=r, disk_gb=d, volume_gb=g)
             state.used = state.used.plus(state.claims[iid])
         case HostReleased(instance_id=iid):
             held = state.claims.pop(iid, None)
@@ -351,9 +398,11 @@ def make_host_kind(
         commands=HOST_COMMANDS,
         events=HOST_EVENTS,
         on_timer=decider.on_timer,
-        reactions={"instance.failed": _instance_host, "instance.deleted": _instance_host},
+        reactions={"instance.failed": _consumer_host, "instance.deleted": _consumer_host,
+                   "volume.failed": _consumer_host, "volume.deleted": _consumer_host},
         react=decider.react,
-        reaction_events=(InstanceFailedOn, InstanceDeletedFrom),
+        reaction_events=(InstanceFailedOn, InstanceDeletedFrom, VolumeFailedOn,
+                         VolumeDeletedFrom),
         queries=(ExpectedDomains,),
         answer=answer,
         snapshot_every=snapshot_every,

@@ -10,6 +10,9 @@ it carries, its physical networks, its VXLAN underlay address) into ``host_netwo
 ``host_networks`` is a table of its own rather than a column of ``hosts`` so that a log
 folded before it existed keeps working: the table is created empty and filled by the next
 capacity report that carries capabilities (``orrery replay`` rebuilds it from the start).
+``host_storage`` is the same for storage hosts: what each offers for volumes
+(``capacity.storage``) and the block storage its volumes claim (``used.volume_gb``);
+volume claims do not count as instances.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from actors.host import (
     free,
 )
 from schemas import EventEnvelope, stream_kind
-from schemas.hostd import Capacity
+from schemas.hostd import Capacity, StorageCapacity
 from schemas.hostnet import Capabilities
 from store.protocol import SqlTx
 
@@ -44,15 +47,26 @@ UP, DOWN = "up", "down"
 _COLUMNS = (
     "h.id, h.state, h.vcpus, h.ram_mb, h.disk_gb, h.used_vcpus, h.used_ram_mb,"
     " h.used_disk_gb, h.instances, h.last_heartbeat, h.cpu_ratio, h.ram_ratio, h.disk_ratio,"
-    " n.networks"
+    " n.networks, s.storage, s.used_gb, s.volumes"
 )
-_FROM = " FROM hosts h LEFT JOIN host_networks n ON n.id = h.id"
+_FROM = (" FROM hosts h LEFT JOIN host_networks n ON n.id = h.id"
+         " LEFT JOIN host_storage s ON s.id = h.id")
+_STORAGE = (
+    "INSERT INTO host_storage (id, storage, used_gb, volumes) VALUES ($1, $2, 0, 0)"
+    " ON CONFLICT (id) DO UPDATE SET storage = excluded.storage"
+)
+_STORAGE_USAGE = (
+    "INSERT INTO host_storage (id, storage, used_gb, volumes) VALUES ($1, NULL, $2, $3)"
+    " ON CONFLICT (id) DO UPDATE SET used_gb = host_storage.used_gb + excluded.used_gb,"
+    " volumes = host_storage.volumes + excluded.volumes"
+)
 _NETWORKS = (
     "INSERT INTO host_networks (id, networks) VALUES ($1, $2)"
     " ON CONFLICT (id) DO UPDATE SET networks = excluded.networks"
 )
 _JSON = msgspec.json.Encoder()
 _CAPABILITIES = msgspec.json.Decoder(Capabilities)
+_STORAGE_CAPACITY = msgspec.json.Decoder(StorageCapacity)
 _INVENTORY = (
     "INSERT INTO hosts (id, state, vcpus, ram_mb, disk_gb, used_vcpus, used_ram_mb,"
     " used_disk_gb, instances, last_heartbeat, cpu_ratio, ram_ratio, disk_ratio)"
@@ -77,6 +91,8 @@ class HostView(msgspec.Struct, frozen=True, kw_only=True):
     instances: int
     last_heartbeat: dt.datetime | None
     ratios: AllocationRatios
+    #: volumes holding a claim here (a storage host's)
+    volumes: int = 0
 
     @property
     def up(self) -> bool:
@@ -111,8 +127,11 @@ class HostsProjection:
         " cpu_ratio DOUBLE PRECISION NOT NULL, ram_ratio DOUBLE PRECISION NOT NULL,"
         " disk_ratio DOUBLE PRECISION NOT NULL)",
         "CREATE TABLE IF NOT EXISTS host_networks (id TEXT PRIMARY KEY, networks TEXT)",
+        "CREATE TABLE IF NOT EXISTS host_storage (id TEXT PRIMARY KEY, storage TEXT,"
+        " used_gb BIGINT NOT NULL, volumes BIGINT NOT NULL)",
     )
-    drop: Sequence[str] = ("DROP TABLE IF EXISTS hosts", "DROP TABLE IF EXISTS host_networks")
+    drop: Sequence[str] = ("DROP TABLE IF EXISTS hosts", "DROP TABLE IF EXISTS host_networks",
+                           "DROP TABLE IF EXISTS host_storage")
 
     async def apply(self, tx: SqlTx, events: Sequence[EventEnvelope]) -> None:
         for ev in events:
@@ -132,6 +151,8 @@ async def _apply_one(tx: SqlTx, host_id: str, event: msgspec.Struct) -> None:
                              _iso(at), r.cpu, r.ram, r.disk)
             networks = None if c.networks is None else _JSON.encode(c.networks).decode()
             await tx.execute(_NETWORKS, host_id, networks)
+            if c.storage is not None:
+                await tx.execute(_STORAGE, host_id, _JSON.encode(c.storage).decode())
         case HostHeartbeat(at=at):
             await tx.execute("UPDATE hosts SET last_heartbeat = $2 WHERE id = $1",
                              host_id, _iso(at))
@@ -140,6 +161,9 @@ async def _apply_one(tx: SqlTx, host_id: str, event: msgspec.Struct) -> None:
                              host_id, UP, _iso(at))
         case HostDown():
             await tx.execute("UPDATE hosts SET state = $2 WHERE id = $1", host_id, DOWN)
+        case HostClaimed(volume_gb=g) | HostReleased(volume_gb=g) if g:
+            sign = 1 if isinstance(event, HostClaimed) else -1
+            await tx.execute(_STORAGE_USAGE, host_id, sign * g, sign)
         case HostClaimed(vcpus=v, ram_mb=m, disk_gb=d):
             await tx.execute(_USAGE, host_id, v, m, d, 1)
         case HostReleased(vcpus=v, ram_mb=m, disk_gb=d):
@@ -154,15 +178,19 @@ class QueryStore(Protocol):
 
 
 def _row(row: tuple[Any, ...]) -> HostView:
-    (hid, state, vcpus, ram, disk, uv, ur, ud, n, beat, cr, rr, dr, nets) = row
+    (hid, state, vcpus, ram, disk, uv, ur, ud, n, beat, cr, rr, dr, nets, storage, used_gb,
+     volumes) = row
     return HostView(
         id=hid, state=state,
         capacity=Capacity(vcpus=int(vcpus), ram_mb=int(ram), disk_gb=int(disk),
-                          networks=_CAPABILITIES.decode(nets) if nets else None),
-        used=Resources(vcpus=int(uv), ram_mb=int(ur), disk_gb=int(ud)),
+                          networks=_CAPABILITIES.decode(nets) if nets else None,
+                          storage=_STORAGE_CAPACITY.decode(storage) if storage else None),
+        used=Resources(vcpus=int(uv), ram_mb=int(ur), disk_gb=int(ud),
+                       volume_gb=int(used_gb or 0)),
         instances=int(n),
         last_heartbeat=dt.datetime.fromisoformat(beat) if beat else None,
         ratios=AllocationRatios(cpu=float(cr), ram=float(rr), disk=float(dr)),
+        volumes=int(volumes or 0),
     )
 
 

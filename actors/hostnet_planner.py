@@ -267,9 +267,10 @@ class HostNetworkPlanner:
         return desired_for(host, (facts[n] for n in carried if n in facts), hosts)
 
     async def _hosts(self) -> dict[str, HostInfo]:
+        """The compute hosts (a storage-only host carries no networks)."""
         return {h.id: HostInfo(id=h.id, up=h.up, underlay_ip=h.capacity.networks.underlay_ip
                                if h.capacity.networks else None)
-                for h in await read_hosts(self.store)}
+                for h in await read_hosts(self.store) if h.capacity.compute}
 
     async def _ids(self, select: str, column: str, values: set[str]) -> set[str]:
         if not values:

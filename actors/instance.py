@@ -26,6 +26,9 @@ removes the orphan domain when it reconciles.
 
 Every request the actor makes carries an id recorded in its state (``awaiting``); an
 answer to anything else is stale and ignored.
+
+Volumes are attached and detached by the attach saga in actors.instance_volumes, which
+this kind runs beside the boot saga (its own steps, deadlines and timer).
 """
 
 from __future__ import annotations
@@ -37,10 +40,12 @@ from collections.abc import Sequence
 import msgspec
 
 from actors import holds
+from actors import instance_volumes as saga
 from actors.holds import CheckHold
 from actors.kind import ActorKind, Context, Events, Rejected, Tell, TellHost
 from actors.port import KIND as PORT_KIND
 from actors.port import BindPort, DeletePort, PlugPort, UnbindPort
+from actors.volume_messages import CheckVolumeAttachment
 from schemas import Reply, TimerCancelled, TimerFired, TimerSet
 from schemas.hostd import (
     DestroyDomain,
@@ -137,6 +142,9 @@ class Deadlines(msgspec.Struct, frozen=True, kw_only=True):
     deleting: float = 60.0
     #: how long hostd may spend on a graceful shutdown before it destroys the domain
     stop_timeout: float = 60.0
+    #: each step of attaching (reserve, then attach on the host) and of detaching a volume
+    attaching: float = 60.0
+    detaching: float = 60.0
 
     def of(self, task: str) -> float:
         return float(getattr(self, task.replace("-", "_").replace("_hard", "")))
@@ -318,13 +326,13 @@ class InstanceDeleted(msgspec.Struct, frozen=True, kw_only=True, tag="instance.d
 
 INSTANCE_COMMANDS: tuple[type[msgspec.Struct], ...] = (
     CreateInstance, StopInstance, StartInstance, RebootInstance, DeleteInstance,
-    InstanceObserved,
+    InstanceObserved, *saga.VOLUME_COMMANDS,
 )
 INSTANCE_EVENTS: tuple[type[msgspec.Struct], ...] = (
     InstanceCreated, InstanceClaimRefused, InstanceScheduled, InstanceImageReady,
     InstanceSpawned, InstanceFailed, InstanceActionStarted, InstanceActionDone,
     InstanceActionFailed, InstancePowerSynced, InstanceDeleting, InstanceDeleted,
-    InstanceRetried,
+    InstanceRetried, *saga.VOLUME_EVENTS,
 )
 
 
@@ -369,6 +377,10 @@ class InstanceState(msgspec.Struct, kw_only=True):
     created_at: dt.datetime | None = None
     launched_at: dt.datetime | None = None
     nics: list[NicInfo] = []
+    #: attached volumes and attaches/detaches in flight, by volume id
+    volumes: dict[str, saga.VolumeSlot] = {}
+    volume_timer: str | None = None
+    volume_timer_at: dt.datetime | None = None
 
 
 def status(vm_state: str, task_state: str | None) -> str:
@@ -419,6 +431,10 @@ class InstanceDecider:
                 return self._delete(state, ctx)
             case InstanceObserved():
                 return self._observed(state, command, ctx)
+            case saga.AttachInstanceVolume():
+                return saga.decide_attach(state, command, ctx, self.deadlines.attaching)
+            case saga.DetachInstanceVolume():
+                return saga.decide_detach(state, command, ctx, self.deadlines.detaching)
         raise Rejected("bad_request", f"instance has no command {type(command).__name__}")
 
     def _create(self, state: InstanceState, cmd: CreateInstance, ctx: Context) -> Events:
@@ -495,6 +511,9 @@ class InstanceDecider:
     # answers
 
     def on_reply(self, state: InstanceState, reply: Reply, ctx: Context) -> Events:
+        volume_step = saga.on_reply(state, reply, ctx, self.deadlines.attaching)
+        if volume_step is not None:
+            return volume_step
         request, _, host = reply.command_id.partition("@")
         if state.awaiting is None or request != state.awaiting:
             return []  # stale: an answer to a request we no longer wait for
@@ -560,6 +579,8 @@ class InstanceDecider:
     # deadlines
 
     def on_timer(self, state: InstanceState, fired: TimerFired, ctx: Context) -> Events:
+        if fired.name == saga.TIMER:
+            return saga.on_timer(state, fired, ctx)
         if fired.name != DEADLINE_TIMER or state.task_state is None or state.deadline is None:
             return []
         if ctx.now < state.deadline:  # the task moved on since: wait for its own deadline
@@ -641,6 +662,7 @@ class InstanceDecider:
                                         timeout=self.deadlines.deleting))
                 case InstanceDeleted():
                     out += _release_ports(state, ctx)
+                    out += saga.release_all(state, ctx)
                 case InstanceFailed(host=host, task=task) if task in (SCHEDULING, SPAWNING):
                     # a failed build gives its ports back (as Nova's build cleanup does),
                     # and a late spawn must not leave a domain behind
@@ -649,6 +671,8 @@ class InstanceDecider:
                         out.append(TellHost(host=host, request_id=f"{ctx.message_id}/cleanup",
                                             command=self._destroy(state, ctx),
                                             timeout=self.deadlines.deleting))
+                case _:
+                    out += saga.effects(state, event, ctx, self.deadlines.attaching)
         return out
 
     @staticmethod
@@ -728,6 +752,8 @@ class InstanceEvolver:
             at + dt.timedelta(seconds=self.deadlines.of(task))
 
     def evolve(self, state: InstanceState, event: msgspec.Struct) -> InstanceState:
+        if saga.evolve(state, event, (self.deadlines.attaching, self.deadlines.detaching)):
+            return state
         match event:
             case InstanceCreated():
                 state.exists = True
@@ -787,11 +813,15 @@ def initial(_actor_id: str) -> InstanceState:
     return InstanceState()
 
 
-def answer(state: InstanceState, query: CheckHold, ctx: Context) -> str:
+def answer(state: InstanceState, query: CheckHold | CheckVolumeAttachment,
+           ctx: Context) -> str:
     """A port made or reserved for this server asks whether the server has it: ``held``
-    while the server exists (not deleted) with that port among its NICs."""
-    return holds.answer_held(state.exists and state.vm_state != DELETED
-                             and any(n.port_id == query.owner_id for n in state.nics))
+    while the server exists (not deleted) with that port among its NICs. A volume asks
+    what the server has of its attachment (see actors.instance_volumes)."""
+    live = state.exists and state.vm_state != DELETED
+    if isinstance(query, CheckVolumeAttachment):
+        return saga.answer(state, query, gone=not live)
+    return holds.answer_held(live and any(n.port_id == query.owner_id for n in state.nics))
 
 
 def make_instance_kind(deadlines: Deadlines | None = None, *,
@@ -810,7 +840,7 @@ def make_instance_kind(deadlines: Deadlines | None = None, *,
         on_timer=decider.on_timer,
         on_reply=decider.on_reply,
         effects=decider.effects,
-        queries=(CheckHold,),
+        queries=(CheckHold, CheckVolumeAttachment),
         answer=answer,
         snapshot_every=snapshot_every,
     )

@@ -1,10 +1,13 @@
 """The scheduler: pure filters and weighers over host views, then claims until one sticks.
 
-``place(request, hosts)`` filters (up, room for vCPU/RAM/disk under each host's allocation
-ratios, the image fits the root disk, the host carries every network type and physical
-network of the instance's NICs, e.g. no VLAN network on a host whose kernel lacks 802.1Q)
-and weighs (most free RAM first, then most free
-vCPUs, then host id, so the ranking is deterministic). ``schedule`` sends a ``Claim`` to
+One scheduler places every kind of resource: an instance on a compute host, a volume on
+a storage host (a request with ``volume_gb``). ``place(request, hosts)`` keeps the hosts
+of the request's role, filters (up, room for vCPU/RAM/disk or block storage under each
+host's allocation ratios, the image fits the root disk, the host carries every network
+type and physical network of the instance's NICs, e.g. no VLAN network on a host whose
+kernel lacks 802.1Q) and weighs (an instance: most free RAM first, then most free vCPUs;
+a volume: most free block storage, as Cinder's capacity weigher; then host id, so the
+ranking is deterministic). ``schedule`` sends a ``Claim`` to
 each ranked host in turn: the host actor is the single writer of its capacity, so a
 ``conflict`` only means someone else took the room first and the next host is tried.
 
@@ -27,6 +30,7 @@ from actors.host import KIND, Claim, Release, Resources, shortfall
 from actors.host_views import HostView
 from actors.instance import Place
 from actors.runtime import Origin, request_envelope
+from actors.volume_messages import PlaceVolume
 from bus.errors import BusError
 from bus.protocol import Bus
 from bus.replies import reply_envelope
@@ -54,10 +58,15 @@ class PlacementRequest(msgspec.Struct, frozen=True, kw_only=True):
     #: the network types (flat, vlan, vxlan) and physical networks of its NICs
     network_types: tuple[str, ...] = ()
     physical_networks: tuple[str, ...] = ()
+    #: block storage a volume needs (GiB); such a request goes to storage hosts only
+    volume_gb: int = 0
 
     @property
     def needs(self) -> Resources:
-        """What a host must have free: the flavor, its root disk at least the image."""
+        """What a host must have free: the flavor, its root disk at least the image (or,
+        for a volume, its size in block storage)."""
+        if self.volume_gb:
+            return Resources(volume_gb=self.volume_gb)
         image_gb = math.ceil(self.image_size / GIB)
         return Resources(vcpus=self.vcpus, ram_mb=self.ram_mb,
                          disk_gb=max(self.disk_gb, image_gb))
@@ -110,9 +119,19 @@ def rejection(request: PlacementRequest, host: HostView) -> str | None:
     return None
 
 
+def serves(request: PlacementRequest, host: HostView) -> bool:
+    """Whether ``host`` has the request's role: storage for a volume, compute else."""
+    if request.volume_gb:
+        return host.capacity.storage is not None
+    return host.capacity.compute
+
+
 def weigh(host: HostView) -> tuple[int, int, str]:
-    """Sort key: most free RAM, then most free vCPUs, then host id."""
+    """Sort key: most free RAM, then most free vCPUs, then host id (on storage hosts,
+    whose RAM and vCPUs are none, most free block storage)."""
     room = host.free
+    if not host.capacity.compute:
+        return (-room.volume_gb, 0, host.id)
     return (-room.ram_mb, -room.vcpus, host.id)
 
 
@@ -126,6 +145,8 @@ def filter_hosts(
     passing: list[HostView] = []
     refused: Counter[str] = Counter()
     for host in hosts:
+        if not serves(request, host):
+            continue
         why = rejection(request, host)
         if why is None:
             passing.append(host)
@@ -149,6 +170,8 @@ def _networks(request: PlacementRequest) -> str:
 
 def _need(request: PlacementRequest) -> str:
     n = request.needs
+    if request.volume_gb:
+        return f"{n.volume_gb} GiB of block storage"
     return f"{n.vcpus} vCPUs, {n.ram_mb} MiB RAM, {n.disk_gb} GiB disk"
 
 
@@ -208,10 +231,10 @@ async def _try_claim(
 
 
 class Placement:
-    """Carries out the instance's ``Place`` effect: rank the hosts from the hosts view, and
-    send a ``Claim`` to the best one not excluded, as command ``request@host``, whose answer
-    goes to the instance. With no candidate, the instance is answered ``no_valid_host``
-    with the reasons, as Nova words its fault.
+    """Carries out the instance's ``Place`` and the volume's ``PlaceVolume`` effects: rank
+    the hosts from the hosts view, and send a ``Claim`` to the best one not excluded, as
+    command ``request@host``, whose answer goes to the asking actor. With no candidate,
+    it is answered ``no_valid_host`` with the reasons, as Nova words its fault.
 
     The hosts view lags the claims by a moment, so placements made at the same time would
     all pick the same "emptiest" host. As Nova's scheduler consumes its host states, the
@@ -268,16 +291,20 @@ class Placement:
                 break
         return passing, reasons
 
-    async def __call__(self, origin: Origin, place: Place) -> None:
-        request = PlacementRequest(instance_id=place.instance_id, vcpus=place.vcpus,
-                                   ram_mb=place.ram_mb, disk_gb=place.disk_gb,
-                                   image_size=place.image_size,
-                                   network_types=place.network_types,
-                                   physical_networks=place.physical_networks)
+    async def __call__(self, origin: Origin, place: Place | PlaceVolume) -> None:
+        if isinstance(place, PlaceVolume):
+            request = PlacementRequest(instance_id=place.volume_id, vcpus=0, ram_mb=0,
+                                       disk_gb=0, volume_gb=place.size_gb)
+        else:
+            request = PlacementRequest(instance_id=place.instance_id, vcpus=place.vcpus,
+                                       ram_mb=place.ram_mb, disk_gb=place.disk_gb,
+                                       image_size=place.image_size,
+                                       network_types=place.network_types,
+                                       physical_networks=place.physical_networks)
         passing, reasons = await self._candidates(request, place.exclude)
         if not passing:
             error = str(NoValidHost(reasons))
-            log.info("no_valid_host", instance_id=place.instance_id, reasons=reasons)
+            log.info("no_valid_host", consumer=request.instance_id, reasons=reasons)
             reply = Reply(command_id=f"{place.request}@", ok=False,
                           error_type="no_valid_host", error=error)
             await self.bus.send(reply_envelope(origin.message, origin.kind, origin.actor_id,
@@ -287,6 +314,6 @@ class Placement:
         best = min(passing, key=lambda h: weigh(msgspec.structs.replace(
             h, used=h.used.plus(pending[h.id]))) if h.id in pending else weigh(h))
         self._note_sent(best.id, request.needs)
-        claim = Claim(instance_id=place.instance_id, **msgspec.structs.asdict(request.needs))
+        claim = Claim(instance_id=request.instance_id, **msgspec.structs.asdict(request.needs))
         await self.bus.send(request_envelope(origin, KIND, best.id, claim,
                                              f"{place.request}@{best.id}", self.timeout))

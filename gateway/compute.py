@@ -7,7 +7,8 @@ validates, claims the name (unique cloud-wide) on the ``identity_name`` actor
 the ``flavors`` projection, so the next read sees it; a delete frees the name after the
 flavor is gone. Reads come from the projection.
 
-os-hypervisors (admin only): one per host actor, from the ``hosts`` projection; ``state``
+os-hypervisors (admin only): one per compute host (storage-only hosts are no
+hypervisors), from the ``hosts`` projection; ``state``
 is the host's up/down, ``status`` always ``enabled`` (no service disabling yet). At 2.1 ids
 are integers (a stable hash of the host name), from 2.53 UUIDs (uuid5 of it); the resource
 counters are left out from 2.88, as Nova does.
@@ -47,6 +48,7 @@ from gateway.errors import ApiError, ErrorCode
 from gateway.json import json_response, read_json
 from gateway.middleware import API_VERSION, REQUEST_ID
 from gateway.networking import NetworkingApi
+from gateway.server_volumes import ServerVolumesApi
 from gateway.servers import ServersApi
 from schemas import Reply, stream_name
 from store.protocol import ProjectionStore
@@ -170,11 +172,14 @@ class ComputeApi:
     service = "compute"
 
     def __init__(self, store: ProjectionStore, client: ActorClient, *,
-                 wait_timeout: float = 10.0, networking: NetworkingApi | None = None) -> None:
+                 wait_timeout: float = 10.0, networking: NetworkingApi | None = None,
+                 block_storage: bool = False) -> None:
         self.store = store
         self.flavors = FlavorWriter(store, client, wait_timeout)
         self.servers = ServersApi(store, client, wait_timeout=wait_timeout,
-                                  networking=networking)
+                                  networking=networking, volumes=block_storage)
+        self.volumes = ServerVolumesApi(store, client, wait_timeout=wait_timeout) \
+            if block_storage else None
 
     def register(self, router: ServiceRouter) -> None:
         router.get("/flavors", self.list_flavors)
@@ -188,6 +193,8 @@ class ComputeApi:
         router.get("/os-hypervisors/detail", self.list_hypervisors_detail)
         router.get("/os-hypervisors/{id}", self.show_hypervisor)
         self.servers.register(router)
+        if self.volumes is not None:
+            self.volumes.register(router)
 
     # -- flavors ---------------------------------------------------------------------------
 
@@ -255,22 +262,27 @@ class ComputeApi:
     async def list_hypervisors(self, request: web.Request) -> web.Response:
         _admin(await authenticate(request), "os_compute_api:os-hypervisors:list")
         version = _version(request)
-        hosts = await read_hosts(self.store)
+        hosts = await _compute_hosts(self.store)
         return json_response({"hypervisors": [_hypervisor(h, version) for h in hosts]})
 
     async def list_hypervisors_detail(self, request: web.Request) -> web.Response:
         _admin(await authenticate(request), "os_compute_api:os-hypervisors:list-detail")
         version = _version(request)
-        hosts = await read_hosts(self.store)
+        hosts = await _compute_hosts(self.store)
         return json_response({"hypervisors": [_hypervisor_detail(h, version) for h in hosts]})
 
     async def show_hypervisor(self, request: web.Request) -> web.Response:
         _admin(await authenticate(request), "os_compute_api:os-hypervisors:show")
         version, wanted = _version(request), request.match_info["id"]
-        for host in await read_hosts(self.store):
+        for host in await _compute_hosts(self.store):
             if str(hypervisor_id(host.id, version)) == wanted:
                 return json_response({"hypervisor": _hypervisor_detail(host, version)})
         raise ApiError("not_found", f"Hypervisor with ID '{wanted}' could not be found.")
+
+
+async def _compute_hosts(store: ProjectionStore) -> list[HostView]:
+    """The hosts that run instances (os-hypervisors lists no storage-only host)."""
+    return [h for h in await read_hosts(store) if h.capacity.compute]
 
 
 async def seed_default_flavors(store: Any, client: ActorClient, *,

@@ -56,6 +56,7 @@ from actors.instance_views import (
     read_server_refs,
     read_servers,
 )
+from actors.volume_views import ServerVolumeView, read_volumes_attached
 from bus.errors import BusError, CallTimeout
 from gateway.app import ServiceRouter
 from gateway.auth import AuthContext, authenticate
@@ -127,12 +128,14 @@ class ServersApi:
 
     def __init__(self, store: ProjectionStore, client: ActorClient, *,
                  wait_timeout: float = 10.0, admin_pass: bool = False,
-                 networking: NetworkingApi | None = None) -> None:
+                 networking: NetworkingApi | None = None, volumes: bool = False) -> None:
         self.store = store
         self.client = client
         self.wait_timeout = wait_timeout
         self.admin_pass = admin_pass
         self.networking = networking
+        #: whether the cloud has block storage (servers then show their volumes)
+        self.volumes = volumes
 
     def register(self, router: ServiceRouter) -> None:
         router.get("/servers", self.list_servers)
@@ -163,7 +166,7 @@ class ServersApi:
         where, limit, marker = _list_query(request, context)
         found: list[ServerView] = await _read(read_servers(
             self.store, where, limit=limit + 1, marker=marker))
-        doc = await self._doc_maker(request, context)
+        doc = await self._doc_maker(request, context, [s.id for s in found[:limit]])
         body: Doc = {"servers": [doc.server(s) for s in found[:limit]]}
         if len(found) > limit and limit and "limit" in request.query:
             body["servers_links"] = _next(request, "servers/detail", found[limit - 1].id)
@@ -172,15 +175,19 @@ class ServersApi:
     async def show_server(self, request: web.Request) -> web.Response:
         context = await authenticate(request)
         server = await self._server(request.match_info["id"], context)
-        doc = await self._doc_maker(request, context)
+        doc = await self._doc_maker(request, context, [server.id])
         return json_response({"server": doc.server(server)})
 
-    async def _doc_maker(self, request: web.Request, context: AuthContext) -> DocMaker:
-        """The representation maker; at 2.16 and above an admin also sees host status."""
+    async def _doc_maker(self, request: web.Request, context: AuthContext,
+                         server_ids: list[str]) -> DocMaker:
+        """The representation maker; at 2.16 and above an admin also sees host status.
+        With block storage, the servers' volumes are read for ``volumes_attached``."""
         hosts_up: dict[str, bool] | None = None
         if context.is_admin and _version(request) >= V2_16:
             hosts_up = {h.id: h.up for h in await read_hosts(self.store)}
-        return DocMaker(request, context, hosts_up)
+        attached = await read_volumes_attached(self.store, server_ids) \
+            if self.volumes else {}
+        return DocMaker(request, context, hosts_up, attached)
 
     async def _server(self, server_id: str, context: AuthContext) -> ServerView:
         """A live server ``context`` may see, else 404 itemNotFound."""
@@ -643,11 +650,13 @@ class DocMaker:
     admin or not) is worked out once; metadata is embedded as stored, not decoded."""
 
     def __init__(self, request: web.Request, context: AuthContext,
-                 hosts_up: dict[str, bool] | None = None) -> None:
+                 hosts_up: dict[str, bool] | None = None,
+                 volumes: dict[str, list[ServerVolumeView]] | None = None) -> None:
         self.base = _text(_base(request))
         self.admin = context.is_admin
         self.version = _version(request)
         self.hosts_up = hosts_up or {}
+        self.volumes = volumes or {}
 
     def server(self, s: ServerView) -> ServerDoc:
         base = self.base
@@ -669,6 +678,11 @@ class DocMaker:
             launched_at=s.launched_at, terminated_at=s.terminated_at)
         if s.status in _PROGRESS:
             doc.progress = 100 if s.vm_state == ACTIVE else 0
+        if s.id in self.volumes:
+            doc.volumes_attached = msgspec.Raw(_JSON.encode([
+                {"id": v.volume_id, "delete_on_termination": v.delete_on_termination}
+                if self.version >= V2_3 else {"id": v.volume_id}
+                for v in self.volumes[s.id]]))
         if self.admin:
             doc.host = doc.hypervisor_hostname = s.host
             doc.instance_name = instance_name(s.id)

@@ -9,6 +9,7 @@ Reply conventions:
   through the ``interim`` callback once the image is in the cache, before it boots.
 - ok: ``ok=True`` and ``result`` carries the domain's state right after the command
   (a ``DomainState`` value, e.g. ``running``); for ``hostd.state`` that is the answer.
+  A volume detach from a domain that is gone is ok (``missing``): its disks went with it.
 - failure: ``ok=False``, ``error_type`` one of ``not_found`` (no such domain),
   ``conflict`` (wrong state, e.g. soft reboot of a shut-off domain), ``bad_request``
   (inconsistent command), ``hypervisor_error``, ``unavailable`` (retryable),
@@ -44,7 +45,9 @@ from hostd.network import HostNetworkError
 from schemas import CommandEnvelope, Reply
 from schemas.hostd import (
     HOSTD_COMMAND_DECODER,
+    AttachVolume,
     DestroyDomain,
+    DetachVolume,
     DomainState,
     GetDomainState,
     HostdCommand,
@@ -183,6 +186,17 @@ class HostCommands:
                 await hv.undefine(uuid)
                 if self.network is not None:
                     await self.network.unplug(ports)
+            case AttachVolume(disk=disk):
+                await hv.attach_disk(uuid, disk)
+                log.info("volume_attached", instance_id=uuid, volume_id=command.volume_id,
+                         device=disk.device)
+            case DetachVolume(device=device):
+                try:
+                    await hv.detach_disk(uuid, device)
+                except DomainNotFound:  # the domain went: so did its disks
+                    return DomainState.MISSING
+                log.info("volume_detached", instance_id=uuid, volume_id=command.volume_id,
+                         device=device)
             case GetDomainState():
                 pass
         return await hv.state(uuid)

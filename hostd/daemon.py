@@ -19,7 +19,6 @@ import datetime as dt
 import msgspec
 import structlog
 
-from bus.envelopes import command_envelope
 from bus.errors import BadMessage, BusError
 from bus.protocol import Bus, Delivery
 from bus.replies import answer, parse_actor_address
@@ -30,22 +29,16 @@ from hostd.image_cache import ImageCache
 from hostd.netsync import NetworkSync
 from hostd.network import HostNetwork, HostNetworkError
 from hostd.reconcile import Reconciler, is_instance_id, observed_envelope
+from hostd.reporting import CapacityReporter
 from schemas import COMMAND_DECODER, CommandEnvelope, Reply
 from schemas.hostd import (
-    HOST_ACTOR_KIND,
     Capacity,
-    CapacityReport,
-    HostBeat,
     InstanceObserved,
     Observation,
     SyncNetwork,
 )
 
 log = structlog.get_logger(__name__)
-
-#: the longest pause between attempts to deliver the start-up capacity report
-MAX_REPORT_BACKOFF = 30.0
-
 
 class Redeliver(Exception):
     """A cast command failed in a way worth retrying: let the bus deliver it again."""
@@ -55,11 +48,6 @@ class Redeliver(Exception):
 #: a missing domain is for the reconcile to report)
 FORWARDED_EVENTS = frozenset({"started", "stopped", "suspended", "resumed", "shutdown",
                               "crashed", "pmsuspended", "rebooted"})
-
-
-def host_envelope(host: str, command: msgspec.Struct, *, timeout: float) -> CommandEnvelope:
-    """Wrap ``command`` for the ``host`` actor named ``host``, due within ``timeout`` s."""
-    return command_envelope(HOST_ACTOR_KIND, host, command, timeout=timeout)
 
 
 class HostDaemon:
@@ -93,7 +81,10 @@ class HostDaemon:
         self.commands = HostCommands(hypervisor, images, self.sync)
         self.reconciler = Reconciler(bus, hypervisor, host, orphan_grace=orphan_grace,
                                      call_timeout=call_timeout, busy=self.commands.busy)
-        self.reported = asyncio.Event()
+        self.reporter = CapacityReporter(bus, host, self._capacity,
+                                         heartbeat_every=heartbeat_every,
+                                         call_timeout=call_timeout, errors=(HypervisorError,))
+        self.reported = self.reporter.reported
         #: rounds of reconciliation finished (skipped ones not counted)
         self.reconciled = 0
         self._stop = asyncio.Event()
@@ -114,8 +105,8 @@ class HostDaemon:
             raise
         try:
             async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(self._report(), name="hostd-report"),
-                         tg.create_task(self._beat_loop(), name="hostd-beat"),
+                tasks = [tg.create_task(self.reporter.report(), name="hostd-report"),
+                         tg.create_task(self.reporter.beat_loop(), name="hostd-beat"),
                          tg.create_task(self._forward(observations), name="hostd-observe"),
                          tg.create_task(self._reconcile_loop(), name="hostd-reconcile")]
                 if self.sync is not None:
@@ -137,50 +128,12 @@ class HostDaemon:
 
     # -- telling the host actor ------------------------------------------------------------
 
-    async def _report(self) -> None:
-        """Report capacity once, retrying (with backoff) until the host actor answers."""
-        backoff = min(0.5, self.heartbeat_every)
-        while True:
-            try:
-                capacity = await self._capacity()
-                now = dt.datetime.now(dt.UTC)
-                env = host_envelope(self.host, CapacityReport(capacity=capacity, at=now),
-                                    timeout=self.call_timeout)
-                reply = await self.bus.call(env, timeout=self.call_timeout)
-            except (HypervisorError, BusError, TimeoutError) as exc:
-                log.warning("capacity_report_failed", host=self.host, reason=str(exc))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_REPORT_BACKOFF)
-                continue
-            log.info("capacity_reported", host=self.host, ok=reply.ok, error=reply.error,
-                     vcpus=capacity.vcpus, ram_mb=capacity.ram_mb, disk_gb=capacity.disk_gb)
-            self.reported.set()
-            return
-
-    async def _beat_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.heartbeat_every)
-            try:
-                await self._beat()
-            except (HypervisorError, BusError, TimeoutError) as exc:
-                log.warning("heartbeat_failed", host=self.host, reason=str(exc))
-
-    async def _beat(self) -> None:
-        """One beat (cast, stale after one period); none if the hypervisor does not answer."""
-        capacity = await self._capacity()
-        now = dt.datetime.now(dt.UTC)
-        env = host_envelope(self.host, HostBeat(capacity=capacity, at=now),
-                            timeout=max(self.heartbeat_every, 1.0))
-        async with asyncio.timeout(self.call_timeout):
-            await self.bus.send(env)
-
     async def _capacity(self) -> Capacity:
-        async with asyncio.timeout(self.call_timeout):
-            capacity = await self.hypervisor.capacity()
-            if self.network is not None:
-                capacity = msgspec.structs.replace(
-                    capacity, networks=await self.network.capabilities())
-            return capacity
+        capacity = await self.hypervisor.capacity()
+        if self.network is not None:
+            capacity = msgspec.structs.replace(
+                capacity, networks=await self.network.capabilities())
+        return capacity
 
     # -- observing and reconciling ----------------------------------------------------------
 

@@ -1,11 +1,12 @@
-"""Libvirt domain XML for an instance: CPU, memory, a virtio boot disk and a serial console."""
+"""Libvirt domain XML for an instance: CPU, memory, a virtio boot disk and a serial console;
+volume disks as devices to attach, and the volume disks a definition holds."""
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from typing import Literal
 
-from schemas.hostd import DomainSpec
+from schemas.hostd import DomainSpec, VolumeDisk
 
 #: The libvirt domain type: ``test`` for the test:///default driver, ``qemu`` for
 #: emulation (TCG, no KVM needed), ``kvm`` for hardware virtualisation.
@@ -95,3 +96,62 @@ def _devices(domain: ET.Element, spec: DomainSpec) -> None:
     ET.SubElement(serial, "target", port="0")
     console = ET.SubElement(devices, "console", type="pty")
     ET.SubElement(console, "target", type="serial", port="0")
+
+
+#: the boot disk's target; volumes take the next ones (vdb, vdc, ...)
+ROOT_DEVICE = "vda"
+
+
+def volume_disk_xml(disk: VolumeDisk) -> str:
+    """The ``<disk>`` device of a volume (what ``attachDeviceFlags`` is given)."""
+    element = ET.Element("disk", type="file", device="disk")
+    ET.SubElement(element, "driver", name="qemu", type=disk.format, cache="none")
+    ET.SubElement(element, "source", file=disk.path)
+    ET.SubElement(element, "target", dev=disk.device, bus="virtio")
+    if disk.serial:
+        _text(element, "serial", disk.serial)
+    return ET.tostring(element, encoding="unicode")
+
+
+def volume_disks(domain_xml: str) -> dict[str, str]:
+    """The file disks of a definition other than the boot disk: target device -> file."""
+    found: dict[str, str] = {}
+    for disk in ET.fromstring(domain_xml).iterfind("./devices/disk"):
+        target, source = disk.find("target"), disk.find("source")
+        if target is None or source is None:
+            continue
+        dev, path = target.get("dev"), source.get("file")
+        if dev and path is not None and dev != ROOT_DEVICE:
+            found[dev] = path
+    return found
+
+
+def with_disk(domain_xml: str, disk: VolumeDisk) -> str:
+    """The definition with ``disk`` added (for a driver that cannot attach devices)."""
+    domain = ET.fromstring(domain_xml)
+    devices = domain.find("devices")
+    if devices is None:
+        devices = ET.SubElement(domain, "devices")
+    devices.append(ET.fromstring(volume_disk_xml(disk)))
+    return ET.tostring(domain, encoding="unicode")
+
+
+def without_disk(domain_xml: str, device: str) -> str:
+    """The definition without the disk on ``device``."""
+    domain = ET.fromstring(domain_xml)
+    devices = domain.find("devices")
+    for disk in [] if devices is None else list(devices.iterfind("disk")):
+        target = disk.find("target")
+        if target is not None and target.get("dev") == device:
+            assert devices is not None
+            devices.remove(disk)
+    return ET.tostring(domain, encoding="unicode")
+
+
+def disk_element(domain_xml: str, device: str) -> str | None:
+    """The ``<disk>`` on ``device`` as the definition has it (None: no such disk)."""
+    for disk in ET.fromstring(domain_xml).iterfind("./devices/disk"):
+        target = disk.find("target")
+        if target is not None and target.get("dev") == device:
+            return ET.tostring(disk, encoding="unicode")
+    return None

@@ -16,7 +16,14 @@ from hostd.hypervisor import (
     ObservationHub,
     ObservationStream,
 )
-from schemas.hostd import Capacity, DomainSpec, DomainState, Observation, ShutdownOutcome
+from schemas.hostd import (
+    Capacity,
+    DomainSpec,
+    DomainState,
+    Observation,
+    ShutdownOutcome,
+    VolumeDisk,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -28,6 +35,7 @@ class _Domain(msgspec.Struct, kw_only=True):
     spec: DomainSpec
     state: DomainState = DomainState.SHUTOFF
     managed: bool = True
+    disks: dict[str, VolumeDisk] = {}
 
 
 class FakeHypervisor:
@@ -35,7 +43,9 @@ class FakeHypervisor:
 
     Faults: ``fail_start`` / ``fail_define`` are uuids whose start / define raise a
     (non-retryable) HypervisorError; ``shutdown_delay`` is how long a guest takes to
-    honour an ACPI shutdown, None for a guest that ignores it.
+    honour an ACPI shutdown, None for a guest that ignores it; ``fail_attach`` are
+    volume files (paths) whose attach raises HypervisorError; ``attach_delay`` is how
+    long an attach or detach takes.
     """
 
     def __init__(
@@ -45,11 +55,15 @@ class FakeHypervisor:
         fail_start: Iterable[str] = (),
         fail_define: Iterable[str] = (),
         shutdown_delay: float | None = 0.0,
+        fail_attach: Iterable[str] = (),
+        attach_delay: float = 0.0,
     ) -> None:
         self._capacity = capacity
         self._fail_start = frozenset(fail_start)
         self._fail_define = frozenset(fail_define)
         self._shutdown_delay = shutdown_delay
+        self.fail_attach = set(fail_attach)
+        self.attach_delay = attach_delay
         self._domains: dict[str, _Domain] = {}
         self._hub = ObservationHub()
         self._closed = False
@@ -132,6 +146,28 @@ class FakeHypervisor:
     async def capacity(self) -> Capacity:
         await self._call()
         return self._capacity
+
+    async def attach_disk(self, uuid: str, disk: VolumeDisk) -> None:
+        domain = await self._domain(uuid)
+        await asyncio.sleep(self.attach_delay)
+        held = domain.disks.get(disk.device)
+        if held is not None and held.path == disk.path:
+            return
+        if held is not None:
+            raise DomainStateError(f"device {disk.device} of {uuid} holds {held.path}",
+                                   uuid=uuid)
+        if disk.path in self.fail_attach:
+            raise HypervisorError(f"injected attach failure for {disk.path}", uuid=uuid)
+        domain.disks = {**domain.disks, disk.device: disk}
+
+    async def detach_disk(self, uuid: str, device: str) -> None:
+        domain = await self._domain(uuid)
+        await asyncio.sleep(self.attach_delay)
+        domain.disks = {k: v for k, v in domain.disks.items() if k != device}
+
+    async def disks(self, uuid: str) -> dict[str, str]:
+        domain = await self._domain(uuid)
+        return {dev: disk.path for dev, disk in domain.disks.items()}
 
     def observe(self) -> ObservationStream:
         return self._hub.subscribe()

@@ -14,7 +14,14 @@ from typing import Protocol
 
 import structlog
 
-from schemas.hostd import Capacity, DomainSpec, DomainState, Observation, ShutdownOutcome
+from schemas.hostd import (
+    Capacity,
+    DomainSpec,
+    DomainState,
+    Observation,
+    ShutdownOutcome,
+    VolumeDisk,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -98,6 +105,21 @@ class Hypervisor(Protocol):
 
     async def capacity(self) -> Capacity:
         """What the host offers in total (not what is free)."""
+        ...
+
+    async def attach_disk(self, uuid: str, disk: VolumeDisk) -> None:
+        """Attach a volume's disk: live when the domain runs, and to its persistent
+        definition always. The same disk on the same device again is no error; another
+        file on that device is DomainStateError."""
+        ...
+
+    async def detach_disk(self, uuid: str, device: str) -> None:
+        """Detach the disk on ``device`` live and from the persistent definition; a
+        device with no disk is no error."""
+        ...
+
+    async def disks(self, uuid: str) -> dict[str, str]:
+        """The volume disks of the domain's persistent definition: device -> file."""
         ...
 
     def observe(self) -> ObservationStream:

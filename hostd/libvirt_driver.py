@@ -4,6 +4,13 @@ libvirt needs one event loop per process to deliver domain events (and keepalive
 remote connections). ``_ensure_event_thread`` registers libvirt's default event
 implementation once and runs it on a daemon thread; callbacks arrive on that thread and
 are handed to the asyncio loop with ``call_soon_threadsafe``.
+
+Volume disks are attached with ``attachDeviceFlags`` (live when the domain runs, and to
+its persistent definition) and detached with ``detachDeviceFlags``. A driver that cannot
+hot-plug at all (``VIR_ERR_NO_SUPPORT``: libvirt's test driver, which implements no
+device attach) gets the disk in its persistent definition only (``defineXML``), which
+is what ``AFFECT_CONFIG`` alone does; it is logged, since the running guest sees the
+disk only at its next boot.
 """
 
 from __future__ import annotations
@@ -18,7 +25,17 @@ from typing import Any, TypeVar
 import libvirt  # type: ignore[import-untyped]
 import structlog
 
-from hostd.domain_xml import NAME_PREFIX, DomainType, build_domain_xml, domain_type_for
+from hostd.domain_xml import (
+    NAME_PREFIX,
+    DomainType,
+    build_domain_xml,
+    disk_element,
+    domain_type_for,
+    volume_disk_xml,
+    volume_disks,
+    with_disk,
+    without_disk,
+)
 from hostd.hypervisor import (
     DomainNotFound,
     DomainStateError,
@@ -27,7 +44,14 @@ from hostd.hypervisor import (
     ObservationHub,
     ObservationStream,
 )
-from schemas.hostd import Capacity, DomainSpec, DomainState, Observation, ShutdownOutcome
+from schemas.hostd import (
+    Capacity,
+    DomainSpec,
+    DomainState,
+    Observation,
+    ShutdownOutcome,
+    VolumeDisk,
+)
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -203,6 +227,15 @@ class LibvirtHypervisor:
     async def capacity(self) -> Capacity:
         return await self._run(None, self._capacity)
 
+    async def attach_disk(self, uuid: str, disk: VolumeDisk) -> None:
+        await self._run(uuid, self._attach_disk, uuid, disk)
+
+    async def detach_disk(self, uuid: str, device: str) -> None:
+        await self._run(uuid, self._detach_disk, uuid, device)
+
+    async def disks(self, uuid: str) -> dict[str, str]:
+        return await self._run(uuid, self._disks, uuid)
+
     def observe(self) -> ObservationStream:
         return self._hub.subscribe()
 
@@ -301,6 +334,48 @@ class LibvirtHypervisor:
                     return
                 if code not in (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT):
                     raise
+
+    def _attach_disk(self, uuid: str, disk: VolumeDisk) -> None:
+        dom = self._lookup(uuid)
+        config = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        held = volume_disks(config).get(disk.device)
+        if held == disk.path:
+            return
+        if held is not None:
+            raise DomainStateError(f"device {disk.device} of {uuid} holds {held}", uuid=uuid)
+        flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        if _is_active(dom):
+            flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+        try:
+            dom.attachDeviceFlags(volume_disk_xml(disk), flags)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+                raise
+            self._conn.defineXML(with_disk(config, disk))
+            log.info("disk_attached_persistent_only", uuid=uuid, device=disk.device,
+                     reason="the driver cannot attach devices")
+
+    def _detach_disk(self, uuid: str, device: str) -> None:
+        dom = self._lookup(uuid)
+        config = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        element = disk_element(config, device)
+        live = disk_element(dom.XMLDesc(0), device) if _is_active(dom) else None
+        if element is None and live is None:
+            return
+        flags = (libvirt.VIR_DOMAIN_AFFECT_CONFIG if element is not None else 0) | (
+            libvirt.VIR_DOMAIN_AFFECT_LIVE if live is not None else 0)
+        try:
+            dom.detachDeviceFlags(element or live, flags)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+                raise
+            if element is not None:
+                self._conn.defineXML(without_disk(config, device))
+            log.info("disk_detached_persistent_only", uuid=uuid, device=device,
+                     reason="the driver cannot detach devices")
+
+    def _disks(self, uuid: str) -> dict[str, str]:
+        return volume_disks(self._lookup(uuid).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
 
     def _state(self, uuid: str) -> DomainState:
         try:

@@ -1,5 +1,5 @@
-"""The ``orrery`` command: ``up`` (all-in-one), ``worker``, ``relay``, ``api``, ``hostd`` and
-``replay`` (the debug tool over the log)."""
+"""The ``orrery`` command: ``up`` (all-in-one), ``worker``, ``relay``, ``api``, ``hostd``,
+``storaged`` and ``replay`` (the debug tool over the log)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from actors.runtime import ActorRuntime
 from actors.timers import TimerService
 from bus.protocol import Bus
 from hostd.daemon import HostDaemon
+from hostd.storaged import StorageDaemon
 from orrery.bootstrap import bootstrap, make_cloud_app, token_ttl
 from orrery.clouds import CLOUD_NAME, write_clouds_yaml
 from orrery.config import Config, ConfigError, load_config
@@ -41,6 +42,7 @@ from orrery.services import (
 from orrery.wiring import (
     HYPERVISORS,
     NETWORK_DRIVERS,
+    STORAGE_BACKENDS,
     event_types,
     image_cache,
     libvirt_available,
@@ -48,8 +50,10 @@ from orrery.wiring import (
     open_bus,
     open_host_network,
     open_hypervisor,
+    open_storage,
     open_store,
     parse_bridge_mappings,
+    qemu_img_available,
     test_node_uri,
 )
 from store.projections import ProjectionHub
@@ -95,7 +99,9 @@ async def _serve_app(cfg: Config, app: web.Application) -> None:
 
 
 async def run_processes(cfg: Config, kinds_spec: Sequence[str], *, worker: bool, relay: bool,
-                        http: bool, hosts: int = 0, hypervisor: str = "fake") -> None:
+                        http: bool, hosts: int = 0, hypervisor: str = "fake",
+                        storage_hosts: int = 0, storage: str = "fake",
+                        storage_capacity_gb: int | None = None) -> None:
     """Open the backends and run the chosen roles until cancelled."""
     kinds = [*load_kinds(kinds_spec), *cloud_kinds()]
     store = await open_store(cfg, event_types(kinds))
@@ -135,6 +141,14 @@ async def run_processes(cfg: Config, kinds_spec: Sequence[str], *, worker: bool,
                                     images=image_cache(Path(cfg.data_dir), name),
                                     network=network)
                 tg.create_task(daemon.run(), name=f"hostd-{i + 1}")
+            for i in range(storage_hosts):  # all-in-one: in-process storage hosts
+                name = f"storage-{i + 1}"
+                backend = open_storage(storage, Path(cfg.data_dir) / "volumes" / name,
+                                       format=cfg.volume_format,
+                                       capacity_gb=storage_capacity_gb)
+                storaged = StorageDaemon(bus, backend, name,
+                                         images=image_cache(Path(cfg.data_dir), name))
+                tg.create_task(storaged.run(), name=name)
             if http:
                 tg.create_task(_serve_http(cfg, store, bus, write_clouds=hosts > 0),
                                name="http")
@@ -175,6 +189,45 @@ async def run_hostd(cfg: Config, args: argparse.Namespace) -> None:
             await hypervisor.close()
     finally:
         await bus.close()
+
+
+async def run_storaged(cfg: Config, args: argparse.Namespace) -> None:
+    """Open the bus and the storage backend and run one storage host until cancelled."""
+    if cfg.embedded_bus:
+        log.warning("storaged_on_embedded_bus", reason="no other process can reach this host")
+    bus = await open_bus(cfg)
+    try:
+        root = Path(args.storage_dir or Path(cfg.data_dir) / "volumes" / args.host)
+        backend = open_storage(args.backend, root, format=args.format or cfg.volume_format,
+                               capacity_gb=args.capacity_gb)
+        if hasattr(backend, "sweep_partials"):
+            await backend.sweep_partials()
+        images = image_cache(Path(cfg.data_dir), args.host, args.images_from,
+                             args.image_cache)
+        daemon = StorageDaemon(bus, backend, args.host, images=images,
+                               heartbeat_every=args.heartbeat_every)
+        await daemon.run()
+    finally:
+        await bus.close()
+
+
+def _add_storaged(sub: Any) -> None:
+    p = sub.add_parser("storaged", help="one storage host: block storage capacity, heartbeats,"
+                                        " volume files")
+    p.add_argument("--host", required=True, help="this host's name (queue compute.NAME)")
+    p.add_argument("--backend", choices=STORAGE_BACKENDS, default="qemu-img")
+    p.add_argument("--storage-dir", metavar="DIR",
+                   help="where volume files live (default DATA_DIR/volumes/HOST); compute"
+                        " hosts must reach it at the same path")
+    p.add_argument("--format", choices=("raw", "qcow2"),
+                   help="format of new volume files (default ORRERY_VOLUME_FORMAT)")
+    p.add_argument("--capacity-gb", type=int, metavar="GIB",
+                   help="block storage offered (default: the size of the storage file system)")
+    p.add_argument("--heartbeat-every", type=float, default=5.0, metavar="SECONDS")
+    p.add_argument("--images-from", metavar="DIR|URL",
+                   help="where images for volumes come from (as hostd's --images-from)")
+    p.add_argument("--image-cache", metavar="DIR",
+                   help="this host's image cache (default DATA_DIR/hosts/HOST/images)")
 
 
 def _add_hostd(sub: Any) -> None:
@@ -263,7 +316,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--hypervisor", choices=("auto", *HYPERVISORS), default="auto",
                            help="the hosts' hypervisor: libvirt's test driver when"
                                 " libvirt-python is installed (auto), else the fake")
+            p.add_argument("--storage-hosts", type=int, default=1,
+                           help="storage hosts run in-process (default 1)")
+            p.add_argument("--storage", choices=("auto", *STORAGE_BACKENDS), default="auto",
+                           help="their backend: qemu-img files in DATA_DIR/volumes when"
+                                " qemu-img is installed (auto), else the fake")
+            p.add_argument("--storage-capacity-gb", type=int, metavar="GIB",
+                           help="block storage each offers (default: the size of the file"
+                                " system DATA_DIR is on)")
     _add_hostd(sub)
+    _add_storaged(sub)
     _add_replay(sub)
     args = parser.parse_args(argv)
     try:
@@ -277,13 +339,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging("warning", cfg.log_format)
         return _replay(cfg, args)
     configure_logging(cfg.log_level, cfg.log_format)
-    if args.command in ("worker", "relay", "hostd"):
+    if args.command in ("worker", "relay", "hostd", "storaged"):
         # processes without an HTTP API still expose /metrics: on metrics_port, or on a
         # free port (logged) so that several workers can share one machine
         server, _thread = start_http_server(cfg.metrics_port, addr=cfg.api_host)
         log.info("metrics_listening", host=cfg.api_host, port=server.server_port)
     if args.command == "hostd":
         return _run(lambda: run_hostd(cfg, args))
+    if args.command == "storaged":
+        return _run(lambda: run_storaged(cfg, args))
     roles = {
         "up": dict(worker=True, relay=True, http=True),
         "worker": dict(worker=True, relay=False, http=False),
@@ -294,8 +358,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     hypervisor = getattr(args, "hypervisor", "fake")
     if hypervisor == "auto":
         hypervisor = "libvirt" if libvirt_available() else "fake"
+    storage_hosts = args.storage_hosts if args.command == "up" else 0
+    storage = getattr(args, "storage", "fake")
+    if storage == "auto":
+        storage = "qemu-img" if qemu_img_available() else "fake"
+    capacity = getattr(args, "storage_capacity_gb", None)
     return _run(lambda: run_processes(cfg, args.kind, hosts=hosts, hypervisor=hypervisor,
-                                      **roles))
+                                      storage_hosts=storage_hosts, storage=storage,
+                                      storage_capacity_gb=capacity, **roles))
 
 
 def _up_overrides(cfg: Config, args: argparse.Namespace) -> Config:

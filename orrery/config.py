@@ -77,6 +77,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     webhooks_retry_base: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     webhooks_retry_period: Annotated[float, msgspec.Meta(gt=0)] = 86_400.0
     webhooks_retention: Annotated[float, msgspec.Meta(gt=0)] = 604_800.0
+    #: Block storage: the format of the files a storage host makes new volumes in.
+    volume_format: Literal["raw", "qcow2"] = "raw"
 
     @property
     def embedded_store(self) -> bool:
@@ -114,7 +116,7 @@ _SCHEMES: dict[str, tuple[str, ...]] = {
     "database_url": ("sqlite:///", "postgresql://", "postgres://"),
     "amqp_url": ("memory://", "amqp://", "amqps://"),
 }
-_LOWERCASE = frozenset({"log_level", "log_format"})
+_LOWERCASE = frozenset({"log_level", "log_format", "volume_format"})
 _BOOL_WORDS = {"yes": "true", "on": "true", "no": "false", "off": "false"}
 
 

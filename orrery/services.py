@@ -28,6 +28,9 @@ from actors.segment import NetworkSettings, make_segment_kind
 from actors.subnet import make_subnet_kind
 from actors.subscription import SUBSCRIPTION
 from actors.subscription_views import SubscriptionProjection
+from actors.volume import VOLUME
+from actors.volume_messages import PlaceVolume
+from actors.volume_views import VolumesProjection
 from bus.protocol import Bus
 from gateway.app import ServiceApi
 from gateway.compute import ComputeApi
@@ -35,6 +38,7 @@ from gateway.events import EventFeedApi
 from gateway.image import ImageApi
 from gateway.networking import NetworkingApi
 from gateway.subscriptions import SubscriptionsApi
+from gateway.volumes import VolumesApi
 from orrery.config import Config, load_config
 from store.blobs import DirectoryImageStore
 from store.projections import Projection
@@ -58,7 +62,7 @@ def cloud_kinds(net: NetworkSettings | None = None) -> list[ActorKind[Any]]:
     net = net or network_settings()
     return [*IDENTITY_KINDS, HOST, IMAGE, FLAVOR, INSTANCE, make_network_kind(net.hold_lease),
             make_subnet_kind(net.hold_lease), make_port_kind(net.hold_lease),
-            make_segment_kind(net), SUBSCRIPTION]
+            make_segment_kind(net), SUBSCRIPTION, VOLUME]
 
 
 def cloud_effects(store: Any, bus: Bus) -> dict[type, EffectHandler]:
@@ -66,7 +70,8 @@ def cloud_effects(store: Any, bus: Bus) -> dict[type, EffectHandler]:
     async def hosts() -> Any:
         return await read_hosts(store)
 
-    return {Place: Placement(bus, hosts)}
+    placement = Placement(bus, hosts)  # one scheduler for instances and volumes
+    return {Place: placement, PlaceVolume: placement}
 
 
 def cloud_services(store: Any, bus: Bus) -> list[HostNetworkPlanner]:
@@ -84,7 +89,8 @@ def worker_projections() -> list[Projection]:
 def cloud_projections() -> list[Projection]:
     """Every projection an API process keeps folded (the tables its reads come from)."""
     return [IdentityProjection(), HostsProjection(), ImageProjection(), FlavorProjection(),
-            InstancesProjection(), NetworkingProjection(), SubscriptionProjection()]
+            InstancesProjection(), NetworkingProjection(), SubscriptionProjection(),
+            VolumesProjection()]
 
 
 def destination_policy(cfg: Config) -> DestinationPolicy:
@@ -122,6 +128,8 @@ def cloud_apis(store: Any, client: ActorClient, data_dir: str | None = None, *,
     images = DirectoryImageStore(Path(data_dir or cfg.data_dir) / "images")
     networking = NetworkingApi(store, client, settings=network_settings(cfg))
     policy = destinations or destination_policy(cfg)
-    return [ImageApi(store, client, images), ComputeApi(store, client, networking=networking),
-            networking, EventFeedApi(store, heartbeat=heartbeat or cfg.events_heartbeat),
+    return [ImageApi(store, client, images),
+            ComputeApi(store, client, networking=networking, block_storage=True),
+            networking, VolumesApi(store, client),
+            EventFeedApi(store, heartbeat=heartbeat or cfg.events_heartbeat),
             SubscriptionsApi(store, client, policy.check, DeliveryRecords(store))]

@@ -117,6 +117,37 @@ async def open_hypervisor(kind: str, uri: str = "test:///default") -> Hypervisor
     raise ValueError(f"unknown hypervisor {kind!r} (choose from {', '.join(HYPERVISORS)})")
 
 
+#: the storage backends ``orrery storaged --backend`` offers
+STORAGE_BACKENDS = ("qemu-img", "fake")
+
+
+def qemu_img_available() -> bool:
+    """Whether qemu-img (Debian's qemu-utils) is on the PATH."""
+    import shutil
+
+    return shutil.which("qemu-img") is not None
+
+
+def open_storage(kind: str, root: Path, *, format: str = "raw",
+                 capacity_gb: int | None = None) -> Any:
+    """A storage host's backend: volume files made with qemu-img in ``root``, or the
+    in-memory fake (``capacity_gb`` GiB, default 1000)."""
+    if format not in ("raw", "qcow2"):
+        raise ValueError(f"unknown volume format {format!r} (choose raw or qcow2)")
+    if kind == "fake":
+        from hostd.storage_fake import FakeStorageBackend
+
+        return FakeStorageBackend(capacity_gb=capacity_gb or 1000,
+                                  format="qcow2" if format == "qcow2" else "raw")
+    if kind == "qemu-img":
+        from hostd.storage_qemu import QemuImgBackend
+
+        return QemuImgBackend(root, format="qcow2" if format == "qcow2" else "raw",
+                              capacity_gb=capacity_gb)
+    raise ValueError(f"unknown storage backend {kind!r} (choose from"
+                     f" {', '.join(STORAGE_BACKENDS)})")
+
+
 NETWORK_DRIVERS = ("fake", "pyroute2")
 #: the physical network every fake host offers (flat networks name it)
 DEFAULT_PHYSNET = "physnet1"

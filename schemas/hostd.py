@@ -61,14 +61,34 @@ class Nic(msgspec.Struct, frozen=True, kw_only=True):
     device: str
 
 
+#: The formats of a volume's file on a storage host.
+VolumeFormat = Literal["raw", "qcow2"]
+
+
+class StorageCapacity(msgspec.Struct, frozen=True, kw_only=True):
+    """What a storage host offers for volumes: ``total_gb`` GiB of block storage, new
+    volumes made as ``format`` files by ``backend`` (``qemu-img`` or ``fake``)."""
+
+    total_gb: int
+    format: VolumeFormat = "raw"
+    backend: str = "qemu-img"
+
+
 class Capacity(msgspec.Struct, frozen=True, kw_only=True):
     """What a host offers: physical CPUs, memory in MiB, instance disk in GiB, and which
-    network types it can carry (None: the host has no network driver)."""
+    network types it can carry (None: the host has no network driver). A storage host
+    offers ``storage`` (and no CPUs or memory); a compute host has none."""
 
     vcpus: int
     ram_mb: int
     disk_gb: int
     networks: Capabilities | None = None
+    storage: StorageCapacity | None = None
+
+    @property
+    def compute(self) -> bool:
+        """Whether the host runs instances (a storage-only host offers no CPUs or RAM)."""
+        return self.vcpus > 0 or self.ram_mb > 0 or self.storage is None
 
 
 class Observation(msgspec.Struct, frozen=True, kw_only=True):
@@ -176,6 +196,35 @@ class GetDomainState(msgspec.Struct, frozen=True, kw_only=True, tag="hostd.state
     instance_id: str
 
 
+class VolumeDisk(msgspec.Struct, frozen=True, kw_only=True):
+    """A volume as a disk of a domain: the file ``path`` (on storage the host reaches at
+    that path) in ``format``, as guest device ``device`` (``vdb``), with ``serial`` (the
+    volume id, so the guest finds it under /dev/disk/by-id)."""
+
+    device: str
+    path: str
+    format: VolumeFormat = "raw"
+    serial: str = ""
+
+
+class AttachVolume(msgspec.Struct, frozen=True, kw_only=True, tag="hostd.attach_volume"):
+    """Attach ``disk`` to the domain, live (if it runs) and persistently; a disk already
+    attached as that device with that file is no error."""
+
+    instance_id: str
+    volume_id: str
+    disk: VolumeDisk
+
+
+class DetachVolume(msgspec.Struct, frozen=True, kw_only=True, tag="hostd.detach_volume"):
+    """Detach the domain's disk ``device`` (live and persistently); a device that is not
+    attached, or a domain that is gone, is no error."""
+
+    instance_id: str
+    volume_id: str
+    device: str
+
+
 class SyncNetwork(msgspec.Struct, frozen=True, kw_only=True, tag="hostd.network"):
     """Make the host's network exactly ``desired`` (what the log says this host should
     carry), as of log ``position``: hostd ignores one older than what it last applied.
@@ -236,10 +285,10 @@ class DhcpPortPlugged(msgspec.Struct, frozen=True, kw_only=True, tag="port.plug"
 
 #: the commands about one instance's domain (each carries ``instance_id``)
 InstanceCommand = SpawnDomain | StopDomain | StartDomain | RebootDomain | DestroyDomain \
-    | GetDomainState
+    | GetDomainState | AttachVolume | DetachVolume
 HostdCommand = InstanceCommand | SyncNetwork
 HOSTD_COMMANDS: tuple[type[msgspec.Struct], ...] = (
     SpawnDomain, StopDomain, StartDomain, RebootDomain, DestroyDomain, GetDomainState,
-    SyncNetwork,
+    AttachVolume, DetachVolume, SyncNetwork,
 )
 HOSTD_COMMAND_DECODER: msgspec.json.Decoder[HostdCommand] = msgspec.json.Decoder(HostdCommand)

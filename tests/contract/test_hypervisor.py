@@ -21,7 +21,7 @@ from hostd.hypervisor import (
     ObservationStream,
 )
 from hostd.libvirt_driver import LibvirtHypervisor
-from schemas.hostd import DomainSpec, DomainState, Observation, ShutdownOutcome
+from schemas.hostd import DomainSpec, DomainState, Observation, ShutdownOutcome, VolumeDisk
 
 #: Bound on waiting for an observation, so a lost one fails instead of hanging.
 OBSERVATION_WAIT = 10.0
@@ -296,6 +296,63 @@ async def test_concurrent_calls_keep_the_loop_running(
     assert min(ticks_during) > 0
     domains = await hypervisor.list_domains()
     assert all(domains[spec.uuid] == DomainState.RUNNING for spec in specs)
+
+
+def volume(device: str = "vdb", path: str = "/volumes/volume-1") -> VolumeDisk:
+    return VolumeDisk(device=device, path=path, format="raw", serial="volume-1")
+
+
+async def test_attach_disk_adds_it_to_the_definition_and_detach_removes_it(
+    hypervisor: Hypervisor, make_spec: MakeSpec
+) -> None:
+    """A running domain gets the volume as vdb (its persistent definition lists it, the
+    boot disk not counted); detach takes it away; the domain keeps running."""
+    domain = await running(hypervisor, make_spec())
+    assert await hypervisor.disks(domain) == {}
+    await hypervisor.attach_disk(domain, volume())
+    assert await hypervisor.disks(domain) == {"vdb": "/volumes/volume-1"}
+    await hypervisor.attach_disk(domain, volume("vdc", "/volumes/volume-2"))
+    assert await hypervisor.disks(domain) == {"vdb": "/volumes/volume-1",
+                                              "vdc": "/volumes/volume-2"}
+    await hypervisor.detach_disk(domain, "vdb")
+    assert await hypervisor.disks(domain) == {"vdc": "/volumes/volume-2"}
+    assert await hypervisor.state(domain) == DomainState.RUNNING
+
+
+async def test_attach_and_detach_are_idempotent(
+    hypervisor: Hypervisor, make_spec: MakeSpec
+) -> None:
+    """The same disk on the same device again is no error; detaching a device that holds
+    nothing is no error; another file on a taken device is a state error."""
+    domain = await running(hypervisor, make_spec())
+    await hypervisor.attach_disk(domain, volume())
+    await hypervisor.attach_disk(domain, volume())
+    assert await hypervisor.disks(domain) == {"vdb": "/volumes/volume-1"}
+    with pytest.raises(DomainStateError):
+        await hypervisor.attach_disk(domain, volume(path="/volumes/other"))
+    await hypervisor.detach_disk(domain, "vdb")
+    await hypervisor.detach_disk(domain, "vdb")
+    await hypervisor.detach_disk(domain, "vdz")
+    assert await hypervisor.disks(domain) == {}
+
+
+async def test_attach_to_a_shutoff_domain_is_persistent(
+    hypervisor: Hypervisor, make_spec: MakeSpec
+) -> None:
+    """A shut-off domain gets the disk in its definition and still has it once started."""
+    spec = make_spec()
+    await hypervisor.define(spec)
+    await hypervisor.attach_disk(spec.uuid, volume())
+    await hypervisor.start(spec.uuid)
+    assert await hypervisor.disks(spec.uuid) == {"vdb": "/volumes/volume-1"}
+
+
+async def test_attach_to_a_missing_domain_is_not_found(hypervisor: Hypervisor) -> None:
+    missing = str(uuid.uuid4())
+    with pytest.raises(DomainNotFound):
+        await hypervisor.attach_disk(missing, volume())
+    with pytest.raises(DomainNotFound):
+        await hypervisor.detach_disk(missing, "vdb")
 
 
 async def test_calls_after_close_are_retryable_unavailable() -> None:

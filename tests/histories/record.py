@@ -5,8 +5,9 @@ Usage: PYTHONPATH=. .venv/bin/python tests/histories/record.py [KIND ...]
 Runs the whole cloud in-process on the embedded backends (default deadlines and network
 settings, as ``cloud_kinds()`` makes them), touches every resource kind through the API
 (users and projects, an image, a flavor, a network with a subnet and a port, a server on
-it stopped, started and deleted, a webhook subscription changed and deleted), then writes, per kind, the longest stream's first
-events (at most MAX_EVENTS) with the state they fold to, as the replay test expects it.
+it with a volume attached and detached, stopped, started and deleted, a webhook subscription
+changed and deleted), then writes, per kind, the longest stream's first events (at most
+MAX_EVENTS) with the state they fold to, as the replay test expects it.
 Record again only when a change to a kind is meant to change what its old events fold to.
 """
 
@@ -28,6 +29,7 @@ from bus.routing import Names
 from orrery.services import cloud_kinds
 from schemas import EventEnvelope, stream_kind
 from tests.integration.test_servers_networks import NetApi
+from tests.support.backends import eventually
 from tests.support.cloud import running_cloud
 
 HERE = Path(__file__).parent
@@ -46,6 +48,7 @@ async def scenario(api: NetApi) -> None:
                       json={"port": {"network_id": net, "name": "spare"}})
     sid = await api.boot(api.member, networks=[{"uuid": net}])
     await api.wait_status(sid, "ACTIVE")
+    await attach_and_detach(api, sid)
     await api.action(sid, {"os-stop": None})
     await api.wait_status(sid, "SHUTOFF")
     await api.action(sid, {"os-start": None})
@@ -71,6 +74,40 @@ async def subscription(api: NetApi) -> None:
     await events("DELETE", f"/subscriptions/{sub['id']}", 204)
 
 
+async def attach_and_detach(api: NetApi, server_id: str) -> None:
+    """A volume made on the storage host, extended, attached to the server and detached."""
+    http, url = api.cloud.http, api.cloud.url
+    headers = {"X-Auth-Token": api.member}
+
+    async def volume() -> dict[str, Any]:
+        async with http.get(f"{url}/volume/v3/volumes/{vid}", headers=headers) as resp:
+            return dict((await resp.json())["volume"])
+
+    async def until(status: str) -> None:
+        async def reached() -> bool:
+            return (await volume())["status"] == status
+        await eventually(reached, what=f"volume {status}")
+
+    async with http.post(f"{url}/volume/v3/volumes", headers=headers,
+                         json={"volume": {"size": 1, "name": "replay"}}) as resp:
+        vid = (await resp.json())["volume"]["id"]
+    await until("available")
+    async with http.post(f"{url}/volume/v3/volumes/{vid}/action", headers=headers,
+                         json={"os-extend": {"new_size": 2}}) as resp:
+        assert resp.status == 202, await resp.text()
+    async def grown() -> bool:
+        return (await volume())["size"] == 2
+    await eventually(grown, what="volume extended")
+    attachments = f"{url}/compute/v2.1/servers/{server_id}/os-volume_attachments"
+    async with http.post(attachments, headers=headers,
+                         json={"volumeAttachment": {"volumeId": vid}}) as resp:
+        assert resp.status == 200, await resp.text()
+    await until("in-use")
+    async with http.delete(f"{attachments}/{vid}", headers=headers) as resp:
+        assert resp.status == 202, await resp.text()
+    await until("available")
+
+
 def history(codec: KindCodec, events: list[EventEnvelope]) -> dict[str, Any]:
     actor_id = events[0].stream.partition(":")[2]
     fold = Folded(codec, actor_id).apply_all(events)
@@ -85,7 +122,7 @@ async def record(kinds: list[str]) -> None:
     codecs = {k.name: KindCodec(k) for k in cloud_kinds()}
     with tempfile.TemporaryDirectory() as tmp:
         async with running_cloud("embedded", Path(tmp), names=Names(prefix="rec"),
-                                 hosts=1) as cloud:
+                                 hosts=1, storage_hosts=1) as cloud:
             api = await NetApi(cloud).setup()
             await scenario(api)
             streams: dict[str, list[EventEnvelope]] = {}

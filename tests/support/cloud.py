@@ -2,9 +2,10 @@
 
 `running_cloud` opens the store and bus (`open_backends`), runs the actor runtime with
 every cloud kind and effect, the worker and API projections, the durable timers, the relay,
-``hosts`` host daemons (``host-1`` .. ``host-N``), bootstraps, and serves the cloud app on
-a free port. It yields a `Cloud`: base url, store, bus, actor client, an HTTP session and
-token helpers.
+``hosts`` host daemons (``host-1`` .. ``host-N``), ``storage_hosts`` storage daemons
+(``storage-1`` .. ``storage-N``, each on the backend ``storage(i)`` makes: by default the
+fake), bootstraps, and serves the cloud app on a free port. It yields a `Cloud`: base
+url, store, bus, actor client, an HTTP session and token helpers.
 """
 
 from __future__ import annotations
@@ -24,12 +25,17 @@ from actors.instance import Deadlines, make_instance_kind
 from actors.kind import ActorKind
 from actors.runtime import ActorRuntime
 from actors.timers import TimerService
+from actors.volume import KIND as VOLUME_KIND
+from actors.volume import VolumeDeadlines, make_volume_kind
 from bus.protocol import Bus
 from bus.routing import Names
 from gateway.app import GatewaySettings
 from hostd.daemon import HostDaemon
 from hostd.hypervisor import Hypervisor
 from hostd.net_fake import FakeHostNetwork
+from hostd.storage import StorageBackend
+from hostd.storage_fake import FakeStorageBackend
+from hostd.storaged import StorageDaemon
 from orrery.bootstrap import bootstrap, make_cloud_app
 from orrery.services import (
     cloud_apis,
@@ -39,7 +45,7 @@ from orrery.services import (
     cloud_services,
     worker_projections,
 )
-from orrery.wiring import event_types, open_hypervisor
+from orrery.wiring import event_types, image_cache, open_hypervisor
 from store.projections import Projection, ProjectionHub
 from store.relay import Relay
 from tests.support.backends import open_backends
@@ -65,6 +71,8 @@ class Cloud:
     http: aiohttp.ClientSession
     daemons: list[HostDaemon]
     hypervisors: list[Hypervisor]
+    storage_daemons: list[StorageDaemon] = field(default_factory=list)
+    storage: list[StorageBackend] = field(default_factory=list)
     admin_password: str = ADMIN_PASSWORD
     _admin: str | None = field(default=None, repr=False)
 
@@ -118,12 +126,17 @@ class Cloud:
         return int(await self.store.head())
 
 
-def kinds_with(deadlines: Deadlines | None) -> list[ActorKind[Any]]:
-    """The cloud's kinds, the instance kind with ``deadlines`` when given."""
+def kinds_with(deadlines: Deadlines | None,
+               volume_deadlines: VolumeDeadlines | None = None) -> list[ActorKind[Any]]:
+    """The cloud's kinds, the instance and volume kinds with these deadlines if given."""
     kinds = cloud_kinds()
-    if deadlines is None:
-        return kinds
-    return [make_instance_kind(deadlines) if k.name == INSTANCE_KIND else k for k in kinds]
+    if deadlines is not None:
+        kinds = [make_instance_kind(deadlines) if k.name == INSTANCE_KIND else k
+                 for k in kinds]
+    if volume_deadlines is not None:
+        kinds = [make_volume_kind(volume_deadlines) if k.name == VOLUME_KIND else k
+                 for k in kinds]
+    return kinds
 
 
 def _projections() -> list[Projection]:
@@ -140,15 +153,21 @@ async def running_cloud(
     names: Names, hosts: int = 1, hypervisor: str = "fake", data_dir: Path | None = None,
     deadlines: Deadlines | None = None, settings: GatewaySettings | None = None,
     heartbeat_every: float = 1.0, call_timeout: float = 15.0,
-    host_network: Callable[[int], Any] | None = None,
+    host_network: Callable[[int], Any] | None = None, storage_hosts: int = 0,
+    storage: Callable[[int], StorageBackend] | None = None,
+    hypervisor_factory: Callable[[int], Hypervisor] | None = None,
+    volume_deadlines: VolumeDeadlines | None = None, host_images: bool = False,
     webhooks: DispatcherSettings = TEST_WEBHOOKS, sse_heartbeat: float = 15.0,
 ) -> AsyncIterator[Cloud]:
     """Run a whole cloud on the ``which`` backends ("embedded" or "real") until exit.
 
+    ``host_images``: hosts boot from their own image cache (libvirt needs a disk file).
+
     ``host_network(i)`` makes host ``i``'s (from 0) network driver; by default each host
     gets the recording fake with physnet1 and underlay address 192.0.2.<i+1>. ``webhooks``
     are how the dispatcher delivers and which destinations the API accepts."""
-    kinds = kinds_with(deadlines)
+    kinds = kinds_with(deadlines, volume_deadlines)
+    data = data_dir or tmp_path / "data"
     async with open_backends(which, types=event_types(kinds), names=names, tmp_path=tmp_path,
                              pg_dsn=pg_dsn, amqp_url=amqp_url) as (store, bus), \
             contextlib.AsyncExitStack() as stack:
@@ -165,29 +184,44 @@ async def running_cloud(
               for service in cloud_services(store, bus)),
         ]
         daemons, hypervisors = [], []
+        stores: list[StorageDaemon] = []
+        backends: list[StorageBackend] = []
         try:
+            for i in range(storage_hosts):
+                backend = storage(i) if storage else FakeStorageBackend()
+                backends.append(backend)
+                name = f"storage-{i + 1}"
+                sd = StorageDaemon(bus, backend, name, heartbeat_every=heartbeat_every,
+                                   images=image_cache(data, name))
+                stores.append(sd)
+                tasks.append(asyncio.create_task(sd.run(), name=name))
             for i in range(hosts):
-                hv = await open_hypervisor(hypervisor)
+                hv = hypervisor_factory(i) if hypervisor_factory else \
+                    await open_hypervisor(hypervisor)
                 hypervisors.append(hv)
                 network = host_network(i) if host_network else FakeHostNetwork(
                     bridge_mappings={"physnet1": "br-phys"}, underlay_ip=f"192.0.2.{i + 1}")
                 daemon = HostDaemon(bus, hv, f"host-{i + 1}", heartbeat_every=heartbeat_every,
-                                    network=network)
+                                    network=network, images=image_cache(
+                                        data, f"host-{i + 1}") if host_images else None)
                 daemons.append(daemon)
                 tasks.append(asyncio.create_task(daemon.run(), name=f"hostd-{i + 1}"))
             client = ActorClient(bus, timeout=call_timeout)
             tasks.append(asyncio.create_task(Dispatcher(store, client, webhooks).run(),
                                              name="webhooks"))
             await bootstrap(store, client, password=ADMIN_PASSWORD)
-            apis = cloud_apis(store, client, data_dir=str(data_dir or tmp_path / "data"),
+            apis = cloud_apis(store, client, data_dir=str(data),
                               destinations=webhooks.destinations, heartbeat=sse_heartbeat)
             app = make_cloud_app(store, client, apis=apis, settings=settings)
             async with serving(app) as url, aiohttp.ClientSession() as http:
                 yield Cloud(url=url, store=store, bus=bus, client=client, http=http,
-                            daemons=daemons, hypervisors=hypervisors)
+                            daemons=daemons, hypervisors=hypervisors,
+                            storage_daemons=stores, storage=backends)
         finally:
             for daemon in daemons:
                 daemon.shutdown()
+            for sd in stores:
+                sd.shutdown()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -2,10 +2,11 @@
 
 `deployment` starts real processes on PostgreSQL + RabbitMQ (a fresh database and bus
 prefix from the caller): ``orrery relay``, ``orrery worker`` (one or more), ``orrery hostd``
-per host on libvirt ``test:///default`` (each process has its own), then ``orrery api``;
-waits until the API answers tokens and every host is listed up; writes a clouds.yaml for
-cloud ``orrery`` (admin). It yields a `Deployment` that starts, kills (SIGKILL) and
-restarts the parts and talks to the API over plain HTTP.
+per host on libvirt ``test:///default`` (each process has its own), ``orrery storaged``
+per storage host (qemu-img files in ``<data>/volumes/<host>``), then ``orrery api``;
+waits until the API answers tokens and every host and storage host is listed up; writes
+a clouds.yaml for cloud ``orrery`` (admin). It yields a `Deployment` that starts, kills
+(SIGKILL) and restarts the parts and talks to the API over plain HTTP.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class Deployment:
     heartbeat_every: float = 1.0
     running: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     hostds: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    storageds: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _token: str | None = None
 
     # -- processes ---------------------------------------------------------------------------
@@ -85,6 +87,32 @@ class Deployment:
             args += ["--images-from", str(self.data_dir / "images")]
         self.hostds[host] = self.start("hostd", *args)
         return self.hostds[host]
+
+    def start_storaged(self, host: str) -> subprocess.Popen[bytes]:
+        """``orrery storaged --host <host>`` on qemu-img files in ``<data>/volumes/<host>``
+        (20 GiB offered), images from the image store's directory."""
+        self.storageds[host] = self.start(
+            "storaged", "--host", host, "--heartbeat-every", str(self.heartbeat_every),
+            "--storage-dir", str(self.data_dir / "volumes" / host), "--capacity-gb", "20",
+            "--images-from", str(self.data_dir / "images"))
+        return self.storageds[host]
+
+    def storage_hosts(self) -> dict[str, str]:
+        """Each storage host's state (Cinder's os-services)."""
+        status, body = self.request("GET", "/volume/v3/os-services")
+        assert status == 200, body
+        return {s["host"].split("@")[0]: s["state"] for s in body["services"]}
+
+    def wait_storage(self, hosts: dict[str, str], timeout: float = 30.0) -> None:
+        """Until each storage host in ``hosts`` has the wanted state."""
+        deadline = time.monotonic() + timeout
+        while True:
+            states = self.storage_hosts()
+            if all(states.get(h) == want for h, want in hosts.items()):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"storage hosts never {hosts}: {states}\n{self.logs()}")
+            time.sleep(0.2)
 
     def kill(self, proc: subprocess.Popen[bytes]) -> None:
         """SIGKILL: no clean shutdown, exactly like a crash."""
@@ -185,8 +213,10 @@ def deployment(
     *, pg_dsn: str, amqp_url: str, prefix: str, tmp_path: Path, workers: int = 1,
     hosts: tuple[str, ...] = ("h1", "h2"), hypervisor: str = "libvirt", shards: int = 4,
     extra_env: dict[str, str] | None = None, heartbeat_every: float = 1.0,
+    storage_hosts: tuple[str, ...] = (),
 ) -> Iterator[Deployment]:
-    """Relay, ``workers`` workers, a hostd per host and the API, running until exit."""
+    """Relay, ``workers`` workers, a hostd per host, a storaged per storage host and the
+    API, running until exit."""
     port = free_port()
     data_dir, log_dir = tmp_path / "data", tmp_path / "logs"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -211,9 +241,13 @@ def deployment(
             dep.start("worker")
         for host in hosts:
             dep.start_hostd(host)
+        for host in storage_hosts:
+            dep.start_storaged(host)
         api = dep.start("api")
         _wait_api(dep, api, timeout=40)
         dep.wait_hosts({h: "up" for h in hosts}, timeout=40)
+        if storage_hosts:
+            dep.wait_storage({h: "up" for h in storage_hosts}, timeout=40)
         yield dep
     except BaseException:
         print(dep.logs())

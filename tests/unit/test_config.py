@@ -177,6 +177,7 @@ def test_every_field_is_settable_from_its_variable() -> None:
         "webhooks_allow_loopback": "1", "webhooks_allow_private": "yes",
         "webhooks_timeout": "3", "webhooks_retry_base": "0.5", "webhooks_retry_period": "60",
         "webhooks_retention": "3600",
+        "volume_format": "QCOW2",
     }
     config = load_config(env={env_var(field): value for field, value in env.items()})
     loaded = msgspec.structs.asdict(config)
