@@ -343,20 +343,31 @@ class ProjectionRunner(ProjectionHub):
         target = await store.head()
         self._head_seen = max(self._head_seen, target)
         checkpoint = 0
-        while checkpoint < target:
-            events = await store.read_all(checkpoint, self._batch)
-            if not events:
-                break
+        events = await store.read_all(0, self._batch) if target else []
+        while events:
+            end = events[-1].position
+            # the next batch is read while this one is written (another connection)
+            ahead = asyncio.ensure_future(store.read_all(end, self._batch)) \
+                if end < target else None
             try:
-                async with store.projection_tx(name, checkpoint, events[-1].position) as tx:
-                    await self._projection.apply(tx, events)
-                checkpoint, folded = events[-1].position, len(events)
+                try:
+                    async with store.projection_tx(name, checkpoint, end) as tx:
+                        await self._projection.apply(tx, events)
+                    checkpoint, folded = end, len(events)
+                except ConcurrencyError:  # a live runner folds too: go on from its point
+                    checkpoint, folded = await store.projection_checkpoint(name), 0
                 await self._advance({name: checkpoint})
-            except ConcurrencyError:  # a live runner is folding too: go on from its point
-                checkpoint, folded = await store.projection_checkpoint(name), 0
-                await self._advance({name: checkpoint})
-            if progress is not None:
-                progress(folded, checkpoint, target)
+                if progress is not None:
+                    progress(folded, checkpoint, target)
+                if checkpoint >= target:
+                    break
+                events = await ahead if ahead is not None and checkpoint == end \
+                    else await store.read_all(checkpoint, self._batch)
+                ahead = None
+            finally:
+                if ahead is not None:
+                    ahead.cancel()
+                    await asyncio.gather(ahead, return_exceptions=True)
         self._log.info("projection_rebuilt", checkpoint=checkpoint)
         return checkpoint
 
