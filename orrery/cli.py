@@ -107,6 +107,11 @@ async def run_processes(cfg: Config, kinds_spec: Sequence[str], *, worker: bool,
     store = await open_store(cfg, event_types(kinds))
     bus = await open_bus(cfg)
     try:
+        # every table this process reads exists before any of its roles starts (the
+        # planner and the in-process hosts read views the API part would create later)
+        for projection in [*(worker_projections() if worker else ()),
+                           *(cloud_projections() if http else ())]:
+            await store.run_ddl(projection.ddl)
         async with asyncio.TaskGroup() as tg:
             if relay:
                 tg.create_task(Relay(store, bus).run(), name="relay")
@@ -115,8 +120,6 @@ async def run_processes(cfg: Config, kinds_spec: Sequence[str], *, worker: bool,
                 # the API part below folds its own; of the rest, whatever no other process
                 # leads
                 own = [p for p in worker_projections() if p.name not in served]
-                for projection in own:
-                    await store.run_ddl(projection.ddl)
                 if own:
                     tg.create_task(ProjectionHub(store, own, lead=True).run(),
                                    name="projections")
