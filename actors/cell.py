@@ -34,6 +34,8 @@ log = structlog.get_logger(__name__)
 REACT = "react"
 TIMER_FIRE = "timer.fire"
 CONFLICT_RETRIES = 5
+#: snapshot bytes a stream may write per event on average (see ActorCell._maybe_snapshot)
+SNAPSHOT_BYTES_PER_EVENT = 1024
 _FIRED = msgspec.json.Decoder(TimerFired)
 
 
@@ -56,6 +58,8 @@ class ActorCell:
         #: effects the last handled message asked for, for the runtime to carry out
         self.outbox: list[object] = []
         self._snapshot_version = 0
+        #: events to the next snapshot beyond ``snapshot_every``, from the last one's size
+        self._gap = 0
 
     # -- state ---------------------------------------------------------------------------
 
@@ -82,8 +86,12 @@ class ActorCell:
         self.state = fold_event(self.codec, self.state, self.timers, event)
 
     async def _maybe_snapshot(self) -> None:
+        """Every ``snapshot_every`` events, or less often for a big state: the gap grows
+        with the last snapshot's size, so that a state that grows with every event (a
+        subnet's holds) costs at most SNAPSHOT_BYTES_PER_EVENT of snapshot per event,
+        not its whole size every ``snapshot_every`` events."""
         every = self.kind.snapshot_every
-        if every <= 0 or self.version - self._snapshot_version < every:
+        if every <= 0 or self.version - self._snapshot_version < max(every, self._gap):
             return
         data = ENCODER.encode(
             CellSnapshot(state=msgspec.Raw(ENCODER.encode(self.state)), timers=self.timers)
@@ -92,6 +100,7 @@ class ActorCell:
             Snapshot(stream=self.stream, version=self.version, type=self.kind.name, data=data)
         )
         self._snapshot_version = self.version
+        self._gap = len(data) // SNAPSHOT_BYTES_PER_EVENT
 
     # -- messages ------------------------------------------------------------------------
 
