@@ -635,23 +635,31 @@ class NetworkingApi:
                            nics: Sequence[NicInfo]) -> None:
         """Give back the NICs made for a server that will not boot: delete the ports made
         for it (their MACs and addresses back to their owners now), and unreserve the
-        ports it was given, if it still has them. Best effort: failures are logged."""
+        ports it was given, if it still has them. Best effort: failures are logged. The
+        refusal that follows is answered only once the ports list shows the release, so a
+        client listing ports after the error never sees a port the boot made."""
+        replies: list[Reply] = []
         for nic in nics:
             try:
                 if nic.created:
                     found = await read_ports(self.store, Where().eq("id", nic.port_id))
-                    await self.cmd.ask(request, "port", nic.port_id, DeletePort())
+                    replies.append(await self.cmd.ask(request, "port", nic.port_id,
+                                                      DeletePort()))
                     await self._give_back(request, nic.network_id, nic.port_id,
                                           found[0].fixed_ips if found else [])
                 else:
-                    await self.cmd.ask(request, "port", nic.port_id,
-                                       UnbindPort(device_id=server_id))
+                    replies.append(await self.cmd.ask(request, "port", nic.port_id,
+                                                      UnbindPort(device_id=server_id)))
             except ApiError as exc:
                 log.warning("nic_release_failed", server_id=server_id, port_id=nic.port_id,
                             reason=exc.message or exc.code)
             else:
                 log.info("nic_released", server_id=server_id, port_id=nic.port_id,
                          deleted=nic.created)
+        try:
+            await self.cmd.seen(*(r for r in replies if r.ok))
+        except ApiError as exc:
+            log.warning("nic_release_unseen", server_id=server_id, reason=exc.code)
 
     async def auto_network(self, context: AuthContext) -> str | None:
         """Nova's ``networks: auto``: the one network the project can use (its own or a
