@@ -45,15 +45,67 @@ class Hold(msgspec.Struct, kw_only=True):
     value: str = ""  # what the owner needs to remember with it (a subnet's CIDR)
 
 
-class Ledger(msgspec.Struct, kw_only=True):
-    """Every hold of one owner, by key, and its sweep timer."""
+class Ledger(msgspec.Struct, kw_only=True, dict=True):
+    """Every hold of one owner, by key, and its sweep timer.
+
+    Beside the holds (the state, as snapshotted) it keeps two indexes in memory, made
+    from them when first needed and kept up by `fold`: the keys of each holder, and the
+    keys still pending (so that a subnet or network with thousands of holds finds a
+    port's in one look-up, not a pass over all of them)."""
 
     holds: dict[str, Hold] = {}
     timer: str | None = None
     timer_at: dt.datetime | None = None
 
     def of(self, holder: str) -> list[str]:
-        return [k for k, h in self.holds.items() if h.holder == holder]
+        """The keys ``holder`` holds, in the order it took them."""
+        return list(self._by_holder().get(holder, ()))
+
+    def pending(self) -> list[str]:
+        """The keys not confirmed yet, in the order they were taken."""
+        return list(self._pending())
+
+    def _by_holder(self) -> dict[str, dict[str, None]]:
+        index: dict[str, dict[str, None]] | None = self.__dict__.get("_idx_by_holder")
+        if index is None:
+            index = {}
+            for key, hold in self.holds.items():
+                index.setdefault(hold.holder, {})[key] = None
+            self.__dict__["_idx_by_holder"] = index
+        return index
+
+    def _pending(self) -> dict[str, None]:
+        index: dict[str, None] | None = self.__dict__.get("_idx_pending")
+        if index is None:
+            index = {k: None for k, h in self.holds.items() if not h.confirmed}
+            self.__dict__["_idx_pending"] = index
+        return index
+
+    def _put(self, key: str, hold: Hold) -> None:
+        self._unindex(key)
+        self.holds[key] = hold  # a key taken again keeps its place, as before the index
+        self._by_holder().setdefault(hold.holder, {})[key] = None
+        if not hold.confirmed:
+            self._pending()[key] = None
+
+    def _drop(self, key: str) -> None:
+        self._unindex(key)
+        self.holds.pop(key, None)
+
+    def _unindex(self, key: str) -> None:
+        old = self.holds.get(key)
+        if old is None:
+            return
+        keys = self._by_holder().get(old.holder)
+        if keys is not None:
+            keys.pop(key, None)
+            if not keys:
+                del self._by_holder()[old.holder]
+        self._pending().pop(key, None)
+
+    def _confirm(self, key: str) -> None:
+        self.holds[key].confirmed = True
+        self._pending().pop(key, None)
 
 
 # -- events (shared tags) ------------------------------------------------------------------
@@ -121,14 +173,14 @@ def fold(ledger: Ledger, event: msgspec.Struct) -> None:
     """Apply one event to ``ledger`` (other events are ignored)."""
     match event:
         case HoldTaken(key=key, holder_kind=kind, holder=holder, value=value, at=at):
-            ledger.holds[key] = Hold(holder_kind=kind, holder=holder, since=at, value=value)
+            ledger._put(key, Hold(holder_kind=kind, holder=holder, since=at, value=value))
         case HoldConfirmed(key=key, holder=holder):
             hold = ledger.holds.get(key)
             if hold is not None and hold.holder == holder:
-                hold.confirmed = True
+                ledger._confirm(key)
         case HoldReleased(key=key, holder=holder):
             if key in ledger.holds and ledger.holds[key].holder == holder:
-                del ledger.holds[key]
+                ledger._drop(key)
         case TimerSet(timer_id=tid, name=name, fire_at=at) if name == SWEEP_TIMER:
             ledger.timer, ledger.timer_at = tid, at
         case TimerFired(timer_id=tid) | TimerCancelled(timer_id=tid) if tid == ledger.timer:
@@ -162,7 +214,7 @@ def sweep(ledger: Ledger, ctx: Context, lease: float) -> Events:
     """The sweep timer fired: ask about every pending hold past its lease, and re-arm for
     the next pending one."""
     limit = dt.timedelta(seconds=lease)
-    pending = [(k, h) for k, h in ledger.holds.items() if not h.confirmed]
+    pending = [(k, ledger.holds[k]) for k in ledger.pending()]
     due = [HoldRef(key=k, holder_kind=h.holder_kind, holder=h.holder)
            for k, h in pending if h.since + limit <= ctx.now]
     events: list[msgspec.Struct] = [HoldsChecking(checks=due, at=ctx.now)] if due else []
@@ -207,4 +259,5 @@ def answer_held(held: bool) -> str:
 
 def holders(ledger: Ledger, prefix: str = "") -> Sequence[str]:
     """The distinct holders of keys starting with ``prefix``."""
-    return sorted({h.holder for k, h in ledger.holds.items() if k.startswith(prefix)})
+    return sorted(h for h, keys in ledger._by_holder().items()
+                  if any(k.startswith(prefix) for k in keys))
