@@ -36,6 +36,7 @@ from schemas.hostd import (
     InstanceObserved,
     Observation,
     SyncNetwork,
+    SyncNetworkDelta,
 )
 
 log = structlog.get_logger(__name__)
@@ -189,7 +190,7 @@ class HostDaemon:
     async def _on_delivery(self, delivery: Delivery) -> None:
         msg = self._envelope(delivery)
         command = decode_command(msg)
-        if isinstance(command, SyncNetwork):
+        if isinstance(command, SyncNetwork | SyncNetworkDelta):
             await self._on_sync(msg, command)
             return
         structlog.contextvars.bind_contextvars(
@@ -207,9 +208,10 @@ class HostDaemon:
         finally:
             structlog.contextvars.unbind_contextvars("correlation_id", "instance_id")
 
-    async def _on_sync(self, msg: CommandEnvelope, command: SyncNetwork) -> None:
-        """A pushed desired network. Past its deadline or failing, it is logged and
-        dropped: the next pull (or push) carries the whole desired set again."""
+    async def _on_sync(self, msg: CommandEnvelope,
+                       command: SyncNetwork | SyncNetworkDelta) -> None:
+        """A pushed desired network, whole or a delta. Past its deadline or failing, it
+        is logged and dropped: the next pull carries the whole desired set again."""
         if self.sync is None:
             log.warning("network_sync_ignored", host=self.host, reason="no network driver")
             return
@@ -217,7 +219,10 @@ class HostDaemon:
             log.info("network_sync_expired", host=self.host, position=command.position)
             return
         try:
-            await self.sync.apply(command)
+            if isinstance(command, SyncNetworkDelta):
+                await self.sync.apply_delta(command)
+            else:
+                await self.sync.apply(command)
         except HostNetworkError as exc:
             log.warning("network_sync_failed", host=self.host, error=type(exc).__name__,
                         reason=str(exc))

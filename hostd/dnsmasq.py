@@ -19,7 +19,7 @@ from pathlib import Path
 
 import structlog
 
-from hostd.network import DhcpFailed
+from hostd.network import DhcpFailed, changed_entries
 from schemas.hostnet import DhcpHost, NetworkSpec
 
 log = structlog.get_logger(__name__)
@@ -118,6 +118,21 @@ class Dnsmasq:
             return
         await self.stop(spec.network_id, forget=False)
         await self._start(spec.network_id, args, netns)
+
+    def update_hosts(self, network_id: str, add: Sequence[DhcpHost],
+                     remove: Sequence[DhcpHost]) -> bool:
+        """Change some entries of a running server's hosts file (the others stay as
+        they are) and SIGHUP it if the file changed; False when no server runs."""
+        pid = self.running_pid(network_id)
+        if pid is None:
+            return False
+        path = self.files(network_id) / "hosts"
+        entries = changed_entries(self.hosts(network_id), add, remove)
+        if _write_if_changed(path, render_hosts(entries)):
+            os.kill(pid, signal.SIGHUP)
+            log.info("dhcp_hosts_updated", network_id=network_id, added=len(add),
+                     removed=len(remove), hosts=len(entries))
+        return True
 
     async def _start(self, network_id: str, args: list[str], netns: str) -> None:
         files = self.files(network_id)

@@ -4,14 +4,16 @@
 driver, as a real host outlives hostd); ``FakeHostNetwork`` is the driver, with the
 same memory of what it was asked to build as the real one. Faults by constructor:
 ``kernel_lacks`` device kinds (e.g. ``("vlan",)`` like this machine's kernel) and
-``fail_dhcp`` network ids whose DHCP server will not start.
+``fail_dhcp`` network ids whose DHCP server will not start. ``calls`` counts the
+driver's calls by method name (so a test can tell an incremental change from a rebuild).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
 import structlog
@@ -23,12 +25,15 @@ from hostd.network import (
     UnknownNetwork,
     UnknownPhysicalNetwork,
     bridge_name,
+    changed_entries,
     dhcp_device_name,
+    dhcp_entry,
     host_side_mac,
     network_devices,
     stray_devices,
     stray_dhcp,
     supports,
+    validate_dhcp_addresses,
     validate_network,
     validate_port,
     vlan_name,
@@ -38,6 +43,7 @@ from schemas.hostnet import (
     Capabilities,
     DesiredHostNetwork,
     DeviceView,
+    DhcpHost,
     DhcpView,
     HostNetworkView,
     NetworkSpec,
@@ -113,6 +119,7 @@ class FakeHostNetwork:
         self._lock = asyncio.Lock()
         self._networks: dict[str, NetworkSpec] = {}
         self._ports: dict[str, PortSpec] = {}
+        self.calls: Counter[str] = Counter()
 
     async def close(self) -> None:
         return None
@@ -136,6 +143,7 @@ class FakeHostNetwork:
                             missing=missing, underlay_ip=self.underlay_ip)
 
     async def ensure_network(self, spec: NetworkSpec) -> None:
+        self.calls["ensure_network"] += 1
         validate_network(spec)
         caps = await self.capabilities()
         if not supports(caps, spec.type):
@@ -185,7 +193,20 @@ class FakeHostNetwork:
         self.host.dhcp[spec.network_id] = DhcpView(
             network_id=spec.network_id, running=True, mac=spec.dhcp.mac.lower(),
             ips=tuple(sorted(spec.dhcp.ips)),
-            hosts=tuple(sorted(spec.dhcp.hosts, key=lambda h: h.mac.lower())))
+            hosts=tuple(sorted((dhcp_entry(h) for h in spec.dhcp.hosts),
+                               key=lambda h: h.mac.lower())))
+
+    async def update_dhcp_hosts(self, network_id: str, add: Sequence[DhcpHost],
+                                remove: Sequence[DhcpHost]) -> None:
+        self.calls["update_dhcp_hosts"] += 1
+        async with self._lock:
+            spec, served = self._networks.get(network_id), self.host.dhcp.get(network_id)
+            if spec is None or spec.dhcp is None or served is None:
+                raise UnknownNetwork(f"network {network_id}: no DHCP server here",
+                                     network_id=network_id)
+            validate_dhcp_addresses(spec, (h.ip for h in add))
+            self.host.dhcp[network_id] = msgspec.structs.replace(
+                served, hosts=tuple(changed_entries(served.hosts, add, remove)))
 
     def _remove_dhcp(self, network_id: str) -> None:
         self.host.dhcp.pop(network_id, None)
@@ -221,6 +242,7 @@ class FakeHostNetwork:
         return spec
 
     async def ensure_port(self, port: PortSpec) -> None:
+        self.calls["ensure_port"] += 1
         validate_port(port)
         async with self._lock:
             spec = self._network(port.network_id)
@@ -244,6 +266,7 @@ class FakeHostNetwork:
         self.host.delete(device or (known.device if known else port_device(port_id)))
 
     async def reconcile(self, desired: DesiredHostNetwork) -> tuple[str, ...]:
+        self.calls["reconcile"] += 1
         failures: list[HostNetworkError] = []
         for spec in desired.networks:
             try:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import msgspec
@@ -38,6 +38,7 @@ from hostd.network import (
     stray_devices,
     stray_dhcp,
     supports,
+    validate_dhcp_addresses,
     validate_network,
     validate_port,
     vlan_name,
@@ -47,6 +48,7 @@ from schemas.hostnet import (
     Capabilities,
     DesiredHostNetwork,
     DeviceView,
+    DhcpHost,
     DhcpView,
     HostNetworkView,
     NetworkSpec,
@@ -255,6 +257,19 @@ class Pyroute2HostNetwork:
             await inside.configure(end, mtu=spec.mtu, mac=spec.dhcp.mac)
             await inside.set_addresses(end["index"], want)
         await self._dnsmasq.ensure(spec, ns_end, ns)
+
+    async def update_dhcp_hosts(self, network_id: str, add: Sequence[DhcpHost],
+                                remove: Sequence[DhcpHost]) -> None:
+        async with self._lock:
+            spec = self._networks.get(network_id)
+            if spec is None or spec.dhcp is None:
+                raise UnknownNetwork(f"network {network_id}: no DHCP server here",
+                                     network_id=network_id)
+            validate_dhcp_addresses(spec, (h.ip for h in add))
+            if not await asyncio.to_thread(self._dnsmasq.update_hosts, network_id, add,
+                                           remove):
+                raise UnknownNetwork(f"network {network_id}: its DHCP server is not running",
+                                     network_id=network_id)
 
     async def _remove_dhcp(self, network_id: str) -> None:
         await self._dnsmasq.stop(network_id)

@@ -12,6 +12,16 @@ follows the change, not the number of networks on the host; the pulls catch anyt
 push missed, and a push after a failed one is a full reconcile. A desired set older (by
 log position) than the last one applied is ignored: pushes may overtake each other.
 
+Pushes are deltas (``hostd.network_delta``): only the networks and ports a change of the
+log touched, and on a network this host serves DHCP for only those ports' static
+entries, which the driver changes one by one (``update_dhcp_hosts``), so a push costs
+what changed, not what the host carries. What was applied is kept by network, port and
+DHCP entry (`hostd.netstate`); each entry of a delta is applied unless a newer one for
+the same key was. A delta that cannot be applied on what is there (no set applied yet,
+the last apply failed, this host is to serve a network's DHCP it does not serve yet, or
+the network's DHCP-enabled subnets changed, which changes every entry) is answered by
+a pull of the whole set instead.
+
 A spawn plugs its ports before the log says they are bound here (the binding and the
 spawn go out together), so a desired set read a moment earlier would remove them. Ports
 a spawn plugged are therefore *pending* until a desired set includes them, and kept
@@ -38,6 +48,7 @@ import structlog
 from bus.envelopes import command_envelope
 from bus.errors import BusError
 from bus.protocol import Bus
+from hostd.netstate import NetState, served_subnets
 from hostd.network import HostNetwork, HostNetworkError
 from schemas.hostd import (
     HOSTNET_KIND,
@@ -45,8 +56,16 @@ from schemas.hostd import (
     DesiredNetwork,
     DhcpPortPlugged,
     SyncNetwork,
+    SyncNetworkDelta,
 )
-from schemas.hostnet import DesiredHostNetwork, NetworkSpec, PortSpec
+from schemas.hostnet import (
+    DesiredHostNetwork,
+    NetworkChange,
+    NetworkSpec,
+    PortChange,
+    PortSpec,
+    port_device,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -75,14 +94,18 @@ class NetworkSync:
         self.call_timeout = call_timeout
         self.pending_grace = pending_grace
         self.clock = clock
-        #: the last desired set applied, and the log position it was read at
-        self.desired: DesiredHostNetwork | None = None
+        #: what was applied (the last set and the deltas since), and the newest log
+        #: position of any of it
+        self.state: NetState | None = None
         self.position = -1
         #: rounds applied (pulls and pushes), for tests and logs
         self.applied = 0
+        #: deltas answered with a pull instead, for tests and logs
+        self.pulled_for_delta = 0
         self._pending: dict[str, PendingPort] = {}
-        #: what the host was last made to match (desired set plus pending ports)
-        self._target: DesiredHostNetwork | None = None
+        #: whether the host was made to match all of ``state`` (plus pending ports): a
+        #: failure leaves it False, and the next push is then a full reconcile
+        self._clean = False
         self._lock = asyncio.Lock()
         self._applied = asyncio.Condition()
 
@@ -119,18 +142,19 @@ class NetworkSync:
                 log.info("network_sync_stale", host=self.host, position=sync.position,
                          applied=self.position)
                 return None
+            before = self._host_has() if self._clean and not full else None
             for port_id in sync.gone_ports:
                 self._pending.pop(port_id, None)
-            target, before = self._with_pending(sync.desired), self._target
-            self._target = None  # until it is all done: a failure means a full one next
+            target = self._with_pending(sync.desired)
+            self._clean = False  # until it is all done: a failure means a full one next
             try:
-                if full or before is None:
+                if before is None:
                     removed = await self.network.reconcile(target)
                 else:
                     removed = await self._converge(before, target)
             finally:
-                self.desired, self.position = sync.desired, sync.position
-            self._target = target
+                self.state, self.position = NetState(sync.desired, sync.position), sync.position
+            self._clean = True
             self.applied += 1
         async with self._applied:
             self._applied.notify_all()
@@ -139,6 +163,96 @@ class NetworkSync:
                  pending=len(self._pending), removed=list(removed))
         await self._report_dhcp(sync.desired)
         return removed
+
+    async def apply_delta(self, delta: SyncNetworkDelta) -> tuple[str, ...] | None:
+        """Apply what ``delta`` changes (see the module): the devices removed, or None
+        when it was answered with a pull (whose outcome ``pull`` logs). A driver error
+        is raised after everything else was done."""
+        async with self._lock:
+            state = self.state
+            whole = state is None or not self._clean or any(
+                _needs_whole(state, change) for change in delta.networks)
+            if not whole:
+                assert state is not None
+                self._clean = False
+                removed = await self._apply_delta(state, delta)
+                self._clean = True
+                self.position = max(self.position, delta.position)
+                self.applied += 1
+        if whole:
+            self.pulled_for_delta += 1
+            log.info("network_delta_pulls", host=self.host, position=delta.position)
+            await self.pull()
+            return None
+        async with self._applied:
+            self._applied.notify_all()
+        log.info("network_delta_applied", host=self.host, position=delta.position,
+                 networks=len(delta.networks), ports=len(delta.ports), removed=list(removed))
+        return removed
+
+    async def _apply_delta(self, state: NetState, delta: SyncNetworkDelta) -> tuple[str, ...]:
+        failures: list[HostNetworkError] = []
+        removed: list[str] = []
+        for port_id in delta.gone_ports:
+            if self._pending.pop(port_id, None) is not None and port_id not in state.ports:
+                await _attempt(failures, self.network.remove_port(port_id))
+                removed.append(port_device(port_id))
+        for change in delta.networks:
+            removed += await self._network_change(state, change, delta.position, failures)
+        for port in delta.ports:
+            removed += await self._port_change(state, port, delta.position, failures)
+        if failures:
+            raise failures[0]
+        return tuple(removed)
+
+    async def _network_change(self, state: NetState, change: NetworkChange, position: int,
+                              failures: list[HostNetworkError]) -> list[str]:
+        network_id, spec = change.network_id, change.spec
+        if spec is None:
+            if network_id not in state.networks or any(
+                    p.network.network_id == network_id for p in self._pending.values()):
+                return []  # not here, or kept for a spawn's port (as a full set does)
+            if not state.fresh(f"net:{network_id}", position):
+                return []
+            gone = state.drop_network(network_id)
+            await _attempt(failures, self.network.remove_network(network_id))
+            return [*(p.device for p in gone), f"network:{network_id}"]
+        if state.fresh(f"net:{network_id}", position) and state.networks.get(network_id) != spec:
+            state.set_network(spec)
+            await _attempt(failures, self.network.ensure_network(state.spec(network_id)))
+        if spec.dhcp is not None and change.dhcp and network_id in state.entries:
+            added, gone_entries = state.change_entries(network_id, change.dhcp, position)
+            if added or gone_entries:
+                await _attempt(failures, self.network.update_dhcp_hosts(
+                    network_id, added, gone_entries))
+        return []
+
+    async def _port_change(self, state: NetState, change: PortChange, position: int,
+                           failures: list[HostNetworkError]) -> list[str]:
+        port_id = change.port_id
+        if not state.fresh(f"port:{port_id}", position):
+            return []
+        if change.port is None:
+            old = state.ports.pop(port_id, None)
+            if old is None or port_id in self._pending:
+                return []
+            await _attempt(failures, self.network.remove_port(port_id, old.device))
+            return [old.device]
+        self._pending.pop(port_id, None)
+        if state.ports.get(port_id) != change.port:
+            state.ports[port_id] = change.port
+            await _attempt(failures, self.network.ensure_port(change.port))
+        return []
+
+    def _host_has(self) -> DesiredHostNetwork:
+        """What the host was made to match: the applied state plus the pending ports."""
+        assert self.state is not None
+        return _merged(self.state.desired(), self._pending.values())
+
+    @property
+    def desired(self) -> DesiredHostNetwork | None:
+        """The desired set as applied (the last set and the deltas since), if any."""
+        return None if self.state is None else self.state.desired()
 
     async def _converge(self, old: DesiredHostNetwork,
                         new: DesiredHostNetwork) -> tuple[str, ...]:
@@ -205,22 +319,23 @@ class NetworkSync:
         only the desired set says."""
         networks = [msgspec.structs.replace(n, dhcp=None, peers=()) for n in networks]
         async with self._lock:
-            carried = {n.network_id: n for n in (self.desired.networks if self.desired
-                                                  else ())}
+            state = self.state
             by_id: dict[str, NetworkSpec] = {}
             for spec in networks:
-                current = carried.get(spec.network_id)
-                by_id[spec.network_id] = current or spec
-                await self.network.ensure_network(current or spec)
-            listed = {p.port_id for p in self.desired.ports} if self.desired else set()
+                if state is not None and spec.network_id in state.networks:
+                    by_id[spec.network_id] = state.networks[spec.network_id]
+                    if not self._clean:  # built as carried only if the last apply was whole
+                        await self.network.ensure_network(state.spec(spec.network_id))
+                    continue
+                by_id[spec.network_id] = spec
+                await self.network.ensure_network(spec)
             for port in ports:
                 await self.network.ensure_port(port)
-                network = by_id.get(port.network_id) or carried.get(port.network_id)
-                if port.port_id not in listed and network is not None:
+                network = by_id.get(port.network_id) or (
+                    state.networks.get(port.network_id) if state is not None else None)
+                if (state is None or port.port_id not in state.ports) and network is not None:
                     self._pending[port.port_id] = PendingPort(port=port, network=network,
                                                               since=self.clock())
-            if self._target is not None:  # the host has them now: a push diffs from here
-                self._target = _merged(self._target, self._pending.values())
 
     async def unplug(self, port_ids: Iterable[str]) -> None:
         """Unplug a destroyed domain's ports (the next desired set agrees)."""
@@ -229,9 +344,6 @@ class NetworkSync:
             for port_id in gone:
                 self._pending.pop(port_id, None)
                 await self.network.remove_port(port_id)
-            if self._target is not None:
-                self._target = msgspec.structs.replace(self._target, ports=tuple(
-                    p for p in self._target.ports if p.port_id not in gone))
 
 
 async def _attempt(failures: list[HostNetworkError], step: Awaitable[None]) -> None:
@@ -242,6 +354,14 @@ async def _attempt(failures: list[HostNetworkError], step: Awaitable[None]) -> N
         log.warning("network_sync_step_failed", network_id=exc.network_id,
                     error=type(exc).__name__, reason=str(exc))
         failures.append(exc)
+
+
+def _needs_whole(state: NetState, change: NetworkChange) -> bool:
+    """Whether ``change`` makes this host serve a network's DHCP whose entries it does
+    not have (it did not serve it, or the subnets that have entries changed)."""
+    served = served_subnets(change.spec)
+    return served is not None and served != served_subnets(state.networks.get(
+        change.network_id))
 
 
 def _merged(desired: DesiredHostNetwork, pending: Iterable[PendingPort]) -> DesiredHostNetwork:

@@ -23,7 +23,7 @@ HostNetworkError              base; ``retryable`` says whether trying again may 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from schemas.hostnet import (
@@ -31,6 +31,7 @@ from schemas.hostnet import (
     TAP_PREFIX,
     Capabilities,
     DesiredHostNetwork,
+    DhcpHost,
     HostNetworkView,
     NetworkSpec,
     NetworkType,
@@ -112,6 +113,14 @@ class HostNetwork(Protocol):
         (other network types have no peers: nothing to do)."""
         ...
 
+    async def update_dhcp_hosts(self, network_id: str, add: Sequence[DhcpHost],
+                                remove: Sequence[DhcpHost]) -> None:
+        """Change only some static entries of the network's running DHCP server: drop
+        ``remove``, then add ``add`` (entries are compared by MAC and address), leaving
+        the others as they are. UnknownNetwork when this host does not serve the
+        network's DHCP; InvalidNetworkSpec for an address in no DHCP-enabled subnet."""
+        ...
+
     async def ensure_port(self, port: PortSpec) -> None:
         """Plug the port: its device (created as a tap if missing, used as it is if
         libvirt or someone made it) enslaved to the network's bridge, up, at the
@@ -187,10 +196,35 @@ def validate_network(spec: NetworkSpec) -> None:
 
 def _validate_dhcp(spec: NetworkSpec) -> None:
     assert spec.dhcp is not None
+    validate_dhcp_addresses(spec, (*spec.dhcp.ips, *(h.ip for h in spec.dhcp.hosts)))
+
+
+def validate_dhcp_addresses(spec: NetworkSpec, ips: Iterable[str]) -> None:
+    """Raise InvalidNetworkSpec unless every address is in a DHCP-enabled subnet."""
     served = [ipaddress.ip_network(s.cidr) for s in spec.subnets if s.enable_dhcp]
-    for ip in (*spec.dhcp.ips, *(h.ip for h in spec.dhcp.hosts)):
+    for ip in ips:
         if not any(ipaddress.ip_address(ip) in net for net in served):
             raise _invalid(spec, f"DHCP address {ip} is in no DHCP-enabled subnet")
+
+
+def dhcp_entry(host: DhcpHost) -> DhcpHost:
+    """An entry as a driver keeps it: by MAC and address only."""
+    return DhcpHost(mac=host.mac, ip=host.ip) if host.port_id else host
+
+
+def changed_entries(current: Iterable[DhcpHost], add: Iterable[DhcpHost],
+                    remove: Iterable[DhcpHost]) -> list[DhcpHost]:
+    """``current`` without ``remove`` and with ``add`` (by lower-case MAC and address),
+    sorted by MAC."""
+    def key(h: DhcpHost) -> tuple[str, str]:
+        return h.mac.lower(), h.ip
+
+    entries = {key(h): dhcp_entry(h) for h in current}
+    for h in remove:
+        entries.pop(key(h), None)
+    for h in add:
+        entries[key(h)] = dhcp_entry(h)
+    return sorted(entries.values(), key=key)
 
 
 def _invalid(spec: NetworkSpec, reason: str) -> InvalidNetworkSpec:

@@ -8,7 +8,14 @@ from typing import Literal
 
 import msgspec
 
-from schemas.hostnet import Capabilities, DesiredHostNetwork, NetworkSpec, PortSpec
+from schemas.hostnet import (
+    Capabilities,
+    DesiredHostNetwork,
+    NetworkChange,
+    NetworkSpec,
+    PortChange,
+    PortSpec,
+)
 
 #: The disk image formats a domain can boot from.
 DiskFormat = Literal["qcow2", "raw"]
@@ -238,6 +245,21 @@ class SyncNetwork(msgspec.Struct, frozen=True, kw_only=True, tag="hostd.network"
     gone_ports: tuple[str, ...] = ()
 
 
+class SyncNetworkDelta(msgspec.Struct, frozen=True, kw_only=True, tag="hostd.network_delta"):
+    """What changed of the host's desired network as of log ``position``: only the
+    networks and ports a change of the log touched, each as it is now (a push; its
+    size follows the change, not the number of ports on the network). hostd applies
+    each entry unless it has applied a newer one for the same network, port or DHCP
+    entry; a delta it cannot apply on what it has (no set yet, a DHCP server it does
+    not run, subnets that changed) makes it pull the whole set. ``gone_ports`` as in
+    ``hostd.network``."""
+
+    position: int
+    networks: tuple[NetworkChange, ...] = ()
+    ports: tuple[PortChange, ...] = ()
+    gone_ports: tuple[str, ...] = ()
+
+
 # hostd -> instance actors (kind "instance", actor id = instance id), and the one query
 # hostd asks its host actor. Wire-compatible with the actors' own Structs.
 
@@ -286,9 +308,9 @@ class DhcpPortPlugged(msgspec.Struct, frozen=True, kw_only=True, tag="port.plug"
 #: the commands about one instance's domain (each carries ``instance_id``)
 InstanceCommand = SpawnDomain | StopDomain | StartDomain | RebootDomain | DestroyDomain \
     | GetDomainState | AttachVolume | DetachVolume
-HostdCommand = InstanceCommand | SyncNetwork
+HostdCommand = InstanceCommand | SyncNetwork | SyncNetworkDelta
 HOSTD_COMMANDS: tuple[type[msgspec.Struct], ...] = (
     SpawnDomain, StopDomain, StartDomain, RebootDomain, DestroyDomain, GetDomainState,
-    AttachVolume, DetachVolume, SyncNetwork,
+    AttachVolume, DetachVolume, SyncNetwork, SyncNetworkDelta,
 )
 HOSTD_COMMAND_DECODER: msgspec.json.Decoder[HostdCommand] = msgspec.json.Decoder(HostdCommand)

@@ -47,10 +47,13 @@ class SubnetSpec(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class DhcpHost(msgspec.Struct, frozen=True, kw_only=True):
-    """One static DHCP entry: the guest with this MAC gets this address."""
+    """One static DHCP entry: the guest with this MAC gets this address. ``port_id``
+    names the port it is for (so that a change of that port replaces its entries);
+    drivers do not keep it ("" in what they report, and from older planners)."""
 
     mac: str
     ip: str
+    port_id: str = ""
 
 
 class DhcpSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -99,6 +102,31 @@ class DesiredHostNetwork(msgspec.Struct, frozen=True, kw_only=True):
 
     networks: tuple[NetworkSpec, ...] = ()
     ports: tuple[PortSpec, ...] = ()
+
+
+class DhcpChange(msgspec.Struct, frozen=True, kw_only=True):
+    """The static DHCP entries of one port as they are now (none: the port has none
+    any more, or is gone)."""
+
+    port_id: str
+    hosts: tuple[DhcpHost, ...] = ()
+
+
+class NetworkChange(msgspec.Struct, frozen=True, kw_only=True):
+    """One network of a delta: ``spec`` is how the host should carry it now, except
+    that ``spec.dhcp.hosts`` is left empty (the entries come as ``dhcp`` changes, only
+    for the ports that changed); None: the host no longer carries it."""
+
+    network_id: str
+    spec: NetworkSpec | None = None
+    dhcp: tuple[DhcpChange, ...] = ()
+
+
+class PortChange(msgspec.Struct, frozen=True, kw_only=True):
+    """One port of a delta: how the host plugs it now, or None: not on this host."""
+
+    port_id: str
+    port: PortSpec | None = None
 
 
 class Capabilities(msgspec.Struct, frozen=True, kw_only=True):

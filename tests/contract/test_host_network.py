@@ -156,6 +156,27 @@ def ours(view: HostNetworkView) -> set[str]:
     return set(view.devices) - {"lo", PHYS_BRIDGE}
 
 
+async def test_dhcp_entries_change_one_by_one_and_the_rest_stay(host: Host) -> None:
+    """``update_dhcp_hosts`` adds and drops only the entries it is given (a port's own
+    id on an entry is not kept); the server keeps running with the others. A network
+    whose DHCP this host does not serve is UnknownNetwork, an address outside the DHCP
+    subnets InvalidNetworkSpec."""
+    spec = flat_net(dhcp=DHCP)
+    await host.net.ensure_network(spec)
+    new = DhcpHost(mac="fa:16:3e:00:00:01", ip="10.2.0.11", port_id="p11")
+    await host.net.update_dhcp_hosts(spec.network_id, [new], [])
+    dhcp = (await host.net.inspect()).dhcp[spec.network_id]
+    assert dhcp.running and dhcp.hosts == (DhcpHost(mac=new.mac, ip=new.ip), *DHCP.hosts)
+    await host.net.update_dhcp_hosts(spec.network_id, [], DHCP.hosts)
+    dhcp = (await host.net.inspect()).dhcp[spec.network_id]
+    assert dhcp.running and dhcp.hosts == (DhcpHost(mac=new.mac, ip=new.ip),)
+    with pytest.raises(InvalidNetworkSpec):
+        await host.net.update_dhcp_hosts(spec.network_id, [
+            DhcpHost(mac="fa:16:3e:00:00:03", ip="10.9.0.3")], [])
+    with pytest.raises(UnknownNetwork):
+        await host.net.update_dhcp_hosts("not-here", [new], [])
+
+
 async def test_capabilities_report_flat_vxlan_and_vlan_or_why_not(host: Host) -> None:
     """The host reports its physical networks, flat and VXLAN, and VLAN or the reason."""
     caps = await host.net.capabilities()

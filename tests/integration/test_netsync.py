@@ -1,6 +1,7 @@
 """hostd's network sync (hostd.netsync) on the recording driver and the in-process bus:
 desired sets applied in log order, a spawn's ports kept until the log knows them, taken
-back when a push names them gone, and DHCP ports reported plugged."""
+back when a push names them gone, DHCP ports reported plugged, and deltas: applied entry
+by entry to the same end as the whole set, or answered with a pull."""
 
 from __future__ import annotations
 
@@ -12,12 +13,24 @@ import pytest
 
 from bus.memory import MemoryBus
 from bus.protocol import Delivery
+from bus.replies import answer
 from bus.routing import Names
+from hostd import netstate
 from hostd.net_fake import FakeHostNetwork
 from hostd.netsync import NetworkSync
-from schemas import COMMAND_DECODER
-from schemas.hostd import DhcpPortPlugged, SyncNetwork
-from schemas.hostnet import DesiredHostNetwork, DhcpSpec, NetworkSpec, PortSpec, SubnetSpec
+from schemas import COMMAND_DECODER, Reply
+from schemas.hostd import HOSTNET_KIND, DhcpPortPlugged, SyncNetwork, SyncNetworkDelta
+from schemas.hostnet import (
+    DesiredHostNetwork,
+    DhcpChange,
+    DhcpHost,
+    DhcpSpec,
+    NetworkChange,
+    NetworkSpec,
+    PortChange,
+    PortSpec,
+    SubnetSpec,
+)
 
 NET = NetworkSpec(network_id="n1", type="vxlan", segmentation_id=7, mtu=1450,
                   subnets=(SubnetSpec(subnet_id="s1", cidr="10.0.0.0/24"),))
@@ -132,3 +145,103 @@ async def test_the_dhcp_port_of_a_served_network_is_reported_plugged(setup: Setu
     msg = COMMAND_DECODER.decode(body)
     assert (msg.actor_id, msg.type) == ("dhcp-port", "port.plug")
     assert msgspec.json.decode(msg.body, type=DhcpPortPlugged).host_id == "h1"
+
+
+def entries(*ports: PortSpec) -> tuple[DhcpHost, ...]:
+    return tuple(DhcpHost(mac=p.mac, ip=p.ips[0], port_id=p.port_id) for p in ports)
+
+
+def served(*ports: PortSpec) -> NetworkSpec:
+    assert SERVED.dhcp is not None
+    return msgspec.structs.replace(SERVED, dhcp=msgspec.structs.replace(
+        SERVED.dhcp, hosts=entries(*ports)))
+
+
+P3 = PortSpec(port_id="p3", network_id="n1", mac="fa:16:3e:00:00:13", ips=("10.0.0.13",),
+              device="otpp3")
+
+
+async def looks(network: FakeHostNetwork) -> object:
+    """The host's network but for what differs between two equal builds (device
+    indexes, generated MACs of bridges and veths)."""
+    view = await network.inspect()
+    devices = {d.name: (d.kind, d.mtu, d.up, d.master, d.vni, d.peers,
+                        d.mac if d.kind == "tap" else "") for d in view.devices.values()}
+    return devices, view.dhcp
+
+
+def delta(position: int, *ports: PortChange, dhcp: tuple[DhcpChange, ...] = (),
+          net: NetworkSpec | None = SERVED) -> SyncNetworkDelta:
+    head = None if net is None else netstate.head(net)
+    return SyncNetworkDelta(position=position, ports=ports, networks=(
+        NetworkChange(network_id="n1", spec=head, dhcp=dhcp),))
+
+
+async def test_deltas_end_in_the_same_host_network_as_the_whole_set(setup: Setup) -> None:
+    """From a set with p1, deltas adding p2 and p3 and then dropping p1 leave the host
+    exactly as one set with p2 and p3 would (devices and DHCP entries), and as applied
+    they read back as that set."""
+    sync, network, _, _ = setup
+    await sync.apply(SyncNetwork(desired=desired(P1, net=served(P1)), position=1))
+    await sync.apply_delta(delta(2, PortChange(port_id="p2", port=P2),
+                                 dhcp=(DhcpChange(port_id="p2", hosts=entries(P2)),)))
+    await sync.apply_delta(delta(3, PortChange(port_id="p3", port=P3), PortChange(
+        port_id="p1"), dhcp=(DhcpChange(port_id="p3", hosts=entries(P3)),
+                             DhcpChange(port_id="p1"))))
+    assert sync.desired == desired(P2, P3, net=served(P2, P3))
+    other = FakeHostNetwork()
+    await other.reconcile(desired(P2, P3, net=served(P2, P3)))
+    assert await looks(network) == await looks(other)
+    assert sync.pulled_for_delta == 0
+
+
+async def test_a_delta_changes_dhcp_entries_one_by_one(setup: Setup) -> None:
+    """A delta about one port changes that port's DHCP entry only (the driver's
+    ``update_dhcp_hosts``), without building the network again."""
+    sync, network, _, _ = setup
+    await sync.apply(SyncNetwork(desired=desired(P1, net=served(P1)), position=1))
+    before = dict(network.calls)
+    await sync.apply_delta(delta(2, PortChange(port_id="p2"), dhcp=(
+        DhcpChange(port_id="p2", hosts=entries(P2)),)))
+    assert network.calls["update_dhcp_hosts"] == before.get("update_dhcp_hosts", 0) + 1
+    assert network.calls["ensure_network"] == before["ensure_network"]
+    assert network.calls["reconcile"] == before["reconcile"]
+    assert {(h.mac, h.ip) for h in network.host.dhcp["n1"].hosts} == {
+        (P1.mac, "10.0.0.11"), (P2.mac, "10.0.0.12")}
+
+
+async def test_a_delta_entry_older_than_the_applied_one_is_ignored(setup: Setup) -> None:
+    """Deltas may overtake each other: p2 plugged at position 4 stays when a delta read
+    at position 3 (before it was bound here) arrives later; a delta about another port
+    at position 3 still applies."""
+    sync, network, _, _ = setup
+    await sync.apply(SyncNetwork(desired=desired(P1, net=served(P1)), position=1))
+    await sync.apply_delta(delta(4, PortChange(port_id="p2", port=P2)))
+    await sync.apply_delta(delta(3, PortChange(port_id="p2"), PortChange(port_id="p3",
+                                                                          port=P3)))
+    assert {"otpp2", "otpp3"} <= set(network.host.devices)
+
+
+async def test_a_delta_that_makes_the_host_serve_dhcp_pulls_the_whole_set(
+        setup: Setup) -> None:
+    """A host carrying the network without its DHCP that a delta makes its DHCP server
+    does not know the entries: it pulls the whole set instead of applying the delta."""
+    sync, network, _, _ = setup
+    whole = SyncNetwork(desired=desired(P1, P2, net=served(P1, P2)), position=9)
+
+    async def planner(delivery: Delivery) -> None:
+        msg = COMMAND_DECODER.decode(delivery.body)
+        await answer(sync.bus, msg, Reply(command_id=msg.command_id, ok=True,
+                                          result=msgspec.json.encode(whole).decode()))
+
+    sub = await sync.bus.consume_commands(HOSTNET_KIND, planner)
+    try:
+        bare = msgspec.structs.replace(SERVED, dhcp=None)
+        await sync.apply(SyncNetwork(desired=desired(P1, net=bare), position=1))
+        assert "n1" not in network.host.dhcp
+        assert await sync.apply_delta(delta(2, PortChange(port_id="p2", port=P2))) is None
+        assert sync.pulled_for_delta == 1 and sync.position == 9
+        assert {(h.mac, h.ip) for h in network.host.dhcp["n1"].hosts} == {
+            (P1.mac, "10.0.0.11"), (P2.mac, "10.0.0.12")}
+    finally:
+        await sub.cancel()
