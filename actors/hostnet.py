@@ -29,10 +29,13 @@ from actors.network import DHCP_OWNER
 from actors.network_views import NetworkView, PortView, SubnetView
 from schemas.hostnet import (
     DesiredHostNetwork,
+    DhcpChange,
     DhcpHost,
     DhcpSpec,
+    NetworkChange,
     NetworkSpec,
     NetworkType,
+    PortChange,
     PortSpec,
     SubnetSpec,
     port_device,
@@ -41,8 +44,8 @@ from schemas.hostnet import (
 #: device owners of the ports a network owns itself (its DHCP port): they are never
 #: plugged as a guest's tap and do not make a host carry the network
 NETWORK_OWNED = "network:"
-__all__ = ["DHCP_OWNER", "HostInfo", "NetworkFacts", "carriers", "desired_for", "dhcp_server",
-           "peers", "segment_spec"]
+__all__ = ["DHCP_OWNER", "HostInfo", "NetworkFacts", "NetworkLite", "carriers", "delta_for",
+           "desired_for", "dhcp_server", "network_head", "peers", "segment_spec"]
 
 
 class HostInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -66,6 +69,16 @@ def is_guest_port(port: PortView) -> bool:
     return not port.device_owner.startswith(NETWORK_OWNED)
 
 
+class NetworkLite(msgspec.Struct, frozen=True, kw_only=True):
+    """One network without its ports: what a delta needs (`delta_for`). ``carriers`` are
+    the hosts a guest port of it is bound to (the ``net_carriers`` view)."""
+
+    network: NetworkView
+    subnets: tuple[SubnetView, ...] = ()
+    carriers: frozenset[str] = frozenset()
+    dhcp_port: PortView | None = None
+
+
 def carriers(facts: NetworkFacts) -> set[str]:
     """The hosts a guest port of the network is bound to."""
     return {p.host_id for p in facts.ports if p.host_id and is_guest_port(p)}
@@ -75,44 +88,73 @@ def _draw(network_id: str, host: str) -> bytes:
     return hashlib.blake2b(f"{network_id}/{host}".encode(), digest_size=8).digest()
 
 
-def dhcp_server(facts: NetworkFacts, hosts: Mapping[str, HostInfo]) -> str | None:
-    """The host that serves the network's DHCP (None: no host carries it, or it has no
-    DHCP-enabled subnet)."""
-    if not any(s.enable_dhcp for s in facts.subnets):
+def _dhcp_server(network_id: str, subnets: Iterable[SubnetView], bound: Iterable[str],
+                 hosts: Mapping[str, HostInfo]) -> str | None:
+    if not any(s.enable_dhcp for s in subnets):
         return None
-    bound = carriers(facts)
+    bound = set(bound)
     up = [h for h in bound if h in hosts and hosts[h].up]
     candidates = up or sorted(bound)
     if not candidates:
         return None
-    return max(candidates, key=lambda h: _draw(facts.network.id, h))
+    return max(candidates, key=lambda h: _draw(network_id, h))
+
+
+def dhcp_server(facts: NetworkFacts | NetworkLite,
+                hosts: Mapping[str, HostInfo]) -> str | None:
+    """The host that serves the network's DHCP (None: no host carries it, or it has no
+    DHCP-enabled subnet)."""
+    bound = facts.carriers if isinstance(facts, NetworkLite) else carriers(facts)
+    return _dhcp_server(facts.network.id, facts.subnets, bound, hosts)
+
+
+def _peers(network: NetworkView, bound: Iterable[str], host: str,
+           hosts: Mapping[str, HostInfo]) -> tuple[str, ...]:
+    if network.network_type != "vxlan":
+        return ()
+    mine = hosts[host].underlay_ip if host in hosts else None
+    found = {hosts[h].underlay_ip for h in bound if h != host and h in hosts}
+    return tuple(sorted(ip for ip in found if ip and ip != mine))
 
 
 def peers(facts: NetworkFacts, host: str, hosts: Mapping[str, HostInfo]) -> tuple[str, ...]:
     """The underlay addresses ``host`` floods the network's traffic to (VXLAN only)."""
-    if facts.network.network_type != "vxlan":
-        return ()
-    mine = hosts[host].underlay_ip if host in hosts else None
-    found = {hosts[h].underlay_ip for h in carriers(facts) if h != host and h in hosts}
-    return tuple(sorted(ip for ip in found if ip and ip != mine))
+    return _peers(facts.network, carriers(facts), host, hosts)
+
+
+def _served(subnets: Iterable[SubnetView]) -> set[str]:
+    return {s.id for s in subnets if s.enable_dhcp}
+
+
+def dhcp_head(subnets: Iterable[SubnetView], server: PortView | None) -> DhcpSpec | None:
+    """The network's DHCP server without its static entries: its DHCP port's MAC and
+    addresses (None: no DHCP port, or no DHCP-enabled subnet)."""
+    served = _served(subnets)
+    if server is None or not served:
+        return None
+    ips = tuple(f.ip_address for f in server.fixed_ips if f.subnet_id in served)
+    if not ips:
+        return None
+    return DhcpSpec(mac=server.mac_address, ips=ips, port_id=server.id)
+
+
+def dhcp_entries(port: PortView, served: set[str]) -> tuple[DhcpHost, ...]:
+    """The static DHCP entries of one port: one per address in a served subnet."""
+    return tuple(DhcpHost(mac=port.mac_address, ip=f.ip_address, port_id=port.id)
+                 for f in port.fixed_ips if f.subnet_id in served)
 
 
 def dhcp_spec(facts: NetworkFacts) -> DhcpSpec | None:
     """The DHCP server of the network: its DHCP port's MAC and addresses, and a static
     entry for every other port's address in a DHCP-enabled subnet (None: no DHCP port,
     or no DHCP-enabled subnet)."""
-    served = {s.id for s in facts.subnets if s.enable_dhcp}
     server = next((p for p in facts.ports if p.device_owner == DHCP_OWNER), None)
-    if server is None or not served:
+    head = dhcp_head(facts.subnets, server)
+    if head is None:
         return None
-    ips = tuple(f.ip_address for f in server.fixed_ips if f.subnet_id in served)
-    if not ips:
-        return None
-    return DhcpSpec(
-        mac=server.mac_address, ips=ips, port_id=server.id,
-        hosts=tuple(DhcpHost(mac=p.mac_address, ip=f.ip_address)
-                    for p in facts.ports if p is not server
-                    for f in p.fixed_ips if f.subnet_id in served))
+    served = _served(facts.subnets)
+    return msgspec.structs.replace(head, hosts=tuple(
+        h for p in facts.ports if p is not server for h in dhcp_entries(p, served)))
 
 
 def segment_spec(network: NetworkView, subnets: Iterable[SubnetView] = ()) -> NetworkSpec:
@@ -136,6 +178,15 @@ def network_spec(facts: NetworkFacts, host: str, hosts: Mapping[str, HostInfo]) 
     return msgspec.structs.replace(spec, peers=peers(facts, host, hosts), dhcp=dhcp)
 
 
+def network_head(lite: NetworkLite, host: str, hosts: Mapping[str, HostInfo]) -> NetworkSpec:
+    """``network_spec`` without the static DHCP entries (a delta sends those per port)."""
+    spec = segment_spec(lite.network, lite.subnets)
+    dhcp = dhcp_head(lite.subnets, lite.dhcp_port) if dhcp_server(lite, hosts) == host \
+        else None
+    return msgspec.structs.replace(spec, peers=_peers(lite.network, lite.carriers, host, hosts),
+                                   dhcp=dhcp)
+
+
 def port_spec(port: PortView) -> PortSpec:
     """A bound guest port as its host plugs it."""
     return PortSpec(port_id=port.id, network_id=port.network_id, mac=port.mac_address,
@@ -153,3 +204,33 @@ def desired_for(host: str, networks: Iterable[NetworkFacts],
                     if p.host_id == host and is_guest_port(p)), key=lambda p: p.id)
     return DesiredHostNetwork(networks=tuple(network_spec(f, host, hosts) for f in carried),
                               ports=tuple(port_spec(p) for p in ports))
+
+
+def delta_for(host: str, networks: Mapping[str, NetworkLite | None], ports: Iterable[PortView],
+              gone: Iterable[str], hosts: Mapping[str, HostInfo]
+              ) -> tuple[tuple[NetworkChange, ...], tuple[PortChange, ...]]:
+    """What a delta tells ``host`` about the touched ``networks`` (None: the views no
+    longer have it) and ports (``ports`` as the views have them now, ``gone`` the touched
+    ones they no longer have): each network as the host should carry it (or None), each
+    port as the host plugs it (or None), and, on the networks it serves DHCP for, the
+    entries of those ports."""
+    ports = list(ports)
+    gone = sorted(set(gone))
+    changes = []
+    for network_id in sorted(networks):
+        lite = networks[network_id]
+        if lite is None or host not in lite.carriers:
+            changes.append(NetworkChange(network_id=network_id))
+            continue
+        spec = network_head(lite, host, hosts)
+        dhcp: list[DhcpChange] = []
+        if spec.dhcp is not None:
+            served = _served(lite.subnets)
+            dhcp = [DhcpChange(port_id=p.id, hosts=dhcp_entries(p, served)) for p in ports
+                    if p.network_id == network_id and p.id != spec.dhcp.port_id]
+            dhcp += [DhcpChange(port_id=p) for p in gone]
+        changes.append(NetworkChange(network_id=network_id, spec=spec, dhcp=tuple(dhcp)))
+    port_changes = [PortChange(port_id=p.id, port=port_spec(p) if p.host_id == host
+                               and is_guest_port(p) else None) for p in ports]
+    port_changes += [PortChange(port_id=p) for p in gone]
+    return tuple(changes), tuple(sorted(port_changes, key=lambda c: c.port_id))

@@ -9,11 +9,15 @@ view for placements). The planner
 - follows the log (the bus's event exchange, a durable queue shared by every worker's
   planner) for the events that change what a host carries: ports created, bound,
   unbound, updated, deleted or given addresses; subnets created, changed or deleted;
-  networks deleted; hosts registered, changed, down or up. It notes which networks and
-  hosts they touch and, a moment later (``settle``: a burst of events becomes one round),
-  waits until both views have folded them and pushes ``hostd.network`` with the whole
-  desired set to every host whose set changed: hosts that carry a touched network now,
-  hosts it last told about one, and hosts an event names (where a deleted port was).
+  networks deleted; hosts registered, changed, down or up. It notes which networks,
+  ports and hosts they touch and, a moment later (``settle``: a burst of events becomes
+  one round), waits until the views have folded them and pushes ``hostd.network_delta``
+  with only what they touched (`actors.hostnet.delta_for`: those networks without their
+  static DHCP entries, those ports, and their DHCP entries to the host that serves
+  them) to the hosts that carry a touched network now, the hosts it last told about
+  one, and the hosts an event names (where a deleted port was). A round reads the
+  touched ports by id and which hosts carry a network from the ``net_carriers`` view,
+  so its cost follows what changed, not how many ports a network has.
 
 Before pushing it binds each touched network's DHCP port to the host that serves its
 DHCP (Neutron shows the DHCP port on its agent's host); hostd reports it plugged once its
@@ -37,8 +41,26 @@ import structlog
 from actors.client import ActorClient
 from actors.host_views import TABLE as HOSTS_VIEW
 from actors.host_views import read_hosts
-from actors.hostnet import DHCP_OWNER, HostInfo, NetworkFacts, carriers, desired_for, dhcp_server
-from actors.network_views import PROJECTION_NAME, Where, read_networks, read_ports, read_subnets
+from actors.hostnet import (
+    DHCP_OWNER,
+    HostInfo,
+    NetworkFacts,
+    NetworkLite,
+    delta_for,
+    desired_for,
+    dhcp_server,
+)
+from actors.net_carriers import PROJECTION_NAME as CARRIERS_VIEW
+from actors.net_carriers import carried_by, carriers_of
+from actors.network import dhcp_port_id
+from actors.network_views import (
+    PROJECTION_NAME,
+    PortView,
+    Where,
+    read_networks,
+    read_ports,
+    read_subnets,
+)
 from actors.port import KIND as PORT_KIND
 from actors.port import BindPort
 from bus.envelopes import command_envelope
@@ -47,7 +69,7 @@ from bus.protocol import Bus, Delivery, Subscription
 from bus.replies import answer
 from bus.routing import HOST_KIND
 from schemas import COMMAND_DECODER, ENCODER, EVENT_DECODER, CommandEnvelope, Reply, stream_kind
-from schemas.hostd import HOSTNET_KIND, DesiredNetwork, SyncNetwork
+from schemas.hostd import HOSTNET_KIND, DesiredNetwork, SyncNetwork, SyncNetworkDelta
 from schemas.hostnet import DesiredHostNetwork
 
 log = structlog.get_logger(__name__)
@@ -122,8 +144,8 @@ class HostNetworkPlanner:
         self._touched = Touched()
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
-        #: what this planner last pushed to each host
-        self._sent: dict[str, DesiredHostNetwork] = {}
+        #: the networks this planner last told each host it carries
+        self._sent: dict[str, set[str]] = {}
         #: rounds finished (for tests)
         self.rounds = 0
 
@@ -207,47 +229,49 @@ class HostNetworkPlanner:
         self.rounds += 1
 
     async def push(self, touched: Touched) -> list[str]:
-        """One round: every host an event names, and every other host whose desired set
-        ``touched`` changed, is sent it (a named host may have plugged a port for a spawn
-        before the log said so, which only a push can take back); the hosts sent to."""
-        for view in (PROJECTION_NAME, HOSTS_VIEW):
+        """One round: every host an event names, every host that carries a touched
+        network, and every host this planner last told it carries one, is sent what the
+        events touched (a named host may have plugged a port for a spawn before the log
+        said so, which only a push can take back); the hosts sent to."""
+        for view in (PROJECTION_NAME, HOSTS_VIEW, CARRIERS_VIEW):
             if not await self.store.wait_for_projection(view, touched.position,
                                                         self.wait_timeout):
                 log.warning("hostnet_view_behind", view=view, position=touched.position)
         position = await self.store.projection_checkpoint(PROJECTION_NAME)
         hosts = await self._hosts()
-        nets = set(touched.networks)
-        nets |= await self._ids("SELECT network_id FROM net_ports", "id", touched.ports)
+        ports = await read_ports(self.store, Where().any_of("id", sorted(touched.ports))) \
+            if touched.ports else []
+        gone = touched.ports - {p.id for p in ports}
+        nets = set(touched.networks) | {p.network_id for p in ports}
         nets |= await self._ids("SELECT network_id FROM net_subnets", "id", touched.subnets)
-        nets |= await self._ids("SELECT network_id FROM net_ports", "host_id", touched.hosts)
-        facts = await self._facts(nets)
-        await self._bind_dhcp(facts.values(), hosts)
-        targets = set(touched.hosts) | {h for f in facts.values() for h in carriers(f)}
-        targets |= {h for h, sent in self._sent.items()
-                    if any(n.network_id in nets for n in sent.networks)}
+        nets |= await carried_by(self.store, sorted(touched.hosts))
+        lites = await self._lites(nets)
+        await self._bind_dhcp(lites.values(), hosts)
+        views: dict[str, NetworkLite | None] = {n: lites.get(n) for n in nets}
+        targets = set(touched.hosts) | set(touched.gone)
+        targets |= {h for lite in lites.values() for h in lite.carriers}
+        targets |= {h for h, sent in self._sent.items() if sent & nets}
         pushed = []
         for host in sorted(targets & set(hosts)):
-            desired = await self.desired(host, hosts, facts)
-            if host not in touched.hosts and self._sent.get(host) == desired:
-                continue
-            sync = SyncNetwork(desired=desired, position=position,
-                               gone_ports=tuple(sorted(touched.gone.get(host, ()))))
-            env = command_envelope(HOST_KIND, host, sync, timeout=PUSH_DEADLINE)
-            await self.bus.send(env)
-            self._sent[host] = desired
+            networks, port_changes = delta_for(host, views, ports, gone, hosts)
+            sync = SyncNetworkDelta(position=position, networks=networks, ports=port_changes,
+                                    gone_ports=tuple(sorted(touched.gone.get(host, ()))))
+            await self.bus.send(command_envelope(HOST_KIND, host, sync, timeout=PUSH_DEADLINE))
+            carried = {n.network_id for n in networks if n.spec is not None}
+            self._sent[host] = (self._sent.get(host, set()) - nets) | carried
             pushed.append(host)
-        log.info("hostnet_pushed", networks=len(nets), hosts=pushed, position=position,
-                 touched_position=touched.position, touched_hosts=sorted(touched.hosts),
-                 targets=sorted(targets))
+        log.info("hostnet_pushed", networks=len(nets), ports=len(touched.ports), hosts=pushed,
+                 position=position, touched_position=touched.position,
+                 touched_hosts=sorted(touched.hosts))
         return pushed
 
-    async def _bind_dhcp(self, facts: Iterable[NetworkFacts],
+    async def _bind_dhcp(self, facts: Iterable[NetworkLite],
                          hosts: Mapping[str, HostInfo]) -> None:
         """Bind each network's DHCP port to the host that serves it (never unbound: its
         last server's host stays shown while no host carries the network)."""
         for f in facts:
             server = dhcp_server(f, hosts)
-            port = next((p for p in f.ports if p.device_owner == DHCP_OWNER), None)
+            port = f.dhcp_port
             if server is None or port is None or port.host_id == server:
                 continue
             reply = await self.client.call(PORT_KIND, port.id, BindPort(
@@ -260,7 +284,7 @@ class HostNetworkPlanner:
     async def desired(self, host: str, hosts: Mapping[str, HostInfo],
                       facts: dict[str, NetworkFacts]) -> DesiredHostNetwork:
         """What ``host`` should carry now (``facts`` is a cache, filled as needed)."""
-        carried = await self._ids("SELECT network_id FROM net_ports", "host_id", {host})
+        carried = await carried_by(self.store, [host])
         missing = carried - set(facts)
         if missing:
             facts.update(await self._facts(missing))
@@ -278,6 +302,21 @@ class HostNetworkPlanner:
         where = Where().any_of(column, sorted(values))
         rows = await self.store.query(select + where.sql(), *where.args)
         return {r[0] for r in rows}
+
+    async def _lites(self, network_ids: set[str]) -> dict[str, NetworkLite]:
+        """The touched networks as a delta needs them: no port but the DHCP port."""
+        if not network_ids:
+            return {}
+        ids = sorted(network_ids)
+        nets = await read_networks(self.store, Where().any_of("id", ids))
+        subnets = await read_subnets(self.store, Where().any_of("network_id", ids))
+        bound = await carriers_of(self.store, ids)
+        dhcp: dict[str, PortView] = {p.network_id: p for p in await read_ports(
+            self.store, Where().any_of("id", [dhcp_port_id(n) for n in ids]))
+            if p.device_owner == DHCP_OWNER}
+        return {n.id: NetworkLite(
+            network=n, subnets=tuple(s for s in subnets if s.network_id == n.id),
+            carriers=bound.get(n.id, frozenset()), dhcp_port=dhcp.get(n.id)) for n in nets}
 
     async def _facts(self, network_ids: set[str]) -> dict[str, NetworkFacts]:
         if not network_ids:

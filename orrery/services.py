@@ -19,6 +19,7 @@ from actors.image_views import ImageProjection
 from actors.instance import INSTANCE, Place
 from actors.instance_views import InstancesProjection
 from actors.kind import ActorKind
+from actors.net_carriers import CarriersProjection
 from actors.network import make_network_kind
 from actors.network_views import NetworkingProjection
 from actors.port import make_port_kind
@@ -82,8 +83,8 @@ def cloud_services(store: Any, bus: Bus) -> list[HostNetworkPlanner]:
 
 def worker_projections() -> list[Projection]:
     """The projections a worker reads itself (the scheduler's hosts view, and the
-    networking view the host network planner reads)."""
-    return [HostsProjection(), NetworkingProjection()]
+    networking and carriers views the host network planner reads)."""
+    return [HostsProjection(), NetworkingProjection(), CarriersProjection()]
 
 
 def cloud_projections() -> list[Projection]:

@@ -3,7 +3,20 @@ who serves each network's DHCP, and whom a host floods a VXLAN network's traffic
 
 from __future__ import annotations
 
-from actors.hostnet import HostInfo, NetworkFacts, desired_for, dhcp_server, peers
+import msgspec
+
+from actors.hostnet import (
+    HostInfo,
+    NetworkFacts,
+    NetworkLite,
+    carriers,
+    delta_for,
+    desired_for,
+    dhcp_server,
+    network_head,
+    network_spec,
+    peers,
+)
 from actors.network import DHCP_OWNER, dhcp_port_id
 from actors.network_views import NetworkView, PortView, SubnetView
 from actors.port import FixedIp
@@ -128,3 +141,52 @@ def test_peers_are_the_other_carriers_underlay_addresses_down_ones_included() ->
     assert desired_for("h1", [f], all_hosts).networks[0].peers == ("192.0.2.2", "192.0.2.3")
     flat = facts(port("p1", 11, "h1"), port("p2", 12, "h2"), kind="flat")
     assert peers(flat, "h1", all_hosts) == ()
+
+
+def lite(*ports: PortView) -> NetworkLite:
+    f = facts(*ports)
+    return NetworkLite(network=f.network, subnets=f.subnets, carriers=frozenset(carriers(f)),
+                       dhcp_port=DHCP_PORT)
+
+
+def test_a_delta_carries_only_the_touched_ports_and_their_dhcp_entries() -> None:
+    """Of a network with many ports, a delta about p2 (bound to h2) tells h2 to plug p2
+    and the DHCP server only p2's entry; the other ports are in no delta, and the
+    network comes without its static entries. A port gone from the views is unplugged
+    and its entries dropped."""
+    many = [port(f"p{n}", n, "h1" if n % 2 else "h2") for n in range(10, 60)]
+    view = lite(*many)
+    all_hosts = hosts("h1", "h2")
+    p2 = next(p for p in many if p.id == "p11")
+    server = dhcp_server(view, all_hosts)
+    for host in ("h1", "h2"):
+        networks, ports = delta_for(host, {NET: view}, [p2], ["gone"], all_hosts)
+        (change,) = networks
+        assert change.spec is not None and change.spec.peers
+        assert [(c.port_id, c.port is not None) for c in ports] == [
+            ("gone", False), ("p11", host == "h1")]
+        if host == server:
+            assert change.spec.dhcp is not None and change.spec.dhcp.hosts == ()
+            assert [(c.port_id, [(h.mac, h.ip) for h in c.hosts]) for c in change.dhcp] == [
+                ("p11", [("fa:16:3e:00:00:0b", "10.0.0.11")]), ("gone", [])]
+        else:
+            assert change.spec.dhcp is None and change.dhcp == ()
+
+
+def test_a_delta_takes_a_network_from_a_host_that_no_longer_carries_it() -> None:
+    """A host outside the network's carriers (or a network the views lost) is told the
+    network is gone."""
+    view = lite(port("p1", 11, "h1"))
+    networks, _ = delta_for("h2", {NET: view, "lost": None}, [], [], hosts("h1", "h2"))
+    assert [(n.network_id, n.spec) for n in networks] == [(NET, None), ("lost", None)]
+
+
+def test_the_head_of_a_network_is_its_spec_without_static_entries() -> None:
+    """What a delta sends of a network equals the full spec but for DHCP's entries."""
+    ports = (port("p1", 11, "h1"), port("p2", 12, "h2"))
+    all_hosts = hosts("h1", "h2")
+    for host in ("h1", "h2"):
+        full = network_spec(facts(*ports), host, all_hosts)
+        head = network_head(lite(*ports), host, all_hosts)
+        assert head == (full if full.dhcp is None else msgspec.structs.replace(
+            full, dhcp=msgspec.structs.replace(full.dhcp, hosts=())))
