@@ -103,6 +103,9 @@ class NetworkSync:
         #: deltas answered with a pull instead, for tests and logs
         self.pulled_for_delta = 0
         self._pending: dict[str, PendingPort] = {}
+        #: networks a spawn built that no desired set has (yet): a delta that says the
+        #: host does not carry one removes it, once no pending port is on it
+        self._spawned: set[str] = set()
         #: whether the host was made to match all of ``state`` (plus pending ports): a
         #: failure leaves it False, and the next push is then a full reconcile
         self._clean = False
@@ -154,6 +157,8 @@ class NetworkSync:
                     removed = await self._converge(before, target)
             finally:
                 self.state, self.position = NetState(sync.desired, sync.position), sync.position
+                self._spawned = {p.network.network_id for p in self._pending.values()} \
+                    - set(self.state.networks)
             self._clean = True
             self.applied += 1
         async with self._applied:
@@ -209,15 +214,18 @@ class NetworkSync:
                               failures: list[HostNetworkError]) -> list[str]:
         network_id, spec = change.network_id, change.spec
         if spec is None:
-            if network_id not in state.networks or any(
-                    p.network.network_id == network_id for p in self._pending.values()):
+            here = network_id in state.networks or network_id in self._spawned
+            if not here or any(p.network.network_id == network_id
+                               for p in self._pending.values()):
                 return []  # not here, or kept for a spawn's port (as a full set does)
             if not state.fresh(f"net:{network_id}", position):
                 return []
+            self._spawned.discard(network_id)
             gone = state.drop_network(network_id)
             await _attempt(failures, self.network.remove_network(network_id))
             return [*(p.device for p in gone), f"network:{network_id}"]
         if state.fresh(f"net:{network_id}", position) and state.networks.get(network_id) != spec:
+            self._spawned.discard(network_id)
             state.set_network(spec)
             await _attempt(failures, self.network.ensure_network(state.spec(network_id)))
         if spec.dhcp is not None and change.dhcp and network_id in state.entries:
@@ -329,6 +337,7 @@ class NetworkSync:
                     continue
                 by_id[spec.network_id] = spec
                 await self.network.ensure_network(spec)
+                self._spawned.add(spec.network_id)
             for port in ports:
                 await self.network.ensure_port(port)
                 network = by_id.get(port.network_id) or (

@@ -245,3 +245,17 @@ async def test_a_delta_that_makes_the_host_serve_dhcp_pulls_the_whole_set(
             (P1.mac, "10.0.0.11"), (P2.mac, "10.0.0.12")}
     finally:
         await sub.cancel()
+
+
+async def test_a_delta_takes_back_a_network_only_a_spawn_built(setup: Setup) -> None:
+    """A spawn builds a network no set has named yet; a delta that names its port gone
+    and says the host does not carry the network removes both (regression: the
+    network stayed until the next pull)."""
+    sync, network, _, _ = setup
+    await sync.apply(SyncNetwork(desired=DesiredHostNetwork(), position=1))
+    await sync.plug([NET], [P1])
+    assert "obrn1" in network.host.devices
+    gone = SyncNetworkDelta(position=2, gone_ports=("p1",), ports=(PortChange(port_id="p1"),),
+                            networks=(NetworkChange(network_id="n1"),))
+    assert await sync.apply_delta(gone) == ("otpp1", "network:n1")
+    assert not {"otpp1", "obrn1", "ovxn1"} & set(network.host.devices)
