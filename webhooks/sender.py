@@ -278,7 +278,13 @@ class Sender:
             await self.flush()
 
     async def flush(self) -> None:
-        """Write the attempts and outbox changes recorded since the last flush."""
+        """Write the attempts and outbox changes recorded since the last flush. The
+        attempt rows go after the outbox changes, not between them: a run of one statement
+        is sent as one batch (PostgreSQL: one executemany), so interleaved they would cost
+        a round trip each. Attempt rows depend on nothing else in the batch; the outbox
+        changes keep their order."""
         results, self._results = self._results, []
         if results:
-            await self.writer.write(results)
+            outbox = [s for s in results if s[0] != tables.INSERT_ATTEMPT]
+            attempts = [s for s in results if s[0] == tables.INSERT_ATTEMPT]
+            await self.writer.write(outbox + attempts)
