@@ -19,7 +19,8 @@ One poller lists the project's BUILD servers (GET /servers?status=BUILD) with a 
 between listings; a server whose POST had returned before a listing was sent and that is
 missing from it is done at that listing. With ``--ports`` both runs are repeated with a
 port per server on one tenant network, in the same deployment. At the end the ERROR
-servers are counted.
+servers are counted. Real mode also shows where the paced boots' time went: each step
+between two consecutive events of a boot (same correlation id, log order), p50 and p90.
 
 Broker messages per boot: the sum of ``orrery_bus_published_total`` over every process's
 /metrics (embedded: the in-process bus's count). Events per boot: rows added to the log.
@@ -94,6 +95,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+#: the last $1 boots (by their request), each step between two of a boot's events (in
+#: log order, same correlation id) with its p50 and p90 in ms; the slowest first
+STEPS_SQL = """
+WITH boots AS (
+    SELECT correlation_id FROM events WHERE type = 'instance.created'
+    ORDER BY position DESC LIMIT $1),
+gaps AS (
+    SELECT lag(e.type) OVER w || ' -> ' || e.type AS step,
+           extract(epoch FROM e.occurred_at - lag(e.occurred_at) OVER w) * 1000 AS ms
+    FROM events e JOIN boots USING (correlation_id)
+    WINDOW w AS (PARTITION BY e.correlation_id ORDER BY e.position))
+SELECT step, percentile_cont(0.5) WITHIN GROUP (ORDER BY ms),
+       percentile_cont(0.9) WITHIN GROUP (ORDER BY ms)
+FROM gaps WHERE step IS NOT NULL GROUP BY step ORDER BY 2 DESC"""
+
+
 @dataclass
 class Deployment:
     """A running cloud: its API, the /metrics of every process, how to count events."""
@@ -104,6 +121,8 @@ class Deployment:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     #: the processes whose CPU a boot costs, by role (pids, or command-line markers)
     cpu: dict[str, list[str | int]] = field(default_factory=dict)
+    #: where the last ``n`` boots' time went, step by step (PostgreSQL only)
+    steps: Callable[[int], Awaitable[list[tuple[str, float, float]]]] | None = None
 
     async def published(self, http: aiohttp.ClientSession) -> float:
         total = 0.0
@@ -204,9 +223,13 @@ async def real(tmp: Path, hosts: int, workers: int) -> AsyncIterator[Deployment]
             async def count() -> int:
                 return int(await conn.fetchval("SELECT count(*) FROM events"))
 
+            async def steps(n: int) -> list[tuple[str, float, float]]:
+                rows = await conn.fetch(STEPS_SQL, n)
+                return [(r[0], float(r[1]), float(r[2])) for r in rows]
+
             try:
                 yield Deployment(url=f"http://127.0.0.1:{api_port}", metrics=metrics,
-                                 count_events=count, procs=procs, cpu=cpu)
+                                 count_events=count, procs=procs, cpu=cpu, steps=steps)
             finally:
                 await conn.close()
         finally:
@@ -436,6 +459,8 @@ class Figures:
     msgs: float
     events: float
     ids: list[str]
+    #: the paced run's steps (step, p50 ms, p90 ms), where the deployment can tell
+    steps: list[tuple[str, float, float]] = field(default_factory=list)
 
     def line(self, n: int, clients: int) -> str:
         return (f"{self.label}: {n} boots, {clients} clients: {self.rate:.0f} boots/s,"
@@ -471,7 +496,8 @@ async def variant(label: str, cloud: Deployment, http: aiohttp.ClientSession, bo
     events = (await cloud.count_events() - events0) / args.n
     msgs = (await cloud.published(http) - msgs0) / args.n
     paced_rate, paced = await boots.paced(args.n, pace, args.clients)
-    return Figures(label, rate, lat, paced_rate, paced, cpu, msgs, events, ids)
+    steps = await cloud.steps(args.n) if cloud.steps is not None else []
+    return Figures(label, rate, lat, paced_rate, paced, cpu, msgs, events, ids, steps)
 
 
 async def measure(mode: str, args: argparse.Namespace) -> None:
@@ -498,6 +524,8 @@ async def measure(mode: str, args: argparse.Namespace) -> None:
             raw_rate, raw_p99 = await ceiling(http, args.clients)
         for run in runs:
             print(run.line(args.n, args.clients))
+            for step, p50, p90 in run.steps:
+                print(f"  {run.label} paced, step {step}: p50 {p50:.1f} ms, p90 {p90:.1f} ms")
         print(f"{mode}: {args.hosts} hosts, errors {errors}; GET server p99 {get_p99:.2f} ms,"
               f" servers/detail (1000) p99 {detail_p99:.1f} ms; raw aiohttp"
               f" {raw_rate:.0f} req/s, GET p99 {raw_p99:.2f} ms")

@@ -34,7 +34,8 @@ from pathlib import Path
 # bench/replay.py (the read_all benchmark) would shadow the replay package: look in this
 # directory last, after the project's packages.
 _HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
+sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE] \
+    + [str(_HERE)]
 
 import asyncpg  # noqa: E402
 import msgspec  # noqa: E402

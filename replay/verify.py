@@ -218,13 +218,17 @@ async def verify(store: EventStore, catalog: Catalog, *, batch: int = 5000,
     checker = LogChecker(catalog, keep=keep, fold=fold)
     async with asyncio.TaskGroup() as tg:
         unexplained = tg.create_task(store.unexplained_causes(DANGLING_COUNTED))
-        after = 0
-        while after < head:
-            events = [e for e in await store.read_all(after, batch) if e.position <= head]
+        # the next batch is read while this one is checked
+        reading = tg.create_task(store.read_all(0, batch)) if head else None
+        while reading is not None:
+            events = [e for e in await reading if e.position <= head]
+            reading = None
             if not events:
                 break
-            checker.feed(events)
             after = events[-1].position
+            if after < head:
+                reading = tg.create_task(store.read_all(after, batch))
+            checker.feed(events)
     for e in unexplained.result():
         if e.position <= head:
             checker.breach(DANGLING, e.stream, f"causation id {e.causation_id!r} is neither an"

@@ -3,7 +3,7 @@ unless the operator allows them.
 
 `DestinationPolicy.check(url)` is what the API asks at creation and update (the gateway
 gets it as a plain callable): a host name is resolved and *every* address it resolves to
-must be allowed. `PolicyResolver` applies the same rule again when a delivery connects,
+must be allowed. `webhooks.http` applies the same rule again when a delivery connects,
 so a name that resolves elsewhere later (DNS rebinding) still cannot reach a forbidden
 address. Link-local addresses (169.254.0.0/16, fe80::/10: cloud metadata services) are
 refused whatever the configuration; loopback needs ``allow_loopback``; every other
@@ -18,9 +18,6 @@ import ipaddress
 import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
-
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 RESOLVE_TIMEOUT = 5.0
@@ -75,23 +72,3 @@ async def resolve(host: str, port: int) -> list[Address]:
     async with asyncio.timeout(RESOLVE_TIMEOUT):
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return [ipaddress.ip_address(info[4][0]) for info in infos]
-
-
-class PolicyResolver(AbstractResolver):
-    """aiohttp's resolver with the policy applied to every address a delivery connects to."""
-
-    def __init__(self, policy: DestinationPolicy) -> None:
-        self._policy = policy
-        self._inner = DefaultResolver()
-
-    async def resolve(self, host: str, port: int = 0,
-                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        for result in results:
-            problem = self._policy.refusal(ipaddress.ip_address(result["host"]))
-            if problem is not None:
-                raise DestinationRefused(f"destination refused: {problem}")
-        return results
-
-    async def close(self) -> None:
-        await self._inner.close()

@@ -16,17 +16,17 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import structlog
 
 from actors.client import ActorClient
 from actors.subscription import KIND, DisableSubscription
 from store.leadership import STANDBY_SECONDS, leadership
 from webhooks import tables
-from webhooks.destinations import DestinationPolicy, PolicyResolver
+from webhooks.destinations import DestinationPolicy
 from webhooks.fanout import FanOut, Replays
+from webhooks.http import WebhookHttp
 from webhooks.outbox import Counter, RetryPolicy, Writer
-from webhooks.sender import Sender
+from webhooks.sender import MAX_RESPONSE_BYTES, Sender
 from webhooks.targets import Targets
 
 log = structlog.get_logger(__name__)
@@ -78,8 +78,8 @@ class Dispatcher:
         writer = Writer(store, await store.projection_checkpoint(tables.CHECKPOINT))
         self.targets = await Targets.load(store)
         seq = Counter(int((await store.query(tables.MAX_SEQ))[0][0] or 0))
-        connector = aiohttp.TCPConnector(resolver=PolicyResolver(s.destinations), limit=1000)
-        async with aiohttp.ClientSession(connector=connector) as http:
+        http = WebhookHttp(s.destinations, max_body=MAX_RESPONSE_BYTES)
+        try:
             sender = Sender(store, writer, self.targets, http, s.retry, self._disable,
                             cap=s.cap, concurrency=s.concurrency)
             replays = Replays(store, writer, self.targets, sender, seq)
@@ -93,6 +93,8 @@ class Dispatcher:
                 tg.create_task(replays.run(), name="webhook-replays")
                 tg.create_task(fanout.run(), name="webhook-fanout")
                 tg.create_task(self._prune(writer), name="webhook-prune")
+        finally:
+            await http.close()
 
     async def _disable(self, sid: str, reason: str) -> None:
         """A destination answered 410 Gone: disable its subscription through its actor."""

@@ -1,5 +1,6 @@
 """The fan-out: follows the log by position and writes one outbox row per event and
-subscription that wants it, in the transaction that moves the deliverer's checkpoint.
+subscription that wants it, in the transaction that moves the deliverer's checkpoint,
+and hands the rows to the sender as that transaction starts (sending does not wait for it).
 
 Subscription events are folded as they come, so each event meets the subscriptions as
 they stood at its position: a subscription gets the events after its creation, none after
@@ -60,8 +61,12 @@ class FanOut:
             self.targets.fold(event, folded)
             statements += folded.statements[before:]
         async with self.writer.lock:
-            await self.writer.write_locked(statements, events[-1].position)
+            # Handed over before the rows commit, so the POSTs go out while they do: an
+            # attempt's record and the row's removal go through this same lock, after the
+            # commit; if the commit fails, or the process dies first, the checkpoint has
+            # not moved and these events are fanned out (sent) again: at least once.
             self.sender.offer(d for d in rows if d.subscription_id not in folded.cancelled)
+            await self.writer.write_locked(statements, events[-1].position)
         for sid in folded.cancelled:
             self.sender.cancel(sid)
         self.replays.start(folded.replays)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from schemas import EventEnvelope
+from schemas.envelope import new_uuid
 from store.protocol import ProjectionStore
 from webhooks import tables
 
@@ -38,7 +38,7 @@ class Delivery:
     @classmethod
     def new(cls, subscription_id: str, seq: int, event: EventEnvelope, body: bytes,
             now: float) -> Delivery:
-        return cls(subscription_id=subscription_id, seq=seq, delivery_id=str(uuid.uuid4()),
+        return cls(subscription_id=subscription_id, seq=seq, delivery_id=str(new_uuid()),
                    position=event.position, event_id=str(event.event_id), stream=event.stream,
                    type=event.type, body=body, occurred_at=event.occurred_at.timestamp(),
                    next_at=now)

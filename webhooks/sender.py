@@ -30,12 +30,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
-import aiohttp
 import structlog
 from prometheus_client import Counter as Metric
 from prometheus_client import Histogram
 
 from webhooks import signing, tables
+from webhooks.http import WebhookHttp
 from webhooks.outbox import Counter, Delivery, RetryPolicy, Statement, Writer
 from webhooks.targets import Targets
 
@@ -102,7 +102,7 @@ class Sender:
     """Delivers what the fan-out hands over (`offer`) and what waits in the outbox."""
 
     def __init__(self, store: tables.QueryStore, writer: Writer, targets: Targets,
-                 http: aiohttp.ClientSession, policy: RetryPolicy, on_gone: OnGone, *,
+                 http: WebhookHttp, policy: RetryPolicy, on_gone: OnGone, *,
                  cap: int = 2000, concurrency: int = 16,
                  rng: random.Random | None = None) -> None:
         self.store, self.writer, self.targets = store, writer, targets
@@ -255,14 +255,12 @@ class Sender:
         headers = signing.headers(key, delivery.event_id, int(time.time()), delivery.body)
         try:
             async with asyncio.timeout(self.policy.timeout):
-                async with self.http.post(url, data=delivery.body, headers=headers,
-                                          allow_redirects=False) as resp:
-                    await resp.content.read(MAX_RESPONSE_BYTES)
-                    return resp.status, None if resp.status < 300 else f"HTTP {resp.status}"
+                status = await self.http.post(url, delivery.body, headers)
         except TimeoutError:
             return None, f"no answer within {self.policy.timeout} s"
-        except (aiohttp.ClientError, OSError) as exc:
+        except OSError as exc:
             return None, f"{type(exc).__name__}: {exc}"[:500]
+        return status, None if status < 300 else f"HTTP {status}"
 
     def _record(self, delivery: Delivery, at: float, status: str, code: int | None,
                 latency: float, error: str | None, next_retry: float | None) -> None:
@@ -278,7 +276,13 @@ class Sender:
             await self.flush()
 
     async def flush(self) -> None:
-        """Write the attempts and outbox changes recorded since the last flush."""
+        """Write the attempts and outbox changes recorded since the last flush. The
+        attempt rows go after the outbox changes, not between them: a run of one statement
+        is sent as one batch (PostgreSQL: one executemany), so interleaved they would cost
+        a round trip each. Attempt rows depend on nothing else in the batch; the outbox
+        changes keep their order."""
         results, self._results = self._results, []
         if results:
-            await self.writer.write(results)
+            outbox = [s for s in results if s[0] != tables.INSERT_ATTEMPT]
+            attempts = [s for s in results if s[0] == tables.INSERT_ATTEMPT]
+            await self.writer.write(outbox + attempts)

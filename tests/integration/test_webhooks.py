@@ -138,7 +138,13 @@ async def test_two_hundred_boots_and_deletes_arrive_exactly_in_per_resource_orde
         sub = await hooks.subscribe(hooks.alice, rx.url + "/servers", ["instance.*"])
         await boot_and_delete(hooks, image, BOOTS)
         demo = await project_of(hooks, hooks.alice)
-        expected = await hooks.logged(project_events(demo, "instance.*"))
+        expected: list[EventEnvelope] = []
+
+        async def all_deleted() -> bool:  # a delete's 204 comes before instance.deleted
+            nonlocal expected
+            expected = await hooks.logged(project_events(demo, "instance.*"))
+            return sum(e.type == "instance.deleted" for e in expected) == BOOTS
+        await eventually(all_deleted, timeout=60, what="every server deleted in the log")
         await rx.wait_for("/servers", len(expected), timeout=120)
         await asyncio.sleep(0.3)
         docs = rx.documents("/servers", sub["secret"])
