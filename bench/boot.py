@@ -369,19 +369,22 @@ class Boots:
             finished.set()
         return n / elapsed, latencies, ids
 
-    async def paced(self, n: int, rate: float, clients: int) -> tuple[float, list[float]]:
+    async def paced(self, n: int, rate: float, clients: int
+                    ) -> tuple[float, list[float], list[float]]:
         """``n`` boots sent at ``rate`` per second whatever the answers (an open loop, at
         most ``clients`` POSTs in flight): the latency figure at that load. Each latency
         runs from the boot's scheduled send time, so a cloud that falls behind is charged
-        for the wait. (achieved boots/s, latencies)"""
+        for the wait. (achieved boots/s, latencies, the POSTs' answer times likewise)"""
         watcher, finished = Watcher(self.api), asyncio.Event()
         slots = asyncio.Semaphore(clients)
         latencies: list[float] = []
+        answered: list[float] = []
 
         async def one(at: float) -> None:
             await asyncio.sleep(max(0.0, at - time.perf_counter()))
             async with slots:
                 sid = await self.post()
+            answered.append(time.perf_counter() - at)
             latencies.append(await watcher.watch(sid) - at)
 
         async with asyncio.TaskGroup() as tg:
@@ -390,7 +393,7 @@ class Boots:
             await asyncio.gather(*(one(t + i / rate) for i in range(n)))
             elapsed = time.perf_counter() - t
             finished.set()
-        return n / elapsed, latencies
+        return n / elapsed, latencies, answered
 
 
 async def read_figures(api: Api, ids: list[str], reads: int) -> tuple[float, float]:
@@ -461,13 +464,16 @@ class Figures:
     ids: list[str]
     #: the paced run's steps (step, p50 ms, p90 ms), where the deployment can tell
     steps: list[tuple[str, float, float]] = field(default_factory=list)
+    #: the paced run's POSTs: from the scheduled send to the 202
+    answered: list[float] = field(default_factory=list)
 
     def line(self, n: int, clients: int) -> str:
         return (f"{self.label}: {n} boots, {clients} clients: {self.rate:.0f} boots/s,"
                 f" POST->ACTIVE p50 {percentile(self.latencies, 50) * 1000:.1f} ms,"
                 f" p99 {percentile(self.latencies, 99) * 1000:.1f} ms; paced at"
                 f" {self.paced_rate:.0f} boots/s: p50 {percentile(self.paced, 50) * 1000:.1f}"
-                f" ms, p99 {percentile(self.paced, 99) * 1000:.1f} ms; {self.msgs:.2f} broker"
+                f" ms, p99 {percentile(self.paced, 99) * 1000:.1f} ms (POST answered p50"
+                f" {percentile(self.answered, 50) * 1000:.1f} ms); {self.msgs:.2f} broker"
                 f" messages and {self.events:.2f} events per boot; CPU ms per boot"
                 f" {sum(self.cpu.values()):.1f} ("
                 + ", ".join(f"{role} {ms:.2f}" for role, ms in self.cpu.items()) + ")")
@@ -495,9 +501,10 @@ async def variant(label: str, cloud: Deployment, http: aiohttp.ClientSession, bo
     cpu = {role: seconds * 1000 / args.n for role, seconds in meter.stop().items()}
     events = (await cloud.count_events() - events0) / args.n
     msgs = (await cloud.published(http) - msgs0) / args.n
-    paced_rate, paced = await boots.paced(args.n, pace, args.clients)
+    paced_rate, paced, answered = await boots.paced(args.n, pace, args.clients)
     steps = await cloud.steps(args.n) if cloud.steps is not None else []
-    return Figures(label, rate, lat, paced_rate, paced, cpu, msgs, events, ids, steps)
+    return Figures(label, rate, lat, paced_rate, paced, cpu, msgs, events, ids, steps,
+                   answered)
 
 
 async def measure(mode: str, args: argparse.Namespace) -> None:
