@@ -36,9 +36,9 @@ from actors.identity import (
 )
 from actors.identity_views import PROJECTION_NAME
 from actors.passwords import hash_password
-from bus.errors import CallTimeout
 from gateway.app import ServiceRouter
 from gateway.auth import TOKENS, AuthContext, authenticate, issue_token, require
+from gateway.commands import command as actor_command
 from gateway.errors import ApiError, ErrorCode
 from gateway.json import json_response, read_json
 from gateway.middleware import REQUEST_ID
@@ -361,16 +361,9 @@ class IdentityApi:
 
     async def _command(self, request: web.Request, kind: str, actor_id: str,
                        command: msgspec.Struct) -> None:
-        try:
-            reply = await self.client.call(kind, actor_id, command,
-                                           correlation_id=request[REQUEST_ID])
-        except CallTimeout as exc:
-            raise ApiError("deadline_exceeded") from exc
-        if not reply.ok:
-            raise ApiError(_CODES.get(reply.error_type or "", "internal"), reply.error)
-        if not await self.store.wait_for_projection(PROJECTION_NAME, reply.position,
-                                                    self.wait_timeout):
-            raise ApiError("unavailable", "The identity projection is behind; try again.")
+        await actor_command(self.client, self.store, request, kind, actor_id, command,
+                            codes=_CODES, projection=PROJECTION_NAME, what="identity",
+                            wait_timeout=self.wait_timeout)
 
     async def _claim(self, request: web.Request, what: str, name: str, owner: str) -> None:
         reply = await self.client.call("identity_name", name_key(DEFAULT_DOMAIN_ID, what, name),

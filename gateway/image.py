@@ -35,9 +35,9 @@ from actors.image import (
     UpdateImage,
 )
 from actors.image_views import COLUMNS, PROJECTION_NAME
-from bus.errors import CallTimeout
 from gateway.app import ServiceRouter
 from gateway.auth import AuthContext, authenticate, require
+from gateway.commands import command as actor_command
 from gateway.errors import ApiError, ErrorCode
 from gateway.image_docs import (
     PATCH_MEDIA_TYPE,
@@ -49,7 +49,6 @@ from gateway.image_docs import (
     schema_doc,
 )
 from gateway.json import decode, json_response, read_body
-from gateway.middleware import REQUEST_ID
 from schemas.images import IMAGE_ID_PATTERN
 from store.blobs import (
     ImageDataExists,
@@ -284,17 +283,10 @@ class ImageApi:
 
     async def _command(self, request: web.Request, context: AuthContext, image_id: str,
                        command: msgspec.Struct) -> None:
-        try:
-            reply = await self.client.call(
-                "image", image_id, command, correlation_id=request[REQUEST_ID],
-                project_id=context.project_id, user_id=context.user_id)
-        except CallTimeout as exc:
-            raise ApiError("deadline_exceeded") from exc
-        if not reply.ok:
-            raise ApiError(_CODES.get(reply.error_type or "", "internal"), reply.error)
-        if not await self.store.wait_for_projection(PROJECTION_NAME, reply.position,
-                                                    self.wait_timeout):
-            raise ApiError("unavailable", "The image projection is behind; try again.")
+        await actor_command(self.client, self.store, request, "image", image_id, command,
+                            codes=_CODES, projection=PROJECTION_NAME, what="image",
+                            wait_timeout=self.wait_timeout, project_id=context.project_id,
+                            user_id=context.user_id)
 
 
 def _sees(context: AuthContext, row: Row) -> bool:

@@ -46,13 +46,13 @@ from actors.volume_views import (
     read_server_volumes,
     read_volume,
 )
-from bus.errors import CallTimeout
 from gateway.app import ServiceRouter
 from gateway.auth import AuthContext, authenticate
+from gateway.commands import command as actor_command
 from gateway.discovery import APIVersion
 from gateway.errors import ApiError, ErrorCode
 from gateway.json import json_response, read_json
-from gateway.middleware import API_VERSION, REQUEST_ID
+from gateway.middleware import API_VERSION
 from store.protocol import ProjectionStore
 
 log = structlog.get_logger("orrery.server_volumes")
@@ -212,14 +212,7 @@ class ServerVolumesApi:
 
     async def _command(self, request: web.Request, context: AuthContext, server_id: str,
                        command: msgspec.Struct) -> None:
-        try:
-            reply = await self.client.call(
-                INSTANCE_KIND, server_id, command, correlation_id=request[REQUEST_ID],
-                project_id=context.project_id, user_id=context.user_id)
-        except CallTimeout as exc:
-            raise ApiError("deadline_exceeded") from exc
-        if not reply.ok:
-            raise ApiError(_CODES.get(reply.error_type or "", "internal"), reply.error)
-        if reply.position and not await self.store.wait_for_projection(
-                VOLUMES_PROJECTION, reply.position, self.wait_timeout):
-            raise ApiError("unavailable", "The volumes projection is behind; try again.")
+        await actor_command(self.client, self.store, request, INSTANCE_KIND, server_id,
+                            command, codes=_CODES, projection=VOLUMES_PROJECTION,
+                            what="volumes", wait_timeout=self.wait_timeout,
+                            project_id=context.project_id, user_id=context.user_id)

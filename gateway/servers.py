@@ -57,9 +57,10 @@ from actors.instance_views import (
     read_servers,
 )
 from actors.volume_views import ServerVolumeView, read_volumes_attached
-from bus.errors import BusError, CallTimeout
+from bus.errors import BusError
 from gateway.app import ServiceRouter
 from gateway.auth import AuthContext, authenticate
+from gateway.commands import command as actor_command
 from gateway.discovery import APIVersion
 from gateway.errors import ApiError, ErrorCode
 from gateway.json import decode, json_response, read_body
@@ -263,20 +264,16 @@ class ServersApi:
     async def _command(self, request: web.Request, context: AuthContext, server_id: str,
                        command: msgspec.Struct, *, action: str | None = None) -> None:
         try:
-            reply = await self.client.call(
-                INSTANCE_KIND, server_id, command, correlation_id=request[REQUEST_ID],
-                project_id=context.project_id, user_id=context.user_id)
-        except CallTimeout as exc:
-            raise ApiError("deadline_exceeded") from exc
-        if not reply.ok:
-            code = _CODES.get(reply.error_type or "", "internal")
-            message = reply.error
-            if code == "conflict" and action is not None:
-                message = f"Cannot '{action}' instance {server_id}: {reply.error}"
-            raise ApiError(code, message)
-        if reply.position and not await self.store.wait_for_projection(
-                PROJECTION_NAME, reply.position, self.wait_timeout):
-            raise ApiError("unavailable", "The instances projection is behind; try again.")
+            await actor_command(
+                self.client, self.store, request, INSTANCE_KIND, server_id, command,
+                codes=_CODES, projection=PROJECTION_NAME, what="instances",
+                wait_timeout=self.wait_timeout, project_id=context.project_id,
+                user_id=context.user_id)
+        except ApiError as exc:
+            if exc.code == "conflict" and action is not None:
+                raise ApiError("conflict", f"Cannot '{action}' instance {server_id}:"
+                                           f" {exc.message}") from None
+            raise
 
     async def _abandon(self, request: web.Request, context: AuthContext, server_id: str,
                        nics: list[NicInfo], exc: ApiError) -> None:

@@ -43,12 +43,11 @@ from actors.subscription_views import (
     read_subscription,
     read_subscriptions,
 )
-from bus.errors import CallTimeout
 from gateway.app import ServiceRouter
 from gateway.auth import AuthContext, authenticate, require
+from gateway.commands import command as actor_command
 from gateway.errors import ApiError, ErrorCode
 from gateway.json import json_response, read_json
-from gateway.middleware import REQUEST_ID
 from schemas import Reply
 from store.protocol import ProjectionStore
 
@@ -211,15 +210,7 @@ class SubscriptionsApi:
 
     async def _command(self, request: web.Request, context: AuthContext, sid: str,
                        project_id: str | None, command: msgspec.Struct) -> Reply:
-        try:
-            reply = await self.client.call(KIND, sid, command,
-                                           correlation_id=request[REQUEST_ID],
-                                           project_id=project_id, user_id=context.user_id)
-        except CallTimeout as exc:
-            raise ApiError("deadline_exceeded") from exc
-        if not reply.ok:
-            raise ApiError(_CODES.get(reply.error_type or "", "internal"), reply.error)
-        if not await self.store.wait_for_projection(PROJECTION_NAME, reply.position,
-                                                    self.wait_timeout):
-            raise ApiError("unavailable", "The subscriptions projection is behind; try again.")
-        return reply
+        return await actor_command(self.client, self.store, request, KIND, sid, command,
+                                   codes=_CODES, projection=PROJECTION_NAME,
+                                   what="subscriptions", wait_timeout=self.wait_timeout,
+                                   project_id=project_id, user_id=context.user_id)

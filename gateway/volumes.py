@@ -45,13 +45,12 @@ from actors.volume_views import (
     read_volume,
     read_volumes,
 )
-from bus.errors import CallTimeout
 from gateway import volume_docs as docs
 from gateway.app import ServiceRouter
 from gateway.auth import AuthContext, authenticate
+from gateway.commands import command as actor_command
 from gateway.errors import ApiError, ErrorCode
 from gateway.json import decode, json_response, read_body, read_json
-from gateway.middleware import REQUEST_ID
 from store.protocol import ProjectionStore
 
 log = structlog.get_logger("orrery.volumes")
@@ -262,17 +261,10 @@ class VolumesApi:
 
     async def _command(self, request: web.Request, context: AuthContext, volume_id: str,
                        command: msgspec.Struct) -> None:
-        try:
-            reply = await self.client.call(
-                VOLUME_KIND, volume_id, command, correlation_id=request[REQUEST_ID],
-                project_id=context.project_id, user_id=context.user_id)
-        except CallTimeout as exc:
-            raise ApiError("deadline_exceeded") from exc
-        if not reply.ok:
-            raise ApiError(_CODES.get(reply.error_type or "", "internal"), reply.error)
-        if reply.position and not await self.store.wait_for_projection(
-                PROJECTION_NAME, reply.position, self.wait_timeout):
-            raise ApiError("unavailable", "The volumes projection is behind; try again.")
+        await actor_command(self.client, self.store, request, VOLUME_KIND, volume_id, command,
+                            codes=_CODES, projection=PROJECTION_NAME, what="volumes",
+                            wait_timeout=self.wait_timeout, project_id=context.project_id,
+                            user_id=context.user_id)
 
     # -- storage hosts (admin) ----------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+import uvloop
 
 from hostd.net_fake import FakeHost, FakeHostNetwork
 from hostd.net_pyroute2 import Pyroute2HostNetwork
@@ -407,7 +408,6 @@ def test_the_pyroute2_driver_runs_on_uvloop(tmp_path: Path) -> None:
     """Regression: pyroute2's AsyncIPRoute cannot open netlink on uvloop, which our
     processes run on; the driver must build a network there all the same."""
     need_netns()
-    uvloop = pytest.importorskip("uvloop")
     host = Host("pyroute2", tmp_path, underlay_ip=UNDERLAY)
 
     async def build() -> HostNetworkView:
