@@ -8,7 +8,8 @@ records them: real positions ((xid << 20) + ordinal), every append's cause in
 ``reactions``, each stream's first event caused by a command and the rest by the event
 before (reactions). Then, twice each, alternating, on the same data:
   ceiling: one asyncpg server-side cursor (prefetch = --batch) over the events in position
-           order, msgspec-decoding each event's data (bench/replay.py's ceiling);
+           order, msgspec-decoding each event's data (bench/replay.py's ceiling); once over
+           whole rows, once over only the columns verify checks (its fair ceiling);
   verify:  replay.verify.verify (every check but --fold), as `orrery replay verify` runs it;
   raw:     the same scan and decode plus the projection's upserts with executemany, one
            transaction per --rebuild-batch events (the raw form of rebuild's work);
@@ -18,7 +19,7 @@ before (reactions). Then, twice each, alternating, on the same data:
 Best of each. The issue's goal is verify and rebuild >= 0.70 of the scan-and-decode
 ceiling; a projection that writes a row per event is bound by those writes, so rebuild is
 also shown against the raw upserts. The result line's ratio is the lower of the two
-ratios to the scan-and-decode ceiling.
+ratios to the scan-and-decode ceiling (verify's: of the columns it reads).
 """
 
 from __future__ import annotations
@@ -124,15 +125,19 @@ async def load(dsn: str, total: int) -> float:
     return rate
 
 
-async def ceiling(dsn: str, batch: int) -> float:
-    """Raw server-side cursor scan in position order + decode; events/s."""
+#: the columns verify reads (what its checks need)
+CHECKED = ["position", "stream", "version", "type", "data", "occurred_at", "causation_id"]
+
+
+async def ceiling(dsn: str, batch: int, columns: Sequence[str] = COLUMNS) -> float:
+    """Raw server-side cursor scan of ``columns`` in position order + decode; events/s."""
     conn = await asyncpg.connect(dsn)
     await conn.set_type_codec("json", schema="pg_catalog", format="binary",
                               encoder=bytes, decoder=bytes)
     count = 0
     began = time.perf_counter()
     async with conn.transaction():
-        cursor = conn.cursor(f"SELECT {', '.join(COLUMNS)} FROM events ORDER BY position",
+        cursor = conn.cursor(f"SELECT {', '.join(columns)} FROM events ORDER BY position",
                              prefetch=batch)
         async for row in cursor:
             DECODER.decode(row[4])
@@ -185,10 +190,14 @@ async def main() -> None:
         try:
             print(f"load     COPY events + causes      {await load(dsn, a.events):9.0f}"
                   " events/s")
-            best = {"ceiling": 0.0, "verify": 0.0, "rebuild": 0.0, "writes": 0.0}
+            best = {"ceiling": 0.0, "checked": 0.0, "verify": 0.0, "rebuild": 0.0,
+                    "writes": 0.0}
             for _ in range(2):
                 best["ceiling"] = max(best["ceiling"], rate := await ceiling(dsn, a.batch))
                 print(f"ceiling  cursor scan + decode     {rate:9.0f} events/s")
+                best["checked"] = max(best["checked"],
+                                      rate := await ceiling(dsn, a.batch, CHECKED))
+                print(f"ceiling  the same, verify's cols  {rate:9.0f} events/s")
                 report = await verify(store, catalog, batch=a.batch)
                 assert report.ok and report.events == a.events, report.counts
                 rate = report.events / report.seconds
@@ -204,11 +213,13 @@ async def main() -> None:
                 print(f"rebuild  one upsert per event     {done.rate:9.0f} events/s")
         finally:
             await store.close()
-    print(f"ratios   verify {best['verify'] / best['ceiling']:.3f}"
+    verify_ratio = best["verify"] / best["checked"]
+    print(f"ratios   verify {verify_ratio:.3f} (to the scan of its columns),"
+          f" {best['verify'] / best['ceiling']:.3f} (to the whole rows)"
           f"  rebuild {best['rebuild'] / best['ceiling']:.3f} (to the scan-and-decode"
           f" ceiling), {best['rebuild'] / best['writes']:.3f} (to the raw upserts)")
     print(result_line({"verify_eps": best["verify"], "rebuild_eps": best["rebuild"]},
-                      best["ceiling"], min(best["verify"], best["rebuild"]) / best["ceiling"]))
+                      best["ceiling"], min(verify_ratio, best["rebuild"] / best["ceiling"])))
 
 
 if __name__ == "__main__":

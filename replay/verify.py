@@ -33,8 +33,8 @@ import msgspec
 
 from actors.fold import fold_event
 from replay.catalog import Catalog
-from schemas import EventEnvelope, TimerSet
-from store.protocol import EventStore
+from schemas import TimerSet
+from store.protocol import EventStore, LogRow
 
 GAP, UNDECODABLE, DANGLING = "version-gap", "undecodable", "dangling-cause"
 OVERDUE_TIMER, OVERDUE_STATE, UNFOLDABLE = "overdue-timer", "overdue-state", "unfoldable"
@@ -100,48 +100,47 @@ class LogChecker:
         self.events = 0
         self._timer_set = msgspec.json.Decoder(TimerSet)
 
-    def breach(self, check: str, stream: str, detail: str, e: EventEnvelope | None = None,
-               version: int | None = None) -> None:
+    def breach(self, check: str, stream: str, detail: str, *, version: int | None = None,
+               position: int | None = None) -> None:
         self.counts[check] += 1
         if self.counts[check] <= self.keep:
-            self.breaches.append(Breach(
-                check=check, stream=stream, detail=detail,
-                version=e.version if e is not None else version,
-                position=e.position if e is not None else None))
+            self.breaches.append(Breach(check=check, stream=stream, detail=detail,
+                                        version=version, position=position))
 
-    def feed(self, batch: Sequence[EventEnvelope]) -> None:
-        """Check a batch (the next events in log order). One tight loop: this is where
+    def feed(self, batch: Sequence[LogRow]) -> None:
+        """Check a batch (the next rows in log order). One tight loop: this is where
         verify spends its time."""
         versions, kinds, fold = self.versions, self._kinds, self.fold
         latest = self.latest or _EPOCH
-        for e in batch:
-            stream, version = e.stream, e.version
+        for row in batch:
+            position, stream, version, type_, data, occurred_at, cause = row
             last = versions.get(stream, 0)
             if version != last + 1:
-                self._gap(e, last)
+                self._gap(row, last)
             versions[stream] = version
-            if e.occurred_at > latest:
-                latest = e.occurred_at
+            if occurred_at > latest:
+                latest = occurred_at
             kind = stream[:stream.find(":")]
-            codec = kinds.get(kind) or self._kind(kind)
-            if codec[0] is None:
-                self.breach(UNDECODABLE, stream, f"no code for resource kind {kind!r}", e)
+            decoder, tags = kinds.get(kind) or self._kind(kind)
+            if decoder is None:
+                self.breach(UNDECODABLE, stream, f"no code for resource kind {kind!r}",
+                            version=version, position=position)
                 continue
             try:
-                event = codec[0].decode(e.data)
+                event = decoder.decode(data)
             except msgspec.DecodeError as exc:
-                self.breach(UNDECODABLE, stream, f"{e.type}: {exc}", e)
+                self.breach(UNDECODABLE, stream, f"{type_}: {exc}", version=version,
+                            position=position)
                 continue
-            if type(event) is not codec[1].get(e.type):
-                self._mismatch(e, event)
+            if type(event) is not tags.get(type_):
+                self._mismatch(row, event)
                 continue
-            if e.type in _TIMER_TYPES:
-                self._timer(e, event)
-            cause = e.causation_id
+            if type_ in _TIMER_TYPES:
+                self._timer(row, event)
             if cause is not None and cause.startswith(TIMER):
-                self._timer_cause(e, cause[len(TIMER):])
+                self._timer_cause(row, cause[len(TIMER):])
             if fold:
-                self._fold(e, event)
+                self._fold(row, event)
         self.events += len(batch)
         self.latest = latest if batch else self.latest
 
@@ -153,41 +152,47 @@ class LogChecker:
         self._kinds[kind] = found
         return found
 
-    def _gap(self, e: EventEnvelope, last: int) -> None:
-        self.breach(GAP, e.stream, f"version {e.version} follows version {last}"
-                    f" (missing {last + 1}..{e.version - 1})" if e.version > last + 1 else
-                    f"version {e.version} after version {last}", e)
+    def _gap(self, row: LogRow, last: int) -> None:
+        position, stream, version = row[0], row[1], row[2]
+        self.breach(GAP, stream, f"version {version} follows version {last}"
+                    f" (missing {last + 1}..{version - 1})" if version > last + 1 else
+                    f"version {version} after version {last}", version=version,
+                    position=position)
 
-    def _mismatch(self, e: EventEnvelope, event: object) -> None:
-        self.breach(UNDECODABLE, e.stream, f"the data is a {type(event).__name__},"
-                    f" the envelope says {e.type}", e)
+    def _mismatch(self, row: LogRow, event: object) -> None:
+        self.breach(UNDECODABLE, row[1], f"the data is a {type(event).__name__},"
+                    f" the envelope says {row[3]}", version=row[2], position=row[0])
 
-    def _timer(self, e: EventEnvelope, event: msgspec.Struct | None) -> None:
+    def _timer(self, row: LogRow, event: msgspec.Struct | None) -> None:
+        stream = row[1]
         if isinstance(event, TimerSet):
-            self.timers[event.timer_id] = _OpenTimer(e.stream, event.name, event.fire_at,
-                                                     e.version)
+            self.timers[event.timer_id] = _OpenTimer(stream, event.name, event.fire_at,
+                                                     row[2])
             return
         timer_id = getattr(event, "timer_id", None)
         if isinstance(timer_id, str) and self.timers.pop(timer_id, None) is not None \
-                and e.causation_id == TIMER + timer_id:
-            self.closed[e.stream] = timer_id
+                and row[6] == TIMER + timer_id:
+            self.closed[stream] = timer_id
 
-    def _timer_cause(self, e: EventEnvelope, timer_id: str) -> None:
+    def _timer_cause(self, row: LogRow, timer_id: str) -> None:
+        stream = row[1]
         open_ = self.timers.get(timer_id)
-        if (open_ is not None and open_.stream == e.stream) or \
-                self.closed.get(e.stream) == timer_id:
+        if (open_ is not None and open_.stream == stream) or \
+                self.closed.get(stream) == timer_id:
             return
-        self.breach(DANGLING, e.stream, f"caused by timer {timer_id}, which this stream"
-                    " did not have open", e)
+        self.breach(DANGLING, stream, f"caused by timer {timer_id}, which this stream"
+                    " did not have open", version=row[2], position=row[0])
 
-    def _fold(self, e: EventEnvelope, event: msgspec.Struct) -> None:
-        kind, _, actor_id = e.stream.partition(":")
+    def _fold(self, row: LogRow, event: msgspec.Struct) -> None:
+        stream = row[1]
+        kind, _, actor_id = stream.partition(":")
         codec = self.catalog.codecs[kind]
-        state, timers = self.states.get(e.stream) or (codec.kind.initial(actor_id), {})
+        state, timers = self.states.get(stream) or (codec.kind.initial(actor_id), {})
         try:
-            self.states[e.stream] = (fold_event(codec, state, timers, event), timers)
+            self.states[stream] = (fold_event(codec, state, timers, event), timers)
         except Exception as exc:
-            self.breach(UNFOLDABLE, e.stream, f"{e.type}: evolve raised {exc!r}", e)
+            self.breach(UNFOLDABLE, stream, f"{row[3]}: evolve raised {exc!r}",
+                        version=row[2], position=row[0])
 
     def finish(self, reference: dt.datetime | None, grace: dt.timedelta) -> None:
         """The end-of-log checks: timers (and, folded, states) overdue at ``reference``."""
@@ -219,20 +224,21 @@ async def verify(store: EventStore, catalog: Catalog, *, batch: int = 5000,
     async with asyncio.TaskGroup() as tg:
         unexplained = tg.create_task(store.unexplained_causes(DANGLING_COUNTED))
         # the next batch is read while this one is checked
-        reading = tg.create_task(store.read_all(0, batch)) if head else None
+        reading = tg.create_task(store.scan_log(0, head, batch)) if head else None
         while reading is not None:
-            events = [e for e in await reading if e.position <= head]
+            rows = await reading
             reading = None
-            if not events:
+            if not rows:
                 break
-            after = events[-1].position
+            after = rows[-1][0]
             if after < head:
-                reading = tg.create_task(store.read_all(after, batch))
-            checker.feed(events)
+                reading = tg.create_task(store.scan_log(after, head, batch))
+            checker.feed(rows)
     for e in unexplained.result():
         if e.position <= head:
             checker.breach(DANGLING, e.stream, f"causation id {e.causation_id!r} is neither an"
-                           " earlier event nor the recorded cause of this append", e)
+                           " earlier event nor the recorded cause of this append",
+                           version=e.version, position=e.position)
     checker.finish(now, grace)
     checker.breaches.sort(key=lambda b: (CHECKS.index(b.check), b.position or 0))
     return Report(events=checker.events, streams=len(checker.versions), head=head,

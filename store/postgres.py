@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import msgspec
@@ -35,7 +35,7 @@ from store.pg_common import (
 )
 from store.pg_projection import PgProjectionTx
 from store.pg_writer import GroupCommit, PendingAppend
-from store.protocol import AppendResult, EventQuery, FilteredPage, Snapshot
+from store.protocol import AppendResult, EventQuery, FilteredPage, LogRow, Snapshot
 from store.registry import EventTypes
 
 log = structlog.get_logger(__name__)
@@ -64,6 +64,8 @@ _WINDOW = ("SELECT max(s.position) AS last, count(*) AS n FROM (SELECT position 
 #: no window: up to the horizon ($3 is NULL), for queries an index narrows (a stream)
 _UNBOUNDED = ("SELECT max(position) AS last, $3::bigint AS n FROM events"
               " WHERE position < (SELECT horizon FROM h)")
+_SCAN_LOG = ("SELECT position, stream, version, type, data, occurred_at, causation_id"
+             " FROM events WHERE position > $1 AND position <= $2 ORDER BY position LIMIT $3")
 _READ_STREAM = (f"SELECT {_COLUMNS} FROM events WHERE stream = $1 AND version >= $2"
                 " ORDER BY version LIMIT $3")
 _LOAD = (
@@ -275,6 +277,11 @@ class PostgresEventStore:
                 return events
             backoff = min(max(backoff * 2, 0.002), 0.1)
             await asyncio.sleep(backoff)
+
+    async def scan_log(self, after: int, until: int, limit: int) -> Sequence[LogRow]:
+        with mapped():
+            rows = await self._pool.fetch(_SCAN_LOG, after, until, limit, timeout=self._timeout)
+        return cast("list[LogRow]", rows)  # asyncpg Records index and unpack as tuples
 
     async def read_filtered(self, query: EventQuery, after: int = 0, limit: int = 100,
                             scan: int | None = 10_000) -> FilteredPage:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import msgspec
 
 from schemas import EventEnvelope, NewEvent, stream_kind
+
+#: one event as whole-log checks read it: (position, stream, version, type, data,
+#: occurred_at, causation_id); a backend may hand out its own row objects that index and
+#: unpack as this tuple does
+LogRow = tuple[int, str, int, str, bytes, dt.datetime, str | None]
 
 #: expected_version for "this stream must not exist yet".
 NO_STREAM = 0
@@ -109,6 +115,13 @@ class EventStore(Protocol):
     async def read_all(self, after: int = 0, limit: int = 1000) -> list[EventEnvelope]:
         """Committed events with position > ``after`` in global order, never skipping one
         that commits later at a lower position."""
+        ...
+
+    async def scan_log(self, after: int, until: int, limit: int) -> Sequence[LogRow]:
+        """Up to ``limit`` events with ``after`` < position <= ``until`` in position order,
+        as bare rows of the columns a whole-log check needs (`LogRow`). ``until`` must be
+        at most ``head()`` as read before: below it nothing can still commit, so the scan
+        needs none of ``read_all``'s care."""
         ...
 
     async def read_filtered(self, query: EventQuery, after: int = 0, limit: int = 100,

@@ -20,7 +20,14 @@ from schemas import EventEnvelope, NewEvent
 from store.errors import StoreError, StoreUnavailable
 from store.event_query import conditions
 from store.metrics import APPEND_SECONDS
-from store.protocol import ANY_VERSION, AppendResult, EventQuery, FilteredPage, Snapshot
+from store.protocol import (
+    ANY_VERSION,
+    AppendResult,
+    EventQuery,
+    FilteredPage,
+    LogRow,
+    Snapshot,
+)
 from store.registry import EventTypes
 from store.sqlite_projection import SqliteProjectionTx, to_sqlite_params
 from store.sqlite_writer import GroupCommit, Pending, utc
@@ -347,6 +354,14 @@ class SqliteEventStore:
             (after, limit),
         )
         return [_envelope(r) for r in rows]
+
+    async def scan_log(self, after: int, until: int, limit: int) -> Sequence[LogRow]:
+        rows = await self._read(
+            "SELECT position, stream, version, type, data, occurred_at, causation_id"
+            " FROM events WHERE position > ? AND position <= ? ORDER BY position LIMIT ?",
+            (after, until, limit))
+        fromiso = dt.datetime.fromisoformat
+        return [(p, s, v, t, bytes(d), fromiso(at), c) for p, s, v, t, d, at, c in rows]
 
     async def read_filtered(self, query: EventQuery, after: int = 0, limit: int = 100,
                             scan: int | None = 10_000) -> FilteredPage:

@@ -226,6 +226,26 @@ async def test_read_all_after_a_position_is_strictly_increasing_across_streams(
     assert await store.read_all(after=positions[-1]) == []
 
 
+async def test_scan_log_gives_the_checked_columns_between_two_positions(
+    store: ProjectionHost,
+) -> None:
+    """scan_log returns bare rows (position, stream, version, type, data, occurred_at,
+    causation_id) of after < position <= until, in order, at most limit of them."""
+    await store.append("counter:a", [inc(1), inc(2)], NO_STREAM, cause="cmd-1")
+    await store.append("counter:b", [inc(3)], NO_STREAM)
+    await store.append("counter:a", [inc(4)], 2)
+    events = await store.read_all()
+    head = await store.head()
+    rows = await store.scan_log(0, head, 10)
+    assert [tuple(r) for r in rows] == [
+        (e.position, e.stream, e.version, e.type, bytes(e.data), e.occurred_at, e.causation_id)
+        for e in events]
+    first, second, third, fourth = (e.position for e in events)
+    assert [r[0] for r in await store.scan_log(first, third, 10)] == [second, third]
+    assert [r[0] for r in await store.scan_log(0, head, 2)] == [first, second]
+    assert await store.scan_log(fourth, head, 10) == []
+
+
 async def test_head_is_zero_when_empty_then_the_last_position(store: ProjectionHost) -> None:
     """head() is 0 on an empty log and the last committed position afterwards."""
     assert await store.head() == 0
