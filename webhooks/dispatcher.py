@@ -21,6 +21,7 @@ import structlog
 from actors.client import ActorClient
 from actors.subscription import KIND, DisableSubscription
 from store.leadership import STANDBY_SECONDS, leadership
+from store.projections import DEFERRED_MOVE_SECONDS
 from webhooks import tables
 from webhooks.destinations import DestinationPolicy
 from webhooks.fanout import FanOut, Replays
@@ -93,6 +94,7 @@ class Dispatcher:
                 tg.create_task(replays.run(), name="webhook-replays")
                 tg.create_task(fanout.run(), name="webhook-fanout")
                 tg.create_task(self._prune(writer), name="webhook-prune")
+                tg.create_task(self._flush(writer), name="webhook-checkpoint")
         finally:
             await http.close()
 
@@ -105,6 +107,13 @@ class Dispatcher:
             project_id=target.project_id if target else None)
         if not reply.ok and reply.error_type != "not_found":
             raise RuntimeError(f"disabling {sid}: {reply.error_type}: {reply.error}")
+
+    @staticmethod
+    async def _flush(writer: Writer) -> None:
+        """Commit the checkpoint moves of batches that wrote nothing, now and then."""
+        while True:
+            await asyncio.sleep(DEFERRED_MOVE_SECONDS)
+            await writer.flush()
 
     async def _prune(self, writer: Writer) -> None:
         """Drop attempt records older than the retention period, now and then."""

@@ -88,11 +88,18 @@ class RetryPolicy:
 
 class Writer:
     """Runs the deliverer's transactions one at a time under its checkpoint: a transaction
-    of a deliverer that another has replaced fails (ConcurrencyError) instead of landing."""
+    of a deliverer that another has replaced fails (ConcurrencyError) instead of landing.
+
+    ``checkpoint`` is the position committed, ``fanned`` the one the fan-out has gone
+    through. A batch of the log that wrote nothing (no subscription wanted its events:
+    every batch of a cloud without subscriptions) commits nothing; its move rides on the
+    next write, or on ``flush``, which the dispatcher calls now and then. A restart
+    fans such events out again, and they write nothing again."""
 
     def __init__(self, store: ProjectionStore, checkpoint: int) -> None:
         self.store = store
         self.checkpoint = checkpoint
+        self.fanned = checkpoint
         self.lock = asyncio.Lock()
 
     async def write(self, statements: Sequence[Statement], new: int | None = None) -> None:
@@ -101,9 +108,20 @@ class Writer:
             await self.write_locked(statements, new)
 
     async def write_locked(self, statements: Sequence[Statement], new: int | None = None) -> None:
-        """``write`` for a caller that holds ``lock``."""
-        target = self.checkpoint if new is None else new
+        """``write`` for a caller that holds ``lock``; with nothing to write, a move to
+        ``new`` is only noted (see the class)."""
+        if new is not None:
+            self.fanned = max(self.fanned, new)
+            if not statements:
+                return
+        target = self.fanned
         async with self.store.projection_tx(tables.CHECKPOINT, self.checkpoint, target) as tx:
             for sql, args in statements:
                 await tx.execute(sql, *args)
         self.checkpoint = target
+
+    async def flush(self) -> None:
+        """Commit a move that batches without writes left behind."""
+        async with self.lock:
+            if self.fanned > self.checkpoint:
+                await self.write_locked([])
