@@ -85,15 +85,16 @@ def redact(data: bytes) -> bytes:
     when it names none: the common case costs one scan of the bytes)."""
     if not any(needle in data for needle in _NEEDLES):
         return data
-    return _ENCODER.encode(_redacted(msgspec.json.decode(data)))
+    return _ENCODER.encode(redacted(msgspec.json.decode(data)))
 
 
-def _redacted(value: Any) -> Any:
+def redacted(value: Any) -> Any:
+    """Plain data (dicts, lists, scalars) with every secret field's value replaced."""
     if isinstance(value, dict):
-        return {k: REDACTED if k in SECRET_FIELDS and v is not None else _redacted(v)
+        return {k: REDACTED if k in SECRET_FIELDS and v is not None else redacted(v)
                 for k, v in value.items()}
     if isinstance(value, list):
-        return [_redacted(v) for v in value]
+        return [redacted(v) for v in value]
     return value
 
 

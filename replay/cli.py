@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_argument("--data-dir", metavar="DIR",
                         help="the data directory of `orrery up` (its DIR/orrery.sqlite)")
     common.add_argument("--json", action="store_true", help="JSON for machines")
+    common.add_argument("--reveal-secrets", action="store_true",
+                        help="show secrets (webhook signing secrets, password hashes) as"
+                             " recorded instead of redacted")
     sub = parser.add_subparsers(dest="replay_command", required=True, metavar="COMMAND")
 
     def add(name: str, text: str) -> argparse.ArgumentParser:
@@ -99,11 +102,12 @@ class Tool:
     """What every subcommand has: the kinds' codecs, the projections, the opened log."""
 
     def __init__(self, catalog: Catalog, projections: Sequence[Projection], store: Any,
-                 as_json: bool) -> None:
+                 as_json: bool, reveal: bool = False) -> None:
         self.catalog = catalog
         self.projections = projections
         self.store = store
         self.json = as_json
+        self.reveal = reveal
 
     def print(self, text: str, data: object) -> None:
         """``text`` for people, or ``data`` as JSON with --json."""
@@ -132,14 +136,14 @@ async def _main(args: argparse.Namespace, catalog: Catalog,
     store = await open_log(url, catalog.event_types())
     try:
         return await COMMANDS[args.replay_command](
-            Tool(catalog, projections, store, args.json), args)
+            Tool(catalog, projections, store, args.json, args.reveal_secrets), args)
     finally:
         await store.close()
 
 
 async def _history(tool: Tool, args: Any) -> int:
     events = await hist.read_history(tool.store, tool.catalog, args.kind, args.id)
-    rows = hist.history_rows(events)
+    rows = hist.history_rows(events, reveal=tool.reveal)
     tool.print(render.history_text(events[0].stream, rows), rows)
     return 0
 
@@ -149,14 +153,16 @@ async def _state(tool: Tool, args: Any) -> int:
     version = args.version
     if args.at is not None:
         version = hist.version_at(events, hist.parse_time(args.at))
-    state = hist.state_at(tool.catalog, args.kind, args.id, events, version)
+    state = hist.state_at(tool.catalog, args.kind, args.id, events, version,
+                          reveal=tool.reveal)
     tool.print(render.state_text(state), state)
     return 0
 
 
 async def _diff(tool: Tool, args: Any) -> int:
     events = await hist.read_history(tool.store, tool.catalog, args.kind, args.id)
-    d = hist.diff(tool.catalog, args.kind, args.id, events, args.v1, args.v2)
+    d = hist.diff(tool.catalog, args.kind, args.id, events, args.v1, args.v2,
+                  reveal=tool.reveal)
     tool.print(render.diff_text(d), d)
     return 0
 
@@ -166,13 +172,14 @@ async def _trace(tool: Tool, args: Any) -> int:
     if args.html:
         page = html_page(trace)
         await asyncio.to_thread(Path(args.html).write_text, page, encoding="utf-8")
-    tool.print(render.trace_text(trace), trace_builtins(trace))
+    tool.print(render.trace_text(trace), trace_builtins(trace, reveal=tool.reveal))
     return 0 if trace.steps else 2
 
 
 async def _tail(tool: Tool, args: Any) -> int:
     def show(e: Any) -> None:
-        line = _JSON.encode(exported(e)).decode() if tool.json else render.event_line(e)
+        line = _JSON.encode(exported(e, reveal=tool.reveal)).decode() if tool.json \
+            else render.event_line(e)
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
 
@@ -202,9 +209,10 @@ async def _export(tool: Tool, args: Any) -> int:
                     after=args.after, until=args.until)
     if args.output:
         with open(args.output, "wb") as out:  # noqa: ASYNC230 - a local file, written as read
-            await export(tool.store, sel, out, lines=args.jsonl)
+            await export(tool.store, sel, out, lines=args.jsonl, reveal=tool.reveal)
     else:
-        await export(tool.store, sel, sys.stdout.buffer, lines=args.jsonl)
+        await export(tool.store, sel, sys.stdout.buffer, lines=args.jsonl,
+                     reveal=tool.reveal)
         sys.stdout.flush()
     return 0
 

@@ -1,7 +1,9 @@
 """``export`` and ``tail``: the log, or a part of it, as JSON, and the live log.
 
 An exported event has the envelope's fields and its data as recorded (never re-encoded),
-the shape the event feed gives, so an export can be read back and compared byte for byte.
+the shape the event feed gives, so an export can be read back and compared byte for byte;
+but for secrets (a webhook's signing secret, a password hash), which are redacted as the
+feed redacts them unless the operator asks for them (``--reveal-secrets``).
 Filters: one stream, one request (correlation id), an AMQP-style type pattern on the
 routing key ``<kind>.<event_type>`` (``instance.*``, ``#.timer.#``), a position range.
 """
@@ -18,6 +20,7 @@ from typing import IO
 
 import msgspec
 
+from actors.event_feed import redact
 from bus.routing import topic_matches
 from schemas import EventEnvelope
 from store.protocol import EventStore
@@ -39,11 +42,13 @@ class ExportedEvent(msgspec.Struct, frozen=True, kw_only=True):
     data: msgspec.Raw
 
 
-def exported(e: EventEnvelope) -> ExportedEvent:
+def exported(e: EventEnvelope, *, reveal: bool = False) -> ExportedEvent:
+    """``e`` as exported: its data as recorded, but for its secrets unless ``reveal``."""
     return ExportedEvent(event_id=e.event_id, stream=e.stream, version=e.version,
                          position=e.position, type=e.type, occurred_at=e.occurred_at,
                          correlation_id=e.correlation_id, causation_id=e.causation_id,
-                         project_id=e.project_id, user_id=e.user_id, data=e.data)
+                         project_id=e.project_id, user_id=e.user_id,
+                         data=e.data if reveal else msgspec.Raw(redact(bytes(e.data))))
 
 
 @dataclass(frozen=True)
@@ -99,9 +104,9 @@ _ENCODER = msgspec.json.Encoder()
 
 
 async def export(store: EventStore, sel: Selection, out: IO[bytes], *,
-                 lines: bool = False) -> int:
+                 lines: bool = False, reveal: bool = False) -> int:
     """Write the selection to ``out`` as one JSON array, or one JSON object a line; the
-    number of events written."""
+    number of events written. Secrets are redacted unless ``reveal``."""
     count = 0
     if not lines:
         out.write(b"[")
@@ -109,8 +114,8 @@ async def export(store: EventStore, sel: Selection, out: IO[bytes], *,
         for e in events:
             if not lines and count:
                 out.write(b",")
-            out.write(b"\n" + _ENCODER.encode(exported(e)) if not lines
-                      else _ENCODER.encode(exported(e)) + b"\n")
+            doc = _ENCODER.encode(exported(e, reveal=reveal))
+            out.write(b"\n" + doc if not lines else doc + b"\n")
             count += 1
     if not lines:
         out.write(b"\n]\n" if count else b"]\n")

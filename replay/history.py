@@ -9,8 +9,9 @@ from typing import Any
 
 import msgspec
 
+from actors.event_feed import REDACTED, SECRET_FIELDS, redacted
 from replay.catalog import Catalog
-from replay.changes import Change, changes
+from replay.changes import ABSENT, Change, changes
 from replay.errors import BadArgument, NotFound
 from schemas import EventEnvelope, stream_name
 from store.protocol import EventStore
@@ -60,15 +61,17 @@ async def read_history(store: EventStore, catalog: Catalog, kind: str,
     return events
 
 
-def history_rows(events: list[EventEnvelope]) -> list[HistoryRow]:
-    return [row(e) for e in events]
+def history_rows(events: list[EventEnvelope], *, reveal: bool = False) -> list[HistoryRow]:
+    return [row(e, reveal=reveal) for e in events]
 
 
-def row(e: EventEnvelope) -> HistoryRow:
+def row(e: EventEnvelope, *, reveal: bool = False) -> HistoryRow:
+    """One event as the tool shows it; its secrets redacted unless ``reveal``."""
+    data = msgspec.json.decode(e.data)
     return HistoryRow(version=e.version, position=e.position, occurred_at=e.occurred_at,
                       type=e.type, correlation_id=e.correlation_id,
                       causation_id=e.causation_id, event_id=str(e.event_id),
-                      data=msgspec.json.decode(e.data))
+                      data=data if reveal else redacted(data))
 
 
 def version_at(events: list[EventEnvelope], at: dt.datetime) -> int:
@@ -79,8 +82,9 @@ def version_at(events: list[EventEnvelope], at: dt.datetime) -> int:
 
 
 def state_at(catalog: Catalog, kind: str, actor_id: str, events: list[EventEnvelope],
-             version: int | None = None) -> StateAt:
-    """The fold of ``events`` up to ``version`` (default: all of them)."""
+             version: int | None = None, *, reveal: bool = False) -> StateAt:
+    """The fold of ``events`` up to ``version`` (default: all of them); its secrets
+    redacted unless ``reveal``."""
     latest = events[-1].version if events else 0
     upto = latest if version is None else version
     if not 0 <= upto <= latest:
@@ -92,20 +96,37 @@ def state_at(catalog: Catalog, kind: str, actor_id: str, events: list[EventEnvel
             break
         fold.apply(e)
         last = e
+    state = msgspec.to_builtins(fold.state)
     return StateAt(stream=stream_name(kind, actor_id), version=upto, latest=latest,
                    occurred_at=last.occurred_at if last else None,
-                   state=msgspec.to_builtins(fold.state), timers=dict(fold.timers))
+                   state=state if reveal else redacted(state), timers=dict(fold.timers))
 
 
 def diff(catalog: Catalog, kind: str, actor_id: str, events: list[EventEnvelope],
-         v1: int, v2: int) -> Diff:
-    """Field-by-field changes of the state from version ``v1`` to ``v2``."""
-    before = state_at(catalog, kind, actor_id, events, v1)
-    after = state_at(catalog, kind, actor_id, events, v2)
+         v1: int, v2: int, *, reveal: bool = False) -> Diff:
+    """Field-by-field changes of the state from version ``v1`` to ``v2``. Unless
+    ``reveal``, a secret that changed shows as changed, its values redacted."""
+    before = state_at(catalog, kind, actor_id, events, v1, reveal=True)
+    after = state_at(catalog, kind, actor_id, events, v2, reveal=True)
     low, high = sorted((v1, v2))
-    between = [row(e) for e in events if low < e.version <= high]
-    return Diff(stream=before.stream, from_version=v1, to_version=v2,
-                changes=changes(before.state, after.state), events=between)
+    between = [row(e, reveal=reveal) for e in events if low < e.version <= high]
+    found = changes(before.state, after.state)
+    if not reveal:
+        found = [_hidden(c) for c in found]
+    return Diff(stream=before.stream, from_version=v1, to_version=v2, changes=found,
+                events=between)
+
+
+def _hidden(change: Change) -> Change:
+    """``change`` with its secrets redacted (a secret leaf's values wholly)."""
+    leaf = change.path.rsplit(".", 1)[-1].split("[", 1)[0]
+
+    def hide(value: Any) -> Any:
+        if leaf in SECRET_FIELDS and value not in (ABSENT, None):
+            return REDACTED
+        return redacted(value)
+
+    return Change(path=change.path, before=hide(change.before), after=hide(change.after))
 
 
 def parse_time(text: str) -> dt.datetime:

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from actors.event_feed import REDACTED
+from actors.identity import USER, UserCreated, UserUpdated
 from orrery.cli import main
 from schemas import NewEvent, TimerSet
 from store.protocol import NO_STREAM
@@ -169,3 +171,44 @@ async def test_tail_follow_prints_what_another_process_appends(url: str) -> None
     finally:
         proc.terminate()
         await proc.wait()
+
+
+def test_secrets_are_redacted_unless_the_operator_asks_for_them(
+    log_url: str, capsys: pytest.CaptureFixture[str],  # noqa: F811
+) -> None:
+    """A password hash (and a webhook's signing secret, named alike) shows as the feed
+    shows it in history, state, diff, export, tail and trace; a change of it still shows
+    as a change; --reveal-secrets shows it as recorded."""
+
+    async def write() -> None:
+        store: Any = await _open(log_url, [USER])
+        try:
+            await store.append("user:u1", [at(0, UserCreated(
+                user_id="u1", name="ann", domain_id="default", password_hash="hash-one",
+                default_project_id=None, enabled=True, email=None, description=""))],
+                NO_STREAM, cause="cmd-0")
+            await store.append("user:u1", [at(5, UserUpdated(
+                user_id="u1", name="ann", default_project_id=None, enabled=True,
+                email=None, description="", password_hash="hash-two"))], 1, cause="cmd-5")
+        finally:
+            await store.close()
+
+    asyncio.run(write())
+    shown = {
+        "history": ["history", "user", "u1", "--json"],
+        "state": ["state", "user", "u1", "--json"],
+        "diff": ["diff", "user", "u1", "1", "2", "--json"],
+        "export": ["export", "--stream", "user:u1"],
+        "tail": ["tail", "--json"],
+        "trace": ["trace", "req-1", "--json"],
+        "state text": ["state", "user", "u1"],
+    }
+    for name, args in shown.items():
+        code, out = tool(capsys, log_url, *args)
+        assert code == 0, (name, out)
+        assert "hash-" not in out and REDACTED in out, (name, out)
+        code, out = tool(capsys, log_url, *args, "--reveal-secrets")
+        assert code == 0 and "hash-two" in out, (name, out)
+    _, out = tool(capsys, log_url, "diff", "user", "u1", "1", "2", "--json")
+    assert {c["path"]: (c["before"], c["after"]) for c in json.loads(out)["changes"]} == {
+        "password_hash": (REDACTED, REDACTED)}

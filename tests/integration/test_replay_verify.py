@@ -11,10 +11,13 @@ import json
 import re
 import sqlite3
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from actors.kind import ActorKind
 from orrery.cli import main
 from schemas import NewEvent, TimerFired, TimerSet
 from store.protocol import NO_STREAM
@@ -37,11 +40,11 @@ def log_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("pg_dsn"))
 
 
-async def _open(url: str) -> object:
+async def _open(url: str, kinds: Sequence[ActorKind[Any]] = (COUNTER,)) -> object:
     from replay.catalog import Catalog
     from replay.source import open_log
 
-    types = Catalog([COUNTER]).event_types()
+    types = Catalog(kinds).event_types()
     if url.startswith("sqlite"):
         from store.sqlite import SqliteEventStore
 
