@@ -18,14 +18,16 @@ flushes the queue.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
+import msgspec
 import structlog
 
 from store.errors import ConcurrencyError
 from store.pg_common import PROJECTIONS_CHANNEL, mapped
+from store.tables import Table, pg_delete, pg_put, pg_select
 
 #: move each checkpoint that is where the runner expects it, and tell every listener its
 #: new value ("name position"), in one trip; fewer rows back than names: another runner
@@ -41,6 +43,7 @@ _ENSURE_CHECKPOINTS = ("INSERT INTO projection_checkpoints (name, position)"
 _CHECKPOINTS = "SELECT name, position FROM projection_checkpoints WHERE name = ANY($1::text[])"
 
 log = structlog.get_logger(__name__)
+_JSON = msgspec.json.Encoder()
 
 
 class PgProjectionTx:
@@ -63,6 +66,23 @@ class PgProjectionTx:
 
     async def execute(self, sql: str, *args: object) -> None:
         self._pending.append((sql, args))
+
+    async def put_rows(self, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+        if rows:
+            self._pending.append((pg_put(table), (_JSON.encode(rows),)))
+
+    async def delete_rows(self, table: Table, keys: Sequence[Mapping[str, Any]]) -> None:
+        if keys:
+            self._pending.append((pg_delete(table), (_JSON.encode(keys),)))
+
+    async def committed_rows(self, table: Table, column: str,
+                             values: Sequence[object]) -> list[tuple[object, ...]]:
+        if not values:
+            return []
+        with mapped():
+            rows = await self._pool.fetch(pg_select(table, column), list(values),
+                                          timeout=self._timeout)
+        return [tuple(r) for r in rows]
 
     async def fetch(self, sql: str, *args: object) -> list[tuple[object, ...]]:
         await self._open()

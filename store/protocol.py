@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import msgspec
 
 from schemas import EventEnvelope, NewEvent, stream_kind
+from store.tables import Table
 
 #: one event as whole-log checks read it: (position, stream, version, type, data,
 #: occurred_at, causation_id); a backend may hand out its own row objects that index and
@@ -177,6 +178,22 @@ class SqlTx(Protocol):
         ...
 
     async def fetch(self, sql: str, *args: object) -> list[tuple[object, ...]]:
+        ...
+
+    async def put_rows(self, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert or replace whole rows of ``table`` (column -> value, every column) by
+        key; no two of ``rows`` may share a key. Queued like ``execute``."""
+        ...
+
+    async def delete_rows(self, table: Table, keys: Sequence[Mapping[str, Any]]) -> None:
+        """Delete the rows of ``table`` with these keys (key column -> value each)."""
+        ...
+
+    async def committed_rows(self, table: Table, column: str,
+                             values: Sequence[object]) -> list[tuple[object, ...]]:
+        """The rows of ``table`` whose ``column`` is one of ``values`` as earlier
+        transactions committed them (never what this one has queued), read without
+        opening this transaction: how a projection loads the rows a batch will change."""
         ...
 
 

@@ -6,15 +6,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from store.errors import ConcurrencyError
+from store.tables import SQLITE_IN_CHUNK, Table, sqlite_delete, sqlite_put, sqlite_select
 
 if TYPE_CHECKING:
     from store.sqlite import SqliteEventStore
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
+#: a statement's parameters: positional, or named (whole-row writes)
+_Params = tuple[object, ...] | Mapping[str, Any]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -45,7 +48,7 @@ class SqliteProjectionTx:
         self._defer_empty = defer_empty
         #: true once the block ended without a write, so nothing was committed
         self.deferred = False
-        self._pending: list[tuple[str, tuple[object, ...]]] = []
+        self._pending: list[tuple[str, _Params]] = []
         self._open = False
 
     async def __aenter__(self) -> SqliteProjectionTx:
@@ -66,10 +69,20 @@ class SqliteProjectionTx:
             conn.execute("ROLLBACK")
             raise
 
-    def _flush(self, pending: list[tuple[str, tuple[object, ...]]]) -> None:
+    def _flush(self, pending: list[tuple[str, _Params]]) -> None:
+        """Run the queued statements, each run of one statement as one executemany."""
         conn = self._store._writer_conn
-        for statement, args in pending:
-            conn.execute(statement, args)
+        start = 0
+        while start < len(pending):
+            statement = pending[start][0]
+            end = start + 1
+            while end < len(pending) and pending[end][0] == statement:
+                end += 1
+            if end - start == 1:
+                conn.execute(statement, pending[start][1])
+            else:
+                conn.executemany(statement, [args for _, args in pending[start:end]])
+            start = end
 
     def _session(self, open_: bool) -> None:
         """On the writer thread: appends wait while this transaction spans several jobs."""
@@ -91,7 +104,7 @@ class SqliteProjectionTx:
             self._rollback()
             raise
 
-    def _whole(self, pending: list[tuple[str, tuple[object, ...]]]) -> None:
+    def _whole(self, pending: list[tuple[str, _Params]]) -> None:
         """BEGIN, the queued statements and COMMIT in one job (rolled back on error)."""
         self._begin()
         try:
@@ -107,7 +120,7 @@ class SqliteProjectionTx:
         if conn.in_transaction:  # some errors already rolled SQLite back
             conn.execute("ROLLBACK")
 
-    def _take(self) -> list[tuple[str, tuple[object, ...]]]:
+    def _take(self) -> list[tuple[str, _Params]]:
         pending, self._pending = self._pending, []
         return pending
 
@@ -144,6 +157,26 @@ class SqliteProjectionTx:
 
     async def execute(self, sql: str, *args: object) -> None:
         self._pending.append((to_sqlite_params(sql), args))
+
+    async def put_rows(self, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+        sql = sqlite_put(table)
+        self._pending += [(sql, dict(row)) for row in rows]  # as they are now
+
+    async def delete_rows(self, table: Table, keys: Sequence[Mapping[str, Any]]) -> None:
+        sql = sqlite_delete(table)
+        self._pending += [(sql, dict(key)) for key in keys]
+
+    async def committed_rows(self, table: Table, column: str,
+                             values: Sequence[object]) -> list[tuple[object, ...]]:
+        """Read on the store's reader connection (a file: WAL shows it the last commit);
+        a ``:memory:`` store has one connection, whose reads see a transaction this tx
+        has opened with ``fetch``."""
+        rows: list[tuple[object, ...]] = []
+        values = list(values)
+        for i in range(0, len(values), SQLITE_IN_CHUNK):
+            chunk = tuple(values[i:i + SQLITE_IN_CHUNK])
+            rows += await self._store._read(sqlite_select(table, column, len(chunk)), chunk)
+        return rows
 
     async def fetch(self, sql: str, *args: object) -> list[tuple[object, ...]]:
         store = self._store
