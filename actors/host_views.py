@@ -36,10 +36,12 @@ from actors.host import (
     Resources,
     free,
 )
-from schemas import EventEnvelope, stream_kind
+from schemas import EventEnvelope
 from schemas.hostd import Capacity, StorageCapacity
 from schemas.hostnet import Capabilities
 from store.protocol import SqlTx
+from store.rowset import RowSet
+from store.tables import Table
 
 TABLE = "hosts"
 UP, DOWN = "up", "down"
@@ -67,18 +69,6 @@ _NETWORKS = (
 _JSON = msgspec.json.Encoder()
 _CAPABILITIES = msgspec.json.Decoder(Capabilities)
 _STORAGE_CAPACITY = msgspec.json.Decoder(StorageCapacity)
-_INVENTORY = (
-    "INSERT INTO hosts (id, state, vcpus, ram_mb, disk_gb, used_vcpus, used_ram_mb,"
-    " used_disk_gb, instances, last_heartbeat, cpu_ratio, ram_ratio, disk_ratio)"
-    " VALUES ($1, $2, $3, $4, $5, 0, 0, 0, 0, $6, $7, $8, $9)"
-    " ON CONFLICT (id) DO UPDATE SET vcpus = excluded.vcpus, ram_mb = excluded.ram_mb,"
-    " disk_gb = excluded.disk_gb, cpu_ratio = excluded.cpu_ratio,"
-    " ram_ratio = excluded.ram_ratio, disk_ratio = excluded.disk_ratio"
-)
-_USAGE = (
-    "UPDATE hosts SET used_vcpus = used_vcpus + $2, used_ram_mb = used_ram_mb + $3,"
-    " used_disk_gb = used_disk_gb + $4, instances = instances + $5 WHERE id = $1"
-)
 
 
 class HostView(msgspec.Struct, frozen=True, kw_only=True):
@@ -134,40 +124,74 @@ class HostsProjection:
                            "DROP TABLE IF EXISTS host_storage")
 
     async def apply(self, tx: SqlTx, events: Sequence[EventEnvelope]) -> None:
-        for ev in events:
-            decoder = _DECODERS.get(ev.type)
-            if decoder is None or stream_kind(ev.stream) != KIND:
-                continue
-            host_id = ev.stream.split(":", 1)[1]
-            await _apply_one(tx, host_id, decoder.decode(bytes(ev.data)))
+        """A batch's host rows folded in memory (a host's claims and beats in one batch
+        are one row written); capabilities and storage as statements, in order."""
+        mine = [(ev.stream[len(_PREFIX):], decoder.decode(bytes(ev.data))) for ev in events
+                if (decoder := _DECODERS.get(ev.type)) is not None
+                and ev.stream.startswith(_PREFIX)]
+        if not mine:
+            return
+        hosts = RowSet(HOSTS)
+        await hosts.load(tx, "id", [host_id for host_id, _ in mine])
+        for host_id, event in mine:
+            await _apply_one(tx, hosts, host_id, event)
+        await hosts.flush(tx)
 
 
-async def _apply_one(tx: SqlTx, host_id: str, event: msgspec.Struct) -> None:
+_PREFIX = f"{KIND}:"
+HOSTS = Table(TABLE, (
+    ("id", "text"), ("state", "text"), ("vcpus", "bigint"), ("ram_mb", "bigint"),
+    ("disk_gb", "bigint"), ("used_vcpus", "bigint"), ("used_ram_mb", "bigint"),
+    ("used_disk_gb", "bigint"), ("instances", "bigint"), ("last_heartbeat", "text"),
+    ("cpu_ratio", "double precision"), ("ram_ratio", "double precision"),
+    ("disk_ratio", "double precision")))
+
+
+async def _apply_one(tx: SqlTx, hosts: RowSet, host_id: str, event: msgspec.Struct) -> None:
+    row = hosts.get(host_id)
     match event:
         case HostRegistered(capacity=c, ratios=r, at=at) | HostInventoryChanged(
             capacity=c, ratios=r, at=at
         ):
-            await tx.execute(_INVENTORY, host_id, UP, c.vcpus, c.ram_mb, c.disk_gb,
-                             _iso(at), r.cpu, r.ram, r.disk)
+            inventory = {"vcpus": c.vcpus, "ram_mb": c.ram_mb, "disk_gb": c.disk_gb,
+                         "cpu_ratio": r.cpu, "ram_ratio": r.ram, "disk_ratio": r.disk}
+            if row is None:  # first report: up, nothing used yet
+                hosts.put({"id": host_id, "state": UP, **inventory, "used_vcpus": 0,
+                           "used_ram_mb": 0, "used_disk_gb": 0, "instances": 0,
+                           "last_heartbeat": _iso(at)})
+            else:
+                _change(hosts, row, **inventory)
             networks = None if c.networks is None else _JSON.encode(c.networks).decode()
             await tx.execute(_NETWORKS, host_id, networks)
             if c.storage is not None:
                 await tx.execute(_STORAGE, host_id, _JSON.encode(c.storage).decode())
-        case HostHeartbeat(at=at):
-            await tx.execute("UPDATE hosts SET last_heartbeat = $2 WHERE id = $1",
-                             host_id, _iso(at))
-        case HostUp(at=at):
-            await tx.execute("UPDATE hosts SET state = $2, last_heartbeat = $3 WHERE id = $1",
-                             host_id, UP, _iso(at))
-        case HostDown():
-            await tx.execute("UPDATE hosts SET state = $2 WHERE id = $1", host_id, DOWN)
         case HostClaimed(volume_gb=g) | HostReleased(volume_gb=g) if g:
             sign = 1 if isinstance(event, HostClaimed) else -1
             await tx.execute(_STORAGE_USAGE, host_id, sign * g, sign)
+        case _ if row is None:
+            return  # as an UPDATE of no row: a host that never reported
+        case HostHeartbeat(at=at):
+            _change(hosts, row, last_heartbeat=_iso(at))
+        case HostUp(at=at):
+            _change(hosts, row, state=UP, last_heartbeat=_iso(at))
+        case HostDown():
+            _change(hosts, row, state=DOWN)
         case HostClaimed(vcpus=v, ram_mb=m, disk_gb=d):
-            await tx.execute(_USAGE, host_id, v, m, d, 1)
+            _use(hosts, row, v, m, d, 1)
         case HostReleased(vcpus=v, ram_mb=m, disk_gb=d):
-            await tx.execute(_USAGE, host_id, -v, -m, -d, -1)
+            _use(hosts, row, -v, -m, -d, -1)
+
+
+def _change(hosts: RowSet, row: dict[str, Any], **columns: Any) -> None:
+    row.update(columns)
+    hosts.changed(row)
+
+
+def _use(hosts: RowSet, row: dict[str, Any], vcpus: int, ram_mb: int, disk_gb: int,
+         instances: int) -> None:
+    _change(hosts, row, used_vcpus=row["used_vcpus"] + vcpus,
+            used_ram_mb=row["used_ram_mb"] + ram_mb, used_disk_gb=row["used_disk_gb"] + disk_gb,
+            instances=row["instances"] + instances)
 
 
 class QueryStore(Protocol):

@@ -23,11 +23,12 @@ are UTC ISO text with microseconds, so they order as text.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ipaddress
 import re
 from collections.abc import Sequence
-from functools import cache, reduce
+from functools import reduce
 from operator import or_
 from typing import Any, Protocol
 
@@ -42,13 +43,8 @@ from actors.instance import (
     INSTANCE_EVENTS,
     KIND,
     NOSTATE,
-    POWERING_OFF,
-    POWERING_ON,
-    REBOOTING,
-    REBOOTING_HARD,
     SCHEDULING,
     SPAWNING,
-    STOPPED,
     Fault,
     InstanceActionDone,
     InstanceActionFailed,
@@ -63,8 +59,10 @@ from actors.instance import (
     NicInfo,
     status,
 )
-from schemas import EventEnvelope, stream_kind
+from schemas import EventEnvelope
 from store.protocol import SqlTx
+from store.rowset import RowSet
+from store.tables import Table
 
 PROJECTION_NAME = "instances_v3"
 SERVERS = "servers_v3"
@@ -115,37 +113,20 @@ _DECODER: msgspec.json.Decoder[Any] = msgspec.json.Decoder(reduce(or_, INSTANCE_
 _JSON = msgspec.json.Encoder()
 _FAULT = msgspec.json.Decoder(Fault)
 _META = msgspec.json.Decoder(dict[str, str])
-_VM_STATES = (BUILDING, ACTIVE, STOPPED, ERROR, DELETED)
-_TASK_STATES = (SCHEDULING, SPAWNING, POWERING_OFF, POWERING_ON, REBOOTING, REBOOTING_HARD,
-                DELETING)
-
-
-@cache
-def status_sql(vm: str, task: str) -> str:
-    """SQL for `actors.instance.status` of two SQL expressions (a column, ``$n``, a literal)."""
-    whens = []
-    for vm_state in _VM_STATES:
-        plain = status(vm_state, None)
-        whens += [f"WHEN {vm} = '{vm_state}' AND {task} = '{task_state}'"
-                  f" THEN '{status(vm_state, task_state)}'"
-                  for task_state in _TASK_STATES if status(vm_state, task_state) != plain]
-        whens.append(f"WHEN {vm} = '{vm_state}' THEN '{plain}'")
-    return f"CASE {' '.join(whens)} ELSE '{status('', None)}' END"
-
-
-_INSERT = f"""
-INSERT INTO {SERVERS} ({SERVER_COLUMNS}) VALUES ($1, $2, $3, $4,
-    '{status(BUILDING, SCHEDULING)}', '{BUILDING}', '{SCHEDULING}', {NOSTATE}, NULL, $5, $6,
-    $7, $8, $9, $10, $11, $12, NULL, $13, $14, $14, NULL, NULL, 0, $15)
-ON CONFLICT (id) DO NOTHING"""
-_ACTION_START = f"""
-INSERT INTO {ACTIONS} ({ACTION_COLUMNS})
-VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL, NULL, $7, $6)
-ON CONFLICT (instance_id, request_id, action) DO NOTHING"""
-_ACTION_FINISH = f"""
-UPDATE {ACTIONS} SET finish_time = $3, updated_at = $3, result = $4, message = $5,
-    host = COALESCE(host, $6)
-WHERE instance_id = $1 AND action = $2 AND finish_time IS NULL"""
+SERVERS_TABLE = Table(SERVERS, (
+    ("id", "text"), ("project_id", "text"), ("user_id", "text"), ("name", "text"),
+    ("status", "text"), ("vm_state", "text"), ("task_state", "text"),
+    ("power_state", "integer"), ("host", "text"), ("flavor_id", "text"),
+    ("image_id", "text"), ("flavor", "text"), ("image", "text"), ("metadata", "text"),
+    ("key_name", "text"), ("availability_zone", "text"), ("description", "text"),
+    ("fault", "text"), ("request_id", "text"), ("created_at", "text"),
+    ("updated_at", "text"), ("launched_at", "text"), ("terminated_at", "text"),
+    ("deleted", "integer"), ("addresses", "text")))
+ACTIONS_TABLE = Table(ACTIONS, (
+    ("instance_id", "text"), ("request_id", "text"), ("action", "text"),
+    ("project_id", "text"), ("user_id", "text"), ("start_time", "text"),
+    ("finish_time", "text"), ("result", "text"), ("message", "text"), ("host", "text"),
+    ("updated_at", "text")), key=3)
 
 
 def addresses_json(nics: Sequence[NicInfo]) -> str:
@@ -162,7 +143,8 @@ def addresses_json(nics: Sequence[NicInfo]) -> str:
 
 def stamp(when: dt.datetime) -> str:
     """A time as the table stores it: UTC, microseconds, ordered as text."""
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    utc = when if when.tzinfo is dt.UTC else when.astimezone(dt.UTC)
+    return utc.replace(tzinfo=None).isoformat(timespec="microseconds")
 
 
 class ServerView(msgspec.Struct, frozen=True):
@@ -227,106 +209,155 @@ class ActionView(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class InstancesProjection:
-    """Folds ``instance.*`` events into ``servers_v2`` and ``instance_actions_v2``."""
+    """Folds ``instance.*`` events into ``servers_v3`` and ``instance_actions_v3``: a
+    batch's servers and actions are folded in memory (`_Batch`) and each touched row is
+    written once."""
 
     name = PROJECTION_NAME
     ddl: Sequence[str] = DDL
     drop: Sequence[str] = DROP
 
     async def apply(self, tx: SqlTx, events: Sequence[EventEnvelope]) -> None:
-        for ev in events:
-            if ev.type in _TAGS and stream_kind(ev.stream) == KIND:
-                await _fold(tx, ev, _DECODER.decode(bytes(ev.data)))
+        mine = [(ev.stream[len(_PREFIX):], ev, _DECODER.decode(bytes(ev.data)))
+                for ev in events if ev.type in _TAGS and ev.stream.startswith(_PREFIX)]
+        if not mine:
+            return
+        batch = _Batch()
+        new = {iid for iid, _, event in mine if type(event) is InstanceCreated}
+        await batch.load(tx, [iid for iid in dict.fromkeys(iid for iid, _, _ in mine)
+                              if iid not in new])
+        for iid, ev, event in mine:
+            batch.fold(iid, ev, event)
+        await batch.servers.flush(tx)
+        await batch.actions.flush(tx)
 
 
-def _instance_id(ev: EventEnvelope) -> str:
-    return ev.stream.partition(":")[2]
+_PREFIX = f"{KIND}:"
 
 
-async def _set(tx: SqlTx, instance_id: str, at: dt.datetime, sets: str, *args: object,
-               vm: str = "vm_state", task: str = "task_state") -> None:
-    """UPDATE the server SET ``sets`` (placeholders from $3), updated_at = $2 and the status
-    of the new ``vm`` and ``task`` (SQL expressions; the columns when they do not change)."""
-    await tx.execute(f"UPDATE {SERVERS} SET {sets}, status = {status_sql(vm, task)},"
-                     " updated_at = $2 WHERE id = $1", instance_id, stamp(at), *args)
+Row = dict[str, Any]
 
 
-async def _finish(tx: SqlTx, instance_id: str, action: str, at: dt.datetime, *,
-                  error: str | None = None, host: str | None = None) -> None:
-    await tx.execute(_ACTION_FINISH, instance_id, action, stamp(at),
-                     "Error" if error is not None else "Success", error, host)
+class _Batch:
+    """One batch's servers and actions, as the batch leaves them."""
 
+    def __init__(self) -> None:
+        self.servers = RowSet(SERVERS_TABLE)
+        self.actions = RowSet(ACTIONS_TABLE)
+        #: instance id -> its action rows known to this batch
+        self.actions_of: dict[str, list[Row]] = {}
 
-async def _fold(tx: SqlTx, ev: EventEnvelope, event: msgspec.Struct) -> None:
-    iid = _instance_id(ev)
-    request_id = ev.correlation_id or f"req-{ev.event_id}"
-    match event:
-        case InstanceCreated():
-            at = stamp(event.at)
-            await tx.execute(_INSERT, iid, event.project_id, event.user_id, event.name,
-                             event.flavor.id, event.image.id,
-                             _JSON.encode(event.flavor).decode(),
-                             _JSON.encode(event.image).decode(),
-                             _JSON.encode(event.metadata).decode(), event.key_name,
-                             event.availability_zone, event.description, request_id, at,
-                             addresses_json(event.nics))
-            await tx.execute(_ACTION_START, iid, request_id, "create", event.project_id,
-                             event.user_id, at, None)
-        case InstanceScheduled(host=host, at=at):
-            await _set(tx, iid, at, "host = $3, task_state = $4", host, SPAWNING, task="$4")
-        case InstanceSpawned(host=host, power_state=power, at=at):
-            await _set(tx, iid, at, f"vm_state = '{ACTIVE}', task_state = NULL, host = $3,"
-                       " power_state = $4, launched_at = $2", host, power,
-                       vm=f"'{ACTIVE}'", task="NULL")
-            await _finish(tx, iid, "create", at, host=host)
-        case InstanceFailed(fault=fault, at=at):
-            await _set(tx, iid, at, f"vm_state = '{ERROR}', task_state = NULL, host = NULL,"
-                       f" power_state = {NOSTATE}, fault = $3", _JSON.encode(fault).decode(),
-                       vm=f"'{ERROR}'", task="NULL")
-            await _finish(tx, iid, "create", at, error=fault.message)
-        case InstanceActionStarted(action=action, task=task, at=at):
-            await _set(tx, iid, at, "task_state = $3", task, task="$3")
-            await _start_action(tx, iid, request_id, action, at, ev)
-        case InstanceActionDone(action=action, vm_state=vm_state, power_state=power, at=at):
-            clear = ", fault = NULL" if vm_state != ERROR else ""
-            await _set(tx, iid, at, f"vm_state = $3, power_state = $4, task_state = NULL{clear}",
-                       vm_state, power, vm="$3", task="NULL")
-            await _finish(tx, iid, action, at)
-        case InstanceActionFailed(action=action, message=message, at=at):
-            await _set(tx, iid, at, "task_state = NULL", task="NULL")
-            await _finish(tx, iid, action, at, error=message)
-        case InstancePowerSynced(vm_state=vm_state, power_state=power, at=at):
-            await _set(tx, iid, at, "vm_state = $3, power_state = $4", vm_state, power,
-                       vm="$3")
-        case InstanceDeleting(at=at):
-            await _set(tx, iid, at, "task_state = $3", DELETING, task="$3")
-            await _start_action(tx, iid, request_id, "delete", at, ev)
-        case InstanceDeleted(at=at, host=host, note=note):
-            await _set(tx, iid, at, f"vm_state = '{DELETED}', task_state = NULL,"
-                       " terminated_at = $2, deleted = 1", vm=f"'{DELETED}'", task="NULL")
-            open_ = await tx.fetch(f"SELECT request_id FROM {ACTIONS} WHERE"
-                                   " instance_id = $1 AND action = 'delete' AND"
-                                   " finish_time IS NULL", iid)
-            if open_:
-                request_id = str(open_[0][0])
-            else:
-                await _start_action(tx, iid, request_id, "delete", at, ev)
-            await _finish(tx, iid, "delete", at, host=host, error=None)
-            if note:
-                await tx.execute(f"UPDATE {ACTIONS} SET message = $3 WHERE"
-                                 " instance_id = $1 AND request_id = $2 AND action = 'delete'",
-                                 iid, request_id, note)
+    async def load(self, tx: SqlTx, instance_ids: Sequence[str]) -> None:
+        """The committed rows of instances this batch did not create (both reads at once)."""
+        _, actions = await asyncio.gather(self.servers.load(tx, "id", instance_ids),
+                                          self.actions.load(tx, "instance_id", instance_ids))
+        for row in actions:
+            self.actions_of.setdefault(row["instance_id"], []).append(row)
 
+    def fold(self, iid: str, ev: EventEnvelope, event: msgspec.Struct) -> None:
+        request_id = ev.correlation_id or f"req-{ev.event_id}"
+        if isinstance(event, InstanceCreated):
+            self._create(iid, request_id, event)
+            return
+        server = self.servers.get(iid)
+        if server is None:
+            return  # as an UPDATE of no row: a server this projection never saw created
+        match event:
+            case InstanceScheduled(host=host, at=at):
+                self._set(server, at, host=host, task_state=SPAWNING)
+            case InstanceSpawned(host=host, power_state=power, at=at):
+                self._set(server, at, vm_state=ACTIVE, task_state=None, host=host,
+                          power_state=power, launched_at=stamp(at))
+                self._finish(iid, "create", at, host=host)
+            case InstanceFailed(fault=fault, at=at):
+                self._set(server, at, vm_state=ERROR, task_state=None, host=None,
+                          power_state=NOSTATE, fault=_JSON.encode(fault).decode())
+                self._finish(iid, "create", at, error=fault.message)
+            case InstanceActionStarted(action=action, task=task, at=at):
+                self._set(server, at, task_state=task)
+                self._start(server, request_id, action, at, ev)
+            case InstanceActionDone(action=action, vm_state=vm_state, power_state=power, at=at):
+                cleared = {"fault": None} if vm_state != ERROR else {}
+                self._set(server, at, vm_state=vm_state, power_state=power, task_state=None,
+                          **cleared)
+                self._finish(iid, action, at)
+            case InstanceActionFailed(action=action, message=message, at=at):
+                self._set(server, at, task_state=None)
+                self._finish(iid, action, at, error=message)
+            case InstancePowerSynced(vm_state=vm_state, power_state=power, at=at):
+                self._set(server, at, vm_state=vm_state, power_state=power)
+            case InstanceDeleting(at=at):
+                self._set(server, at, task_state=DELETING)
+                self._start(server, request_id, "delete", at, ev)
+            case InstanceDeleted(at=at, host=host, note=note):
+                self._set(server, at, vm_state=DELETED, task_state=None,
+                          terminated_at=stamp(at), deleted=1)
+                open_ = next((a for a in self.actions_of.get(iid, ())
+                              if a["action"] == "delete" and a["finish_time"] is None), None)
+                if open_ is None:
+                    open_ = self._start(server, request_id, "delete", at, ev)
+                self._finish(iid, "delete", at, host=host)
+                if note:
+                    open_["message"] = note
+                    self.actions.changed(open_)
 
-async def _start_action(tx: SqlTx, iid: str, request_id: str, action: str, at: dt.datetime,
-                        ev: EventEnvelope) -> None:
-    """Record an action; project and user come from the server's row."""
-    rows = await tx.fetch(f"SELECT project_id, user_id, host FROM {SERVERS} WHERE id = $1",
-                          iid)
-    project_id, user_id, host = rows[0] if rows else (ev.project_id or "", ev.user_id or "",
-                                                      None)
-    await tx.execute(_ACTION_START, iid, request_id, action, project_id,
-                     ev.user_id or user_id, stamp(at), host)
+    def _create(self, iid: str, request_id: str, event: InstanceCreated) -> None:
+        if self.servers.get(iid) is not None:
+            return  # created once (as INSERT … ON CONFLICT DO NOTHING)
+        at = stamp(event.at)
+        self.servers.put({
+            "id": iid, "project_id": event.project_id, "user_id": event.user_id,
+            "name": event.name, "status": status(BUILDING, SCHEDULING),
+            "vm_state": BUILDING, "task_state": SCHEDULING, "power_state": NOSTATE,
+            "host": None, "flavor_id": event.flavor.id, "image_id": event.image.id,
+            "flavor": _JSON.encode(event.flavor).decode(),
+            "image": _JSON.encode(event.image).decode(),
+            "metadata": _JSON.encode(event.metadata).decode(), "key_name": event.key_name,
+            "availability_zone": event.availability_zone, "description": event.description,
+            "fault": None, "request_id": request_id, "created_at": at, "updated_at": at,
+            "launched_at": None, "terminated_at": None, "deleted": 0,
+            "addresses": addresses_json(event.nics)})
+        self._action(iid, request_id, "create", event.project_id, event.user_id, at, None)
+
+    def _set(self, server: Row, at: dt.datetime, **changes: Any) -> None:
+        """Change the server's columns; its status follows its states; updated_at is
+        ``at``."""
+        server.update(changes)
+        server["status"] = status(server["vm_state"], server["task_state"])
+        server["updated_at"] = stamp(at)
+        self.servers.changed(server)
+
+    def _start(self, server: Row, request_id: str, action: str, at: dt.datetime,
+               ev: EventEnvelope) -> Row:
+        """Record a user action; project and host from the server, the user who asked."""
+        return self._action(server["id"], request_id, action, server["project_id"],
+                            ev.user_id or server["user_id"], stamp(at), server["host"])
+
+    def _action(self, iid: str, request_id: str, action: str, project_id: str,
+                user_id: str, at: str, host: str | None) -> Row:
+        """The action row (request id, action); a new one when there is none (as
+        INSERT … ON CONFLICT DO NOTHING)."""
+        found = self.actions.get(iid, request_id, action)
+        if found is not None:
+            return found
+        row = {"instance_id": iid, "request_id": request_id, "action": action,
+               "project_id": project_id, "user_id": user_id, "start_time": at,
+               "finish_time": None, "result": None, "message": None, "host": host,
+               "updated_at": at}
+        self.actions.put(row)
+        self.actions_of.setdefault(iid, []).append(row)
+        return row
+
+    def _finish(self, iid: str, action: str, at: dt.datetime, *, error: str | None = None,
+                host: str | None = None) -> None:
+        """Finish the instance's open actions of this kind with their result."""
+        when = stamp(at)
+        for row in self.actions_of.get(iid, ()):
+            if row["action"] == action and row["finish_time"] is None:
+                row.update(finish_time=when, updated_at=when, message=error,
+                           result="Error" if error is not None else "Success",
+                           host=row["host"] if row["host"] is not None else host)
+                self.actions.changed(row)
 
 
 # -- reads ---------------------------------------------------------------------------------

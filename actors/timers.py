@@ -25,6 +25,8 @@ from schemas.envelope import ENCODER
 from store.leadership import STANDBY_SECONDS, leadership
 from store.projections import ProjectionRunner
 from store.protocol import EventStore, ProjectionStore, SqlTx
+from store.rowset import RowSet
+from store.tables import Table
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +52,10 @@ class TimerStore(EventStore, ProjectionStore, Protocol):
         ...
 
 
+TIMERS = Table("orrery_timers", (("timer_id", "text"), ("kind", "text"), ("actor_id", "text"),
+                                 ("name", "text"), ("fire_at", "bigint")))
+
+
 class TimerProjection:
     """Pending timers by id, folded from the log."""
 
@@ -65,21 +71,20 @@ class TimerProjection:
         self.on_change = on_change
 
     async def apply(self, tx: SqlTx, events: Sequence[EventEnvelope]) -> None:
+        """A batch's timers in memory: one set and cancelled within it writes nothing."""
         earliest: int | None = None
+        pending = RowSet(TIMERS)
         for ev in events:
             if ev.type == "timer.set":
                 t = _SET.decode(ev.data)
                 kind, _, actor_id = ev.stream.partition(":")
                 at = _micros(t.fire_at)
-                await tx.execute(
-                    "INSERT INTO orrery_timers (timer_id, kind, actor_id, name, fire_at)"
-                    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (timer_id) DO NOTHING",
-                    t.timer_id, kind, actor_id, t.name, at,
-                )
+                pending.put({"timer_id": t.timer_id, "kind": kind, "actor_id": actor_id,
+                             "name": t.name, "fire_at": at}, new=True)
                 earliest = at if earliest is None else min(earliest, at)
             elif ev.type in ("timer.fired", "timer.cancelled"):
-                ref = _REF.decode(ev.data)
-                await tx.execute("DELETE FROM orrery_timers WHERE timer_id = $1", ref.timer_id)
+                pending.delete(_REF.decode(ev.data).timer_id)
+        await pending.flush(tx)
         if earliest is not None:
             # called inside the projection's transaction: the rows are not visible to
             # other connections until the checkpoint reaches this position

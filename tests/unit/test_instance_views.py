@@ -26,6 +26,7 @@ from actors.instance import (
     InstanceDeleted,
     InstanceDeleting,
     InstanceFailed,
+    InstancePowerSynced,
     InstanceScheduled,
     InstanceSpawned,
     status,
@@ -39,7 +40,6 @@ from actors.instance_views import (
     read_server,
     read_server_refs,
     read_servers,
-    status_sql,
 )
 from schemas import SYSTEM_EVENTS
 from store.projections import ProjectionRunner
@@ -171,14 +171,86 @@ async def project(store: Any) -> None:
 
 
 async def test_the_status_column_follows_novas_status_of_every_state(store: Any) -> None:
-    """The SQL that keeps the status column agrees with actors.instance.status for every
-    vm_state and task_state (and an unknown vm_state is UNKNOWN)."""
-    tasks = [None, "scheduling", "spawning", "powering-off", "powering-on", REBOOTING,
-             REBOOTING_HARD, "deleting"]
-    for vm_state in ("building", "active", "stopped", "error", "deleted", "shelved"):
-        for task in tasks:
-            rows = await store.query(f"SELECT {status_sql('$1', '$2')}", vm_state, task)
-            assert rows[0][0] == status(vm_state, task), (vm_state, task)
+    """The status column is actors.instance.status of the server's states, through every
+    state a lifecycle passes (and an unknown vm_state, as a power sync could bring, is
+    UNKNOWN)."""
+    await fold(store, "s1", ("req-a", created("vm1")))
+    seen = []
+    for i, event in enumerate([
+            InstanceScheduled(host="h1", request="r1", at=at(1)),
+            InstanceSpawned(host="h1", power_state=1, at=at(2)),
+            InstanceActionStarted(action="reboot", task=REBOOTING, request="r2", at=at(3)),
+            InstanceActionDone(action="reboot", vm_state="active", power_state=1, at=at(4)),
+            InstanceActionStarted(action="reboot", task=REBOOTING_HARD, request="r3",
+                                  at=at(5)),
+            InstanceActionDone(action="reboot", vm_state="active", power_state=1, at=at(6)),
+            InstanceActionStarted(action="stop", task="powering-off", request="r4", at=at(7)),
+            InstanceActionDone(action="stop", vm_state="stopped", power_state=4, at=at(8)),
+            InstancePowerSynced(vm_state="shelved", power_state=4, reason="odd",
+                                at=at(9)),
+            InstanceDeleting(request="r5", at=at(10))]):
+        await fold(store, "s1", (f"req-{i}", event))
+        row = await read_server(store, "s1")
+        assert row is not None and row.status == status(row.vm_state, row.task_state)
+        seen.append(row.status)
+    assert seen == ["BUILD", "ACTIVE", "REBOOT", "ACTIVE", "HARD_REBOOT", "ACTIVE", "ACTIVE",
+                    "SHUTOFF", "UNKNOWN", "UNKNOWN"]
+
+
+#: servers and actions as the tables hold them, every column
+_EVERY_SERVER = "SELECT * FROM servers_v3 ORDER BY id"
+_EVERY_ACTION = "SELECT * FROM instance_actions_v3 ORDER BY instance_id, request_id, action"
+
+
+async def test_a_batch_folds_to_the_same_rows_as_its_events_one_by_one(store: Any) -> None:
+    """Lifecycles of several servers, their events interleaved in the log, rebuilt one
+    event a batch and then all in one batch: the same rows, column for column."""
+    fault = Fault(code=500, message="No valid host was found.", created=at(2))
+    lives: dict[str, list[msgspec.Struct]] = {
+        "s1": [created("one"), InstanceScheduled(host="h1", request="r1", at=at(1)),
+               InstanceSpawned(host="h1", power_state=1, at=at(2)),
+               InstanceActionStarted(action="stop", task="powering-off", request="r2",
+                                     at=at(3)),
+               InstanceActionDone(action="stop", vm_state="stopped", power_state=4, at=at(4)),
+               InstanceActionStarted(action="start", task="powering-on", request="r3",
+                                     at=at(5)),
+               InstanceActionFailed(action="start", message="boom", at=at(6)),
+               InstancePowerSynced(vm_state="active", power_state=1, reason="on",
+                                   at=at(7)),
+               InstanceDeleting(request="r4", at=at(8)),
+               InstanceDeleted(instance_id="s1", host="h1", note="late", at=at(9))],
+        "s2": [created("two", seconds=1), InstanceScheduled(host="h2", request="r1", at=at(2)),
+               InstanceFailed(instance_id="s2", host="h2", task="spawning", fault=fault,
+                              at=at(3))],
+        "s3": [created("three", seconds=2),
+               InstanceDeleted(instance_id="s3", host=None, note="never placed", at=at(4))],
+        "s4": [created("four", seconds=3), InstanceScheduled(host="h1", request="r1", at=at(4)),
+               InstanceSpawned(host="h1", power_state=1, at=at(5)),
+               InstanceDeleting(request="r2", at=at(6)),
+               InstanceDeleted(instance_id="s4", host="h1", at=at(7))],
+    }
+    versions = dict.fromkeys(lives, 0)
+    for step in range(max(len(v) for v in lives.values())):
+        for sid, life in lives.items():
+            if step < len(life):
+                await store.append(f"instance:{sid}", [new_event(
+                    life[step], correlation_id=f"req-{sid}-{step // 2}",
+                    user_id=f"u{step % 2}")], versions[sid])
+                versions[sid] += 1
+    tables = []
+    for batch in (1, 1000):
+        runner = ProjectionRunner(store, InstancesProjection(), batch=batch)
+        await runner.rebuild()
+        tables.append((await store.query(_EVERY_SERVER), await store.query(_EVERY_ACTION)))
+    assert tables[0] == tables[1]
+    servers, actions = tables[1]
+    assert [r[0] for r in servers] == ["s1", "s2", "s3", "s4"]
+    assert [(r[0], r[2], r[7], r[8]) for r in actions] == [
+        ("s1", "create", "Success", None), ("s1", "stop", "Success", None),
+        ("s1", "start", "Error", "boom"), ("s1", "delete", "Success", "late"),
+        ("s2", "create", "Error", "No valid host was found."),
+        ("s3", "create", None, None), ("s3", "delete", "Success", "never placed"),
+        ("s4", "create", "Success", None), ("s4", "delete", "Success", None)]
 
 
 async def test_lists_filter_order_and_page_in_sql(store: Any) -> None:
