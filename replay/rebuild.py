@@ -76,7 +76,7 @@ def choose(projections: Sequence[Projection], name: str | None) -> list[Projecti
 
 
 async def rebuild(store: ProjectionHost, projections: Sequence[Projection], *,
-                  show: bool = True, batch: int = 1000) -> list[Rebuilt]:
+                  show: bool = True, batch: int = 5000) -> list[Rebuilt]:
     """Rebuild each of ``projections`` in turn (a progress bar on stderr when ``show``)."""
     results = []
     for projection in projections:
