@@ -51,9 +51,10 @@ from actors.network_views import (
 )
 from actors.port import CreatePort, DeletePort, FixedIp, ReservePort, UnbindPort, UpdatePort
 from actors.segment import AllocateSegment, NetworkSettings, segment_id
-from actors.subnet import Allocate, CreateSubnet, DeleteSubnet, HostRoute, UpdateSubnet
+from actors.subnet import Allocate, DeleteSubnet, HostRoute, UpdateSubnet
 from bus.errors import CallTimeout
 from gateway import network_docs as docs
+from gateway import network_rules as rules
 from gateway.app import ServiceRouter
 from gateway.auth import AuthContext, authenticate
 from gateway.errors import ApiError, ErrorCode
@@ -84,21 +85,11 @@ _TYPES: dict[str, ErrorCode] = {
 }
 
 
-def _bad(message: str, error_type: str = "HTTPBadRequest") -> ApiError:
-    return ApiError("bad_request", message, error_type=error_type)
-
-
 def _refused(reply: Reply) -> ApiError:
     kind = reply.error_type or ""
     # Neutron's own types are CamelCase; the generic codes take the webob class name
     return ApiError(_TYPES.get(kind, "internal"), reply.error,
                     error_type=kind if kind[:1].isupper() else None)
-
-
-def _writer(context: AuthContext, action: str) -> None:
-    if not context.is_admin and "member" not in context.roles:
-        raise ApiError("forbidden", f"rule:{action} is disallowed by policy",
-                       error_type="PolicyNotAuthorized")
 
 
 class Commands:
@@ -263,7 +254,7 @@ class NetworkingApi:
 
     async def create_network(self, request: web.Request) -> web.Response:
         context = await authenticate(request)
-        _writer(context, "create_network")
+        rules.writer(context, "create_network")
         raw = await read_body(request)
         bulk = "networks" in decode(raw, dict[str, Any])
         bodies = decode(raw, docs.NetworksRequest).networks if bulk \
@@ -284,7 +275,7 @@ class NetworkingApi:
 
     def _network_plan(self, body: docs.NetworkBody,
                       context: AuthContext) -> tuple[str, CreateNetwork]:
-        seg = _segmentation_id(body.segmentation_id)
+        seg = rules.segmentation_id(body.segmentation_id)
         provider = (body.network_type, body.physical_network, seg)
         if not context.is_admin:
             if any(v is not None for v in provider):
@@ -294,7 +285,7 @@ class NetworkingApi:
                 raise ApiError("forbidden", "(rule:create_network:shared) is disallowed by "
                                "policy", error_type="PolicyNotAuthorized")
         if body.external:
-            raise _bad("Invalid input for router:external: external networks are not "
+            raise rules.bad("Invalid input for router:external: external networks are not "
                        "supported by this cloud.")
         kind = body.network_type or self.settings.tenant_type
         physnet = body.physical_network
@@ -303,8 +294,8 @@ class NetworkingApi:
         self._check_provider(kind, physnet, seg)
         mtu = self.settings.mtu_of(kind)
         if body.mtu is not None and not 68 <= body.mtu <= mtu:
-            raise _bad(f"Invalid input for mtu. Reason: {body.mtu} is not in 68..{mtu}.")
-        project = _owner(context, body.project_id or body.tenant_id)
+            raise rules.bad(f"Invalid input for mtu. Reason: {body.mtu} is not in 68..{mtu}.")
+        project = rules.owner(context, body.project_id or body.tenant_id)
         return str(uuid.uuid4()), CreateNetwork(
             project_id=project, name=body.name, description=body.description,
             admin_state_up=body.admin_state_up, shared=bool(body.shared),
@@ -313,19 +304,19 @@ class NetworkingApi:
 
     def _check_provider(self, kind: str, physnet: str | None, seg: int | None) -> None:
         if kind not in ("flat", "vlan", "vxlan"):
-            raise _bad(f"Invalid input for operation: network_type value '{kind}' not "
+            raise rules.bad(f"Invalid input for operation: network_type value '{kind}' not "
                        "supported.", "InvalidInput")
         if kind == "vxlan" and physnet is not None:
-            raise _bad("Invalid input for operation: provider:physical_network specified "
+            raise rules.bad("Invalid input for operation: provider:physical_network specified "
                        "for vxlan network.", "InvalidInput")
         if kind == "flat" and seg is not None:
-            raise _bad("Invalid input for operation: provider:segmentation_id specified for"
+            raise rules.bad("Invalid input for operation: provider:segmentation_id specified for"
                        " flat network.", "InvalidInput")
         if kind != "vxlan":
             allowed = self.settings.flat_networks if kind == "flat" \
                 else tuple(self.settings.vlan_ranges)
             if physnet is None or physnet not in allowed:
-                raise _bad(f"Invalid input for operation: physical_network '{physnet}' "
+                raise rules.bad(f"Invalid input for operation: physical_network '{physnet}' "
                            f"unknown for {kind} provider network.", "InvalidInput")
 
     async def _create_network(self, request: web.Request, network_id: str,
@@ -347,8 +338,8 @@ class NetworkingApi:
     async def update_network(self, request: web.Request) -> web.Response:
         context = await authenticate(request)
         net = await self._network(request.match_info["id"], context)
-        _writer(context, "update_network")
-        _owns(context, net.project_id, "update_network")
+        rules.writer(context, "update_network")
+        rules.owns(context, net.project_id, "update_network")
         body = (await read_json(request, docs.NetworkUpdateRequest)).network
         if body.shared is not None and not context.is_admin:
             raise ApiError("forbidden", "(rule:update_network:shared) is disallowed by "
@@ -362,8 +353,8 @@ class NetworkingApi:
     async def delete_network(self, request: web.Request) -> web.Response:
         context = await authenticate(request)
         net = await self._network(request.match_info["id"], context)
-        _writer(context, "delete_network")
-        _owns(context, net.project_id, "delete_network")
+        rules.writer(context, "delete_network")
+        rules.owns(context, net.project_id, "delete_network")
         await self._delete_network(request, net)
         log.info("network_deleted", network_id=net.id)
         return web.Response(status=204)
@@ -422,11 +413,11 @@ class NetworkingApi:
 
     async def create_subnet(self, request: web.Request) -> web.Response:
         context = await authenticate(request)
-        _writer(context, "create_subnet")
+        rules.writer(context, "create_subnet")
         body = (await read_json(request, docs.SubnetRequest)).subnet
         net = await self._network(body.network_id, context)
-        _owns(context, net.project_id, "create_subnet")
-        command = _subnet_command(body, net, context)
+        rules.owns(context, net.project_id, "create_subnet")
+        command = rules.subnet_command(body, net, context)
         subnet_id = str(uuid.uuid4())
         await self.cmd.do(request, "network", net.id,
                           AddSubnet(subnet_id=subnet_id, cidr=command.cidr))
@@ -464,13 +455,13 @@ class NetworkingApi:
     async def update_subnet(self, request: web.Request) -> web.Response:
         context = await authenticate(request)
         subnet = await self._subnet(request.match_info["id"], context)
-        _writer(context, "update_subnet")
-        _owns(context, subnet.project_id, "update_subnet")
+        rules.writer(context, "update_subnet")
+        rules.owns(context, subnet.project_id, "update_subnet")
         body = (await read_json(request, docs.SubnetUpdateRequest)).subnet
         if body.dns_nameservers is not None:
-            _check_dns(body.dns_nameservers)
+            rules.check_dns(body.dns_nameservers)
         if body.host_routes is not None:
-            _check_routes(body.host_routes)
+            rules.check_routes(body.host_routes)
         routes = None if body.host_routes is None else \
             [HostRoute(destination=r.destination, nexthop=r.nexthop) for r in body.host_routes]
         reply = await self.cmd.do(request, "subnet", subnet.id, UpdateSubnet(
@@ -482,8 +473,8 @@ class NetworkingApi:
     async def delete_subnet(self, request: web.Request) -> web.Response:
         context = await authenticate(request)
         subnet = await self._subnet(request.match_info["id"], context)
-        _writer(context, "delete_subnet")
-        _owns(context, subnet.project_id, "delete_subnet")
+        rules.writer(context, "delete_subnet")
+        rules.owns(context, subnet.project_id, "delete_subnet")
         dhcp = dhcp_port_id(subnet.network_id)
         replies = [await self.cmd.do(request, "subnet", subnet.id,
                                      DeleteSubnet(dhcp_port=dhcp))]
@@ -539,19 +530,19 @@ class NetworkingApi:
 
     async def create_port(self, request: web.Request) -> web.Response:
         context = await authenticate(request)
-        _writer(context, "create_port")
+        rules.writer(context, "create_port")
         body = (await read_json(request, docs.PortRequest)).port
         net = await self._network(body.network_id, context)
-        _check_port_body(body, context)
-        owner = _owner(context, body.project_id or body.tenant_id)
+        rules.check_port_body(body, context)
+        owner = rules.owner(context, body.project_id or body.tenant_id)
         mac = None
         if body.mac_address is not None:
             mac = ipam.normalise_mac(body.mac_address)
             if mac is None:
-                raise _bad(f"Invalid input for mac_address. Reason: '{body.mac_address}' is "
+                raise rules.bad(f"Invalid input for mac_address. Reason: '{body.mac_address}' is "
                            "not a valid MAC address.")
         subnets = await read_subnets(self.store, Where().eq("network_id", net.id))
-        wanted = _fixed_ip_requests(body.fixed_ips, subnets, net.id)
+        wanted = rules.fixed_ip_requests(body.fixed_ips, subnets, net.id)
         port_id = await self._new_port(request, net, subnets, owner=owner, mac=mac,
                                        wanted=wanted, body=body)
         port = await self._port(port_id, context)
@@ -615,7 +606,7 @@ class NetworkingApi:
                                      " from.")
             try:
                 wanted: list[tuple[str | None, str | None]] | None = None if \
-                    fixed_ip is None else [(_subnet_holding(fixed_ip, subnets, net.id),
+                    fixed_ip is None else [(rules.subnet_holding(fixed_ip, subnets, net.id),
                                             fixed_ip)]
                 new = await self._new_port(
                     request, net, subnets, owner=context.project_id or net.project_id,
@@ -737,14 +728,14 @@ class NetworkingApi:
     async def update_port(self, request: web.Request) -> web.Response:
         context = await authenticate(request)
         port = await self._port(request.match_info["id"], context)
-        _writer(context, "update_port")
+        rules.writer(context, "update_port")
         body = (await read_json(request, docs.PortUpdateRequest)).port
         ips: list[FixedIp] | None = None
         added: list[FixedIp] = []
         if body.fixed_ips is not None:
             subnets = await read_subnets(self.store, Where().eq("network_id",
                                                                 port.network_id))
-            wanted = _fixed_ip_requests(body.fixed_ips, subnets, port.network_id) or []
+            wanted = rules.fixed_ip_requests(body.fixed_ips, subnets, port.network_id) or []
             ips = [f for f in port.fixed_ips if (f.subnet_id, f.ip_address) in wanted]
             todo = [w for w in wanted if (w[0], w[1]) not in
                     {(f.subnet_id, f.ip_address) for f in ips}]
@@ -769,159 +760,9 @@ class NetworkingApi:
     async def delete_port(self, request: web.Request) -> web.Response:
         context = await authenticate(request)
         port = await self._port(request.match_info["id"], context)
-        _writer(context, "delete_port")
+        rules.writer(context, "delete_port")
         reply = await self.cmd.do(request, "port", port.id, DeletePort())
         await self._give_back(request, port.network_id, port.id, port.fixed_ips)
         await self.cmd.seen(reply)
         log.info("port_deleted", port_id=port.id)
         return web.Response(status=204)
-
-
-def _segmentation_id(value: int | str | None) -> int | None:
-    """Neutron converts the segmentation id to an integer (the CLI sends a string)."""
-    if value is None or isinstance(value, int):
-        return value
-    if not value.strip().isdigit():
-        raise _bad(f"Invalid input for provider:segmentation_id. Reason: '{value}' is not"
-                   " an integer.")
-    return int(value)
-
-
-def _owner(context: AuthContext, asked: str | None) -> str:
-    """The project a new resource belongs to: the caller's, or (admin) the one asked for."""
-    if asked and asked != context.project_id:
-        if not context.is_admin:
-            raise ApiError("forbidden", "(rule:create:project_id) is disallowed by policy",
-                           error_type="PolicyNotAuthorized")
-        return asked
-    return context.project_id or ""
-
-
-def _owns(context: AuthContext, project_id: str, action: str) -> None:
-    """Only the owner (or admin) changes a resource: a shared network's others may not."""
-    if not context.is_admin and project_id != context.project_id:
-        raise ApiError("forbidden", f"rule:{action} is disallowed by policy",
-                       error_type="PolicyNotAuthorized")
-
-
-def _subnet_command(body: docs.SubnetBody, net: NetworkView,
-                    context: AuthContext) -> CreateSubnet:
-    if body.ip_version != 4:
-        raise _bad(f"Invalid input for ip_version. Reason: {body.ip_version} is not in "
-                   "[4] (IPv6 subnets are not supported by this cloud).")
-    if body.cidr is None:
-        raise _bad("Bad subnets request: a cidr must be specified in the absence of a "
-                   "subnet pool.")
-    gateway = None if body.gateway_ip is msgspec.UNSET else body.gateway_ip
-    pools = None if body.allocation_pools is None else \
-        [(p.start, p.end) for p in body.allocation_pools]
-    try:
-        gw, ranges = ipam.plan_subnet(body.cidr, gateway, pools,
-                                      default_gateway=body.gateway_ip is msgspec.UNSET)
-    except ipam.PlanError as exc:
-        raise _bad(str(exc)) from None
-    _check_dns(body.dns_nameservers)
-    _check_routes(body.host_routes)
-    return CreateSubnet(
-        network_id=net.id, project_id=_owner(context, body.project_id or body.tenant_id),
-        name=body.name, description=body.description, cidr=body.cidr, gateway_ip=gw,
-        pools=ranges, enable_dhcp=body.enable_dhcp, dns_nameservers=body.dns_nameservers,
-        host_routes=[HostRoute(destination=r.destination, nexthop=r.nexthop)
-                     for r in body.host_routes])
-
-
-def _check_dns(servers: list[str]) -> None:
-    """Neutron's ``dns_nameservers`` validation: addresses, each once."""
-    try:
-        for server in servers:
-            ipam.parse_ip(server, "dns_nameservers")
-    except ipam.PlanError as exc:
-        raise _bad(str(exc)) from None
-    for server in servers:
-        if servers.count(server) > 1:
-            raise _bad(f"Invalid input for dns_nameservers. Reason: Duplicate nameserver "
-                       f"'{server}'.")
-
-
-def _check_routes(routes: list[docs.RouteBody]) -> None:
-    """Neutron's ``host_routes`` validation: a CIDR destination and an address nexthop,
-    each route once."""
-    seen: set[tuple[str, str]] = set()
-    for route in routes:
-        try:
-            ipam.parse_cidr(route.destination)
-        except ipam.PlanError:
-            raise _bad(f"Invalid input for host_routes. Reason: '{route.destination}' is "
-                       "not a valid IP subnet.") from None
-        try:
-            ipam.parse_ip(route.nexthop, "host_routes")
-        except ipam.PlanError as exc:
-            raise _bad(str(exc)) from None
-        key = (route.destination, route.nexthop)
-        if key in seen:
-            raise _bad(f"Invalid input for host_routes. Reason: Duplicate hostroute "
-                       f"'{{'destination': '{route.destination}', 'nexthop': "
-                       f"'{route.nexthop}'}}'.")
-        seen.add(key)
-
-
-def _check_port_body(body: docs.PortBody, context: AuthContext) -> None:
-    if body.host_id is not None and not context.is_admin:
-        raise ApiError("forbidden", "(rule:create_port:binding:host_id) is disallowed by "
-                       "policy", error_type="PolicyNotAuthorized")
-    if body.host_id:
-        raise _bad("Invalid input for binding:host_id: ports are bound by the compute "
-                   "service when a server uses them.")
-    if body.vnic_type != "normal":
-        raise _bad(f"Invalid input for binding:vnic_type. Reason: '{body.vnic_type}' is not"
-                   " in ['normal'].")
-
-
-def _fixed_ip_requests(asked: list[docs.FixedIpBody] | None, subnets: list[SubnetView],
-                       network_id: str) -> list[tuple[str | None, str | None]] | None:
-    """(subnet id, address or None) for each fixed IP asked for; an address without a
-    subnet finds the network's subnet that contains it. None: nothing asked for."""
-    if asked is None:
-        return None
-    out: list[tuple[str | None, str | None]] = []
-    by_id = {s.id: s for s in subnets}
-    for item in asked:
-        if item.subnet_id is not None and item.subnet_id not in by_id:
-            raise _bad(f"Invalid input for operation: Failed to create port on network "
-                       f"{network_id}, because fixed_ips included invalid subnet "
-                       f"{item.subnet_id}.", "InvalidInput")
-        if item.subnet_id is None and item.ip_address is None:
-            raise _bad("Invalid input for fixed_ips: each needs a subnet_id or an "
-                       "ip_address.")
-        subnet_id = item.subnet_id
-        if subnet_id is None:
-            assert item.ip_address is not None
-            subnet_id = _subnet_holding(item.ip_address, subnets, network_id)
-        elif item.ip_address is not None:
-            _check_in_subnet(item.ip_address, by_id[subnet_id])
-        out.append((subnet_id, item.ip_address))
-    return out
-
-
-def _check_in_subnet(address: str, subnet: SubnetView) -> None:
-    try:
-        value = ipam.parse_ip(address)
-    except ipam.PlanError as exc:
-        raise _bad(str(exc)) from None
-    first, last = ipam.hosts(ipam.parse_cidr(subnet.cidr))
-    if not first <= value <= last:
-        raise _bad(f"IP address {address} is not a valid IP for the specified subnet.",
-                   "InvalidIpForSubnet")
-
-
-def _subnet_holding(address: str, subnets: list[SubnetView], network_id: str) -> str:
-    try:
-        value = ipam.parse_ip(address)
-    except ipam.PlanError as exc:
-        raise _bad(str(exc)) from None
-    for s in subnets:
-        first, last = ipam.hosts(ipam.parse_cidr(s.cidr))
-        if first <= value <= last:
-            return s.id
-    raise _bad(f"IP address {address} is not a valid IP for any of the subnets on network "
-               f"{network_id}.", "InvalidIpForNetwork")
