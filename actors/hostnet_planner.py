@@ -39,8 +39,7 @@ import msgspec
 import structlog
 
 from actors.client import ActorClient
-from actors.host_views import TABLE as HOSTS_VIEW
-from actors.host_views import read_hosts
+from actors.host_views import TABLE as HOSTS_VIEW, read_hosts
 from actors.hostnet import (
     DHCP_OWNER,
     HostInfo,
@@ -50,8 +49,7 @@ from actors.hostnet import (
     desired_for,
     dhcp_server,
 )
-from actors.net_carriers import PROJECTION_NAME as CARRIERS_VIEW
-from actors.net_carriers import carried_by, carriers_of
+from actors.net_carriers import PROJECTION_NAME as CARRIERS_VIEW, carried_by, carriers_of
 from actors.network import dhcp_port_id
 from actors.network_views import (
     PROJECTION_NAME,
@@ -61,8 +59,7 @@ from actors.network_views import (
     read_ports,
     read_subnets,
 )
-from actors.port import KIND as PORT_KIND
-from actors.port import BindPort
+from actors.port import KIND as PORT_KIND, BindPort
 from bus.envelopes import command_envelope
 from bus.errors import BadMessage, BusError
 from bus.protocol import Bus, Delivery, Subscription

@@ -34,8 +34,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from actors.host import KIND as HOST_KIND
-from actors.host import Claim
+from actors.host import KIND as HOST_KIND, Claim
 from actors.kind import ActorKind, Context, Events, Rejected, Tell, TellHost
 from actors.volume_messages import (
     VOLUME_COMMANDS,

@@ -42,10 +42,9 @@ import asyncpg  # noqa: E402
 import msgspec  # noqa: E402
 from common import Payload, fresh_database, loop_name, make_payload, result_line, run  # noqa: E402
 
-from actors.host import HOST as HOST_KIND  # noqa: E402
-from actors.host import HostClaimed  # noqa: E402
-from actors.instance import INSTANCE as INSTANCE_KIND  # noqa: E402
+from actors.host import HOST as HOST_KIND, HostClaimed  # noqa: E402
 from actors.instance import (  # noqa: E402
+    INSTANCE as INSTANCE_KIND,
     FlavorInfo,
     ImageInfo,
     InstanceCreated,

@@ -18,8 +18,12 @@ import aio_pika
 import aiormq
 import msgspec
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustConnection
-from aio_pika.abc import AbstractIncomingMessage as Incoming
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage as Incoming,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+)
 from pamqp.common import FieldTable
 
 from bus import metrics

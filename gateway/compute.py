@@ -28,8 +28,8 @@ import structlog
 from aiohttp import web
 
 from actors.client import ActorClient
-from actors.flavor import KIND as FLAVOR_KIND
 from actors.flavor import (
+    KIND as FLAVOR_KIND,
     CreateFlavor,
     DeleteFlavor,
     check,

@@ -53,8 +53,7 @@ from actors.port import CreatePort, DeletePort, FixedIp, ReservePort, UnbindPort
 from actors.segment import AllocateSegment, NetworkSettings, segment_id
 from actors.subnet import Allocate, DeleteSubnet, HostRoute, UpdateSubnet
 from bus.errors import CallTimeout
-from gateway import network_docs as docs
-from gateway import network_rules as rules
+from gateway import network_docs as docs, network_rules as rules
 from gateway.app import ServiceRouter
 from gateway.auth import AuthContext, authenticate
 from gateway.errors import ApiError, ErrorCode

@@ -38,8 +38,8 @@ from actors.instance_volumes import (
     DetachInstanceVolume,
 )
 from actors.volume import AVAILABLE
-from actors.volume_views import PROJECTION_NAME as VOLUMES_PROJECTION
 from actors.volume_views import (
+    PROJECTION_NAME as VOLUMES_PROJECTION,
     REFUSED,
     ServerVolumeView,
     read_attachment,

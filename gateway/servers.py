@@ -32,6 +32,7 @@ from actors.instance import (
     ACTIVE,
     DELETED,
     ERROR,
+    KIND as INSTANCE_KIND,
     CreateInstance,
     DeleteInstance,
     Fault,
@@ -42,7 +43,6 @@ from actors.instance import (
     StartInstance,
     StopInstance,
 )
-from actors.instance import KIND as INSTANCE_KIND
 from actors.instance_views import (
     PROJECTION_NAME,
     ActionView,

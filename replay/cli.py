@@ -20,8 +20,7 @@ from typing import Any
 import msgspec
 
 from actors.kind import ActorKind
-from replay import history as hist
-from replay import render
+from replay import history as hist, render
 from replay.catalog import Catalog
 from replay.errors import ReplayError
 from replay.export import Selection, export, exported, tail

@@ -31,8 +31,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import structlog
-from prometheus_client import Counter as Metric
-from prometheus_client import Histogram
+from prometheus_client import Counter as Metric, Histogram
 
 from webhooks import signing, tables
 from webhooks.http import WebhookHttp

@@ -11,8 +11,7 @@ from contextlib import aclosing
 
 import msgspec
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from schemas import EventEnvelope, NewEvent
 from store.errors import ConcurrencyError, InvalidEvent

@@ -21,8 +21,7 @@ from bus.routing import Names
 from hostd.storage_qemu import QemuImgBackend
 from tests.integration.test_volume_attach import DEADLINES, VOLUME_DEADLINES, Api
 from tests.support.cloud import running_cloud
-from tests.support.deployment import Api as DeploymentApi
-from tests.support.deployment import deployment
+from tests.support.deployment import Api as DeploymentApi, deployment
 
 CINDER = "/volume/v3/volumes"
 NOVA = "/compute/v2.1/servers"

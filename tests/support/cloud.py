@@ -20,13 +20,11 @@ from typing import Any
 import aiohttp
 
 from actors.client import ActorClient
-from actors.instance import KIND as INSTANCE_KIND
-from actors.instance import Deadlines, make_instance_kind
+from actors.instance import KIND as INSTANCE_KIND, Deadlines, make_instance_kind
 from actors.kind import ActorKind
 from actors.runtime import ActorRuntime
 from actors.timers import TimerService
-from actors.volume import KIND as VOLUME_KIND
-from actors.volume import VolumeDeadlines, make_volume_kind
+from actors.volume import KIND as VOLUME_KIND, VolumeDeadlines, make_volume_kind
 from bus.protocol import Bus
 from bus.routing import Names
 from gateway.app import GatewaySettings

@@ -9,8 +9,7 @@ import datetime as dt
 import pytest
 
 from actors.holds import CheckHold, HoldConfirmed, HoldReleased
-from actors.instance import InstanceState, NicInfo
-from actors.instance import answer as instance_answer
+from actors.instance import InstanceState, NicInfo, answer as instance_answer
 from actors.kind import Context, Events, Rejected, Tell
 from actors.port import (
     BindPort,
