@@ -25,7 +25,7 @@ from bus.protocol import Bus
 from hostd.daemon import HostDaemon
 from hostd.storaged import StorageDaemon
 from orrery.bootstrap import bootstrap, make_cloud_app, token_ttl
-from orrery.clouds import CLOUD_NAME, write_clouds_yaml
+from orrery.clouds import CLOUD_NAME, write_clouds_yaml, written_password
 from orrery.config import Config, ConfigError, load_config
 from orrery.logging import configure_logging
 from orrery.services import (
@@ -84,6 +84,9 @@ def _write_clouds(cfg: Config, generated: str | None) -> None:
     print(f"orrery: cloud '{CLOUD_NAME}' at {url}; try:\n"
           f"  OS_CLIENT_CONFIG_FILE={path} openstack --os-cloud {CLOUD_NAME} token issue",
           flush=True)
+    if written_password(path) is None:
+        print(f"orrery: {path} lacks the admin password (shown once, at the first start):"
+              " put it there, or start with ORRERY_ADMIN_PASSWORD set", flush=True)
 
 
 async def _serve_app(cfg: Config, app: web.Application) -> None:
