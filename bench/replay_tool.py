@@ -29,7 +29,7 @@ import datetime as dt
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 # bench/replay.py (the read_all benchmark) would shadow the replay package: look in this
@@ -147,8 +147,14 @@ async def load(dsn: str, total: int) -> float:
 CHECKED = ["position", "stream", "version", "type", "data", "occurred_at", "causation_id"]
 
 
-async def ceiling(dsn: str, batch: int, columns: Sequence[str] = COLUMNS) -> float:
-    """Raw server-side cursor scan of ``columns`` in position order + decode; events/s."""
+def _decode_payload(row: asyncpg.Record) -> None:
+    DECODER.decode(row[4])
+
+
+async def ceiling(dsn: str, batch: int, columns: Sequence[str] = COLUMNS,
+                  decode: Callable[[asyncpg.Record], object] = _decode_payload) -> float:
+    """Raw server-side cursor scan of ``columns`` in position order, ``decode`` of each
+    row (the synthetic log's payload by default); events/s."""
     conn = await asyncpg.connect(dsn)
     await conn.set_type_codec("json", schema="pg_catalog", format="binary",
                               encoder=bytes, decoder=bytes)
@@ -158,7 +164,7 @@ async def ceiling(dsn: str, batch: int, columns: Sequence[str] = COLUMNS) -> flo
         cursor = conn.cursor(f"SELECT {', '.join(columns)} FROM events ORDER BY position",
                              prefetch=batch)
         async for row in cursor:
-            DECODER.decode(row[4])
+            decode(row)
             count += 1
     rate = count / (time.perf_counter() - began)
     await conn.close()
@@ -247,24 +253,15 @@ async def load_cloud(dsn: str, boots: int) -> int:
     return total
 
 
-async def cloud_ceiling(dsn: str, batch: int, catalog: Catalog) -> float:
-    """The raw scan of the cloud log, each event decoded as its kind's code decodes it."""
-    conn = await asyncpg.connect(dsn)
-    await conn.set_type_codec("json", schema="pg_catalog", format="binary",
-                              encoder=bytes, decoder=bytes)
+def kind_decoder(catalog: Catalog) -> Callable[[asyncpg.Record], object]:
+    """Decode a row of the cloud log as its kind's code decodes it."""
     decoders = {kind: codec.events for kind, codec in catalog.codecs.items()}
-    count = 0
-    began = time.perf_counter()
-    async with conn.transaction():
-        cursor = conn.cursor(f"SELECT {', '.join(COLUMNS)} FROM events ORDER BY position",
-                             prefetch=batch)
-        async for row in cursor:
-            stream = row[1]
-            decoders[stream[:stream.find(":")]].decode(row[4])
-            count += 1
-    rate = count / (time.perf_counter() - began)
-    await conn.close()
-    return rate
+
+    def decode(row: asyncpg.Record) -> object:
+        stream = row[1]
+        return decoders[stream[:stream.find(":")]].decode(row[4])
+
+    return decode
 
 
 async def cloud(a: argparse.Namespace) -> dict[str, float]:
@@ -278,7 +275,7 @@ async def cloud(a: argparse.Namespace) -> dict[str, float]:
             events = await load_cloud(dsn, a.events // BOOT_STEPS)
             print(f"cloud    {events} events of {a.events // BOOT_STEPS} boots loaded")
             for _ in range(2):
-                rate = await cloud_ceiling(dsn, a.batch, catalog)
+                rate = await ceiling(dsn, a.batch, decode=kind_decoder(catalog))
                 best["cloud_ceiling"] = max(best["cloud_ceiling"], rate)
                 print(f"ceiling  cursor scan + decode     {rate:9.0f} events/s")
                 for projection in projections:

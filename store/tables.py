@@ -46,15 +46,19 @@ class Table(msgspec.Struct, frozen=True):
         return self.names.index(column)
 
 
+def _on_conflict(table: Table) -> str:
+    """What a put does to a row whose key exists: replace every other column."""
+    update = ", ".join(f"{n} = excluded.{n}" for n in table.names[table.key:])
+    return (f"ON CONFLICT ({', '.join(table.names[:table.key])})"
+            + (f" DO UPDATE SET {update}" if update else " DO NOTHING"))
+
+
 @cache
 def pg_put(table: Table) -> str:
     """Insert or replace the rows of a JSON array of objects ($1)."""
     names = ", ".join(table.names)
-    update = ", ".join(f"{n} = excluded.{n}" for n in table.names[table.key:])
-    on_conflict = f"DO UPDATE SET {update}" if update else "DO NOTHING"
     return (f"INSERT INTO {table.name} ({names}) SELECT {names} FROM"
-            f" json_populate_recordset(NULL::{table.name}, $1::json)"
-            f" ON CONFLICT ({', '.join(table.names[:table.key])}) {on_conflict}")
+            f" json_populate_recordset(NULL::{table.name}, $1::json) {_on_conflict(table)}")
 
 
 @cache
@@ -76,11 +80,8 @@ def pg_select(table: Table, column: str) -> str:
 @cache
 def sqlite_put(table: Table) -> str:
     names = table.names
-    update = ", ".join(f"{n} = excluded.{n}" for n in names[table.key:])
-    on_conflict = f"DO UPDATE SET {update}" if update else "DO NOTHING"
     return (f"INSERT INTO {table.name} ({', '.join(names)})"
-            f" VALUES ({', '.join(':' + n for n in names)})"
-            f" ON CONFLICT ({', '.join(names[:table.key])}) {on_conflict}")
+            f" VALUES ({', '.join(':' + n for n in names)}) {_on_conflict(table)}")
 
 
 @cache

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -28,8 +27,10 @@ from schemas import SYSTEM_EVENTS
 from schemas.hostd import Capacity
 from store.projections import ProjectionRunner
 from store.registry import EventTypes
-from store.sqlite import SqliteEventStore
 from tests.support.events import new_event
+from tests.support.logs import backend, open_store
+
+__all__ = ["backend"]  # the fixture this module's tests run on
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
 HOST_EVENTS = (HostRegistered, HostInventoryChanged, HostHeartbeat, HostDown, HostUp,
@@ -40,24 +41,10 @@ def at(seconds: int) -> dt.datetime:
     return T0 + dt.timedelta(seconds=seconds)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
-    if request.param == "sqlite":
-        return "sqlite", str(tmp_path / "log.sqlite")
-    return "postgres", request.getfixturevalue("pg_dsn")
-
-
 @pytest.fixture
 async def store(backend: tuple[str, str]) -> AsyncIterator[Any]:
-    types = EventTypes([*HOST_EVENTS, *SYSTEM_EVENTS])
-    kind, where = backend
-    log: Any
-    if kind == "sqlite":
-        log = await SqliteEventStore.open(where, types)
-    else:
-        from store.postgres import PostgresEventStore
-
-        log = await PostgresEventStore.connect(where, types)
+    """An empty log, on SQLite and on PostgreSQL."""
+    log: Any = await open_store(backend, EventTypes([*HOST_EVENTS, *SYSTEM_EVENTS]))
     try:
         yield log
     finally:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -44,8 +43,10 @@ from actors.instance_views import (
 from schemas import SYSTEM_EVENTS
 from store.projections import ProjectionRunner
 from store.registry import EventTypes
-from store.sqlite import SqliteEventStore
 from tests.support.events import new_event
+from tests.support.logs import backend, open_store
+
+__all__ = ["backend"]  # the fixture this module's tests run on
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -62,27 +63,10 @@ def created(name: str, project: str = "p1", seconds: int = 0, flavor: str = "1",
         image=ImageInfo(id=image, size=10), metadata={"k": "v"}, request="r0", at=at(seconds))
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
-    """A fresh SQLite file or a fresh PostgreSQL database (``pg_dsn`` runs its own loop,
-    so it is pulled in here, outside the test's)."""
-    if request.param == "sqlite":
-        return "sqlite", str(tmp_path / "log.sqlite")
-    return "postgres", request.getfixturevalue("pg_dsn")
-
-
 @pytest.fixture
 async def store(backend: tuple[str, str]) -> AsyncIterator[Any]:
     """An empty log with the projection's tables, on SQLite and on PostgreSQL."""
-    types = EventTypes([*INSTANCE_EVENTS, *SYSTEM_EVENTS])
-    kind, where = backend
-    log: Any
-    if kind == "sqlite":
-        log = await SqliteEventStore.open(where, types)
-    else:
-        from store.postgres import PostgresEventStore
-
-        log = await PostgresEventStore.connect(where, types)
+    log: Any = await open_store(backend, EventTypes([*INSTANCE_EVENTS, *SYSTEM_EVENTS]))
     await log.run_ddl(InstancesProjection.ddl)
     try:
         yield log
