@@ -57,6 +57,8 @@ class PgProjectionTx:
         self._defer_empty = defer_empty
         #: true once the block ended without a write, so nothing was committed
         self.deferred = False
+        #: where the rows stand: the one projection's expected checkpoint
+        self.since = next(iter(expected.values())) if len(expected) == 1 else None
         self._conn: Any = None
         self._tx: Any = None
         self._pending: list[tuple[str, tuple[object, ...]]] = []

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Protocol
+from typing import Any, NamedTuple, Protocol
 
 import structlog
 from prometheus_client import Gauge
@@ -24,7 +24,8 @@ from prometheus_client import Gauge
 from schemas import EventEnvelope
 from store.errors import ConcurrencyError, StoreError
 from store.leadership import STANDBY_SECONDS, LeaderSet, leaderships
-from store.protocol import EventStore, ProjectionStore, SqlTx
+from store.protocol import EventStore, ProjectionStore, ProjectionTxContext, SqlTx
+from store.tables import Table
 
 log = structlog.get_logger(__name__)
 
@@ -228,7 +229,7 @@ class ProjectionHub:
         moving = self._store.projections_tx(expected, new, defer_empty=True)
         async with moving as tx:
             for projection, events in todo:
-                await projection.apply(tx, events)
+                await projection.apply(_View(tx, fold.seen[projection.name]), events)
         fold.seen.update(dict.fromkeys(names, new))
         if not moving.deferred:
             fold.committed.update(dict.fromkeys(names, new))
@@ -342,34 +343,140 @@ class ProjectionRunner(ProjectionHub):
         await self._advance({name: 0})
         target = await store.head()
         self._head_seen = max(self._head_seen, target)
-        checkpoint = 0
-        events = await store.read_all(0, self._batch) if target else []
-        while events:
-            end = events[-1].position
-            # the next batch is read while this one is written (another connection)
-            ahead = asyncio.ensure_future(store.read_all(end, self._batch)) \
-                if end < target else None
-            try:
-                try:
-                    async with store.projection_tx(name, checkpoint, end) as tx:
-                        await self._projection.apply(tx, events)
-                    checkpoint, folded = end, len(events)
-                except ConcurrencyError:  # a live runner folds too: go on from its point
-                    checkpoint, folded = await store.projection_checkpoint(name), 0
-                await self._advance({name: checkpoint})
-                if progress is not None:
-                    progress(folded, checkpoint, target)
-                if checkpoint >= target:
-                    break
-                events = await ahead if ahead is not None and checkpoint == end \
-                    else await store.read_all(checkpoint, self._batch)
-                ahead = None
-            finally:
-                if ahead is not None:
-                    ahead.cancel()
-                    await asyncio.gather(ahead, return_exceptions=True)
+        checkpoint = await self._refold(0, target, progress or _quiet)
         self._log.info("projection_rebuilt", checkpoint=checkpoint)
         return checkpoint
+
+    async def _refold(self, position: int, target: int, progress: Progress) -> int:
+        """Fold from ``position`` up to ``target`` as a pipeline: while a batch commits,
+        the next is read and folded (it waits for that commit only to read committed
+        rows, and to commit after it). Returns the checkpoint reached."""
+        store, name = self._store, self.name
+        reading = self._read_from(position, target)
+        flight: _Flight | None = None
+        try:
+            while reading is not None or flight is not None:
+                events = await reading if reading is not None else []
+                reading = None
+                staged: ProjectionTxContext | None = None
+                lost = False
+                if events:
+                    end = events[-1].position
+                    reading = self._read_from(end, target)
+                    staged = store.projection_tx(name, position, end)
+                    lost = not await self._stage(staged, events, position, flight)
+                if flight is not None:
+                    lost = not await self._land(flight, target, progress) or lost
+                    flight = None
+                if lost:  # a live runner folds too: go on from its point
+                    if staged is not None:
+                        await _abandon(staged)
+                    position = await store.projection_checkpoint(name)
+                    await self._advance({name: position})
+                    progress(0, position, target)
+                    await _cancel(reading)
+                    reading = self._read_from(position, target)
+                elif staged is not None:
+                    flight = _Flight(asyncio.ensure_future(staged.__aexit__(None, None, None)),
+                                     events[-1].position, len(events))
+                    position = events[-1].position
+        finally:
+            await _cancel(reading)
+            if flight is not None:
+                await _cancel(flight.commit)
+        return position
+
+    def _read_from(self, position: int, target: int) -> asyncio.Future[list[EventEnvelope]] | None:
+        if position >= target:
+            return None
+        return asyncio.ensure_future(self._store.read_all(position, self._batch))
+
+    async def _stage(self, staged: ProjectionTxContext, events: Sequence[EventEnvelope],
+                     since: int, before: _Flight | None) -> bool:
+        """Fold a batch into its transaction, left open for the caller to commit; False
+        (and nothing left open) when the batch before lost its checkpoint's race."""
+        tx = await staged.__aenter__()
+        try:
+            commit = before.commit if before is not None else None
+            await self._projection.apply(_View(tx, since, commit), events)
+        except ConcurrencyError:
+            await _abandon(staged)
+            return False
+        except BaseException as exc:
+            await staged.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return True
+
+    async def _land(self, flight: _Flight, target: int, progress: Progress) -> bool:
+        """Wait for a batch's commit; False when it lost its checkpoint's race."""
+        try:
+            await flight.commit
+        except ConcurrencyError:
+            return False
+        await self._advance({self.name: flight.end})
+        progress(flight.events, flight.end, target)
+        return True
+
+
+class _Flight(NamedTuple):
+    """A batch whose transaction is committing: up to ``end``, ``events`` folded."""
+
+    commit: asyncio.Future[object]
+    end: int
+    events: int
+
+
+class _View:
+    """One projection's view of a batch's transaction: its rows stand at ``since``, and
+    reads of committed rows (and ``fetch``, which opens the transaction) wait first for
+    ``before``, the commit of the batch before it when rebuild pipelines them."""
+
+    def __init__(self, tx: SqlTx, since: int,
+                 before: asyncio.Future[object] | None = None) -> None:
+        self._tx, self._since, self._before = tx, since, before
+
+    @property
+    def since(self) -> int:
+        return self._since
+
+    async def execute(self, sql: str, *args: object) -> None:
+        await self._tx.execute(sql, *args)
+
+    async def put_rows(self, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+        await self._tx.put_rows(table, rows)
+
+    async def delete_rows(self, table: Table, keys: Sequence[Mapping[str, Any]]) -> None:
+        await self._tx.delete_rows(table, keys)
+
+    async def committed_rows(self, table: Table, column: str,
+                             values: Sequence[object]) -> list[tuple[object, ...]]:
+        await self._settled()
+        return await self._tx.committed_rows(table, column, values)
+
+    async def fetch(self, sql: str, *args: object) -> list[tuple[object, ...]]:
+        await self._settled()
+        return await self._tx.fetch(sql, *args)
+
+    async def _settled(self) -> None:
+        if self._before is not None:
+            await self._before  # its ConcurrencyError is this batch's too
+
+
+def _quiet(folded: int, checkpoint: int, target: int) -> None:
+    pass
+
+
+async def _abandon(staged: ProjectionTxContext) -> None:
+    """Roll back a staged transaction whose batch is folded again elsewhere."""
+    lost = ConcurrencyError("projection", 0, 0)
+    await staged.__aexit__(ConcurrencyError, lost, None)
+
+
+async def _cancel(future: asyncio.Future[Any] | None) -> None:
+    if future is not None and not future.done():
+        future.cancel()
+    if future is not None:
+        await asyncio.gather(future, return_exceptions=True)
 
 
 def _after(events: Sequence[EventEnvelope], position: int) -> Sequence[EventEnvelope]:

@@ -172,7 +172,16 @@ class SqlTx(Protocol):
     """One open transaction on the log's database, handed to a projection.
 
     SQL uses ``$1, $2 …`` placeholders on every backend (SQLite's are rewritten).
+    ``since`` is the log position the projection's committed rows stand at (its
+    checkpoint: the last event folded into them), when the transaction serves one
+    projection; None when that is not known. A projection may carry rows from one batch
+    to the next in memory (``store.rowset.Carried``) only while they stand where
+    ``since`` says.
     """
+
+    @property
+    def since(self) -> int | None:
+        ...
 
     async def execute(self, sql: str, *args: object) -> None:
         ...

@@ -14,6 +14,8 @@ from store.errors import ConcurrencyError
 from store.projections import ProjectionHost, ProjectionHub, ProjectionRunner
 from store.protocol import ANY_VERSION, NO_STREAM, SqlTx
 from store.registry import EventTypes
+from store.rowset import Carried, RowSet
+from store.tables import Table
 from tests.contract.conftest import open_store
 from tests.support.events import Incremented, Renamed, new_event
 
@@ -413,3 +415,87 @@ async def test_a_batch_that_writes_nothing_moves_the_checkpoint_a_moment_later(
         assert await store.wait_for_projection(Totals.name, ignored.position, WAIT)
     assert await store.projection_checkpoint(Totals.name) == ignored.position
     assert await totals(store) == {"counter:a": (1, 1)}
+
+
+TOTALS = Table("counter_totals", (("stream", "text"), ("total", "bigint"), ("events", "bigint")))
+
+
+class LoadedTotals(Totals):
+    """Totals folded in Python from the committed rows each batch loads (a RowSet), or,
+    with ``carry``, from the rows the batch before left (Carried) when they still stand
+    where the transaction's do."""
+
+    def __init__(self, carry: bool = False) -> None:
+        self.carried: Carried[RowSet] | None = Carried() if carry else None
+        self.loads = 0
+
+    async def apply(self, tx: SqlTx, events: Sequence[EventEnvelope]) -> None:
+        rows = (self.carried and self.carried.take(tx.since)) or RowSet(TOTALS)
+        mine = [e for e in events if e.type == "counter.incremented"]
+        await rows.load(_Counted(tx, self), "stream", [e.stream for e in mine])
+        for event in mine:
+            row = rows.get(event.stream) or {"stream": event.stream, "total": 0, "events": 0}
+            row["total"] += DECODE.decode(event.data).amount
+            row["events"] += 1
+            rows.put(row)
+        await rows.flush(tx)
+        if self.carried is not None:
+            self.carried.keep(rows, events[-1].position, len(rows))
+
+
+class _Counted:
+    """A transaction's committed reads, counted for the projection that makes them."""
+
+    def __init__(self, tx: SqlTx, projection: LoadedTotals) -> None:
+        self.tx, self.projection = tx, projection
+
+    async def committed_rows(self, table: Table, column: str,
+                             values: Sequence[object]) -> list[tuple[object, ...]]:
+        self.projection.loads += 1
+        return await self.tx.committed_rows(table, column, values)
+
+
+@pytest.mark.parametrize("carry", [False, True], ids=["loaded", "carried"])
+async def test_rebuild_pipeline_reads_each_batch_after_the_one_before_committed(
+    store: ProjectionHost, carry: bool
+) -> None:
+    """Rebuild folds a batch while the one before commits: a projection that reads its
+    committed rows every batch still sees every earlier batch (the read waits for that
+    commit, or the rows are carried), so no increment is lost."""
+    for amount in range(1, 31):
+        head = await append_amounts(store, f"counter:{amount % 3}", amount)
+    projection = LoadedTotals(carry)
+    assert await ProjectionRunner(store, projection, batch=2).rebuild() == head
+    assert await totals(store) == {"counter:0": (165, 10), "counter:1": (145, 10),
+                                   "counter:2": (155, 10)}
+    assert await store.projection_checkpoint("counter_totals") == head
+    if carry:  # each stream's row is read once, then carried from batch to batch
+        assert projection.loads <= 3
+
+
+async def test_carried_rows_are_used_only_where_they_stand(store: ProjectionHost) -> None:
+    """A live runner and a rebuild racing, each carrying rows: a carried set is taken
+    only by a transaction whose checkpoint is where the set was left, so the totals end
+    exact whichever runner commits which batch."""
+    head = await append_amounts(store, "counter:a", *range(1, 21))
+    live = ProjectionRunner(store, LoadedTotals(carry=True), batch=4)
+    async with live:
+        assert await live.wait_until(head, WAIT)
+        await ProjectionRunner(store, LoadedTotals(carry=True), batch=3).rebuild()
+        head = await append_amounts(store, "counter:a", 100)
+        assert await live.wait_until(head, WAIT)
+    assert await totals(store) == {"counter:a": (310, 21)}
+
+
+def test_carried_state_is_taken_once_and_only_at_its_position() -> None:
+    carried: Carried[str] = Carried(limit=10)
+    carried.keep("rows", 7, size=3)
+    assert carried.take(6) is None  # elsewhere: dropped
+    assert carried.take(7) is None  # ... and gone
+    carried.keep("rows", 7, size=3)
+    assert carried.take(None) is None  # a transaction that cannot say where it stands
+    carried.keep("rows", 7, size=3)
+    assert carried.take(7) == "rows"
+    assert carried.take(7) is None
+    carried.keep("too many", 9, size=11)  # past the limit: not kept
+    assert carried.take(9) is None
