@@ -40,7 +40,7 @@ from schemas import EventEnvelope
 from schemas.hostd import Capacity, StorageCapacity
 from schemas.hostnet import Capabilities
 from store.protocol import SqlTx
-from store.rowset import RowSet
+from store.rowset import Carried, RowSet
 from store.tables import Table
 
 TABLE = "hosts"
@@ -123,19 +123,23 @@ class HostsProjection:
     drop: Sequence[str] = ("DROP TABLE IF EXISTS hosts", "DROP TABLE IF EXISTS host_networks",
                            "DROP TABLE IF EXISTS host_storage")
 
+    def __init__(self) -> None:
+        #: the host rows as the last batch left them (hosts are few and busy)
+        self._carried: Carried[RowSet] = Carried()
+
     async def apply(self, tx: SqlTx, events: Sequence[EventEnvelope]) -> None:
         """A batch's host rows folded in memory (a host's claims and beats in one batch
         are one row written); capabilities and storage as statements, in order."""
+        hosts = self._carried.take(tx.since) or RowSet(HOSTS)
         mine = [(ev.stream[len(_PREFIX):], decoder.decode(bytes(ev.data))) for ev in events
                 if (decoder := _DECODERS.get(ev.type)) is not None
                 and ev.stream.startswith(_PREFIX)]
-        if not mine:
-            return
-        hosts = RowSet(HOSTS)
-        await hosts.load(tx, "id", [host_id for host_id, _ in mine])
-        for host_id, event in mine:
-            await _apply_one(tx, hosts, host_id, event)
-        await hosts.flush(tx)
+        if mine:
+            await hosts.load(tx, "id", [host_id for host_id, _ in mine])
+            for host_id, event in mine:
+                await _apply_one(tx, hosts, host_id, event)
+            await hosts.flush(tx)
+        self._carried.keep(hosts, events[-1].position, len(hosts))
 
 
 _PREFIX = f"{KIND}:"

@@ -27,7 +27,7 @@ import asyncio
 import datetime as dt
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import reduce
 from operator import or_
 from typing import Any, Protocol
@@ -61,7 +61,7 @@ from actors.instance import (
 )
 from schemas import EventEnvelope
 from store.protocol import SqlTx
-from store.rowset import RowSet
+from store.rowset import Carried, RowSet
 from store.tables import Table
 
 PROJECTION_NAME = "instances_v3"
@@ -143,7 +143,11 @@ def addresses_json(nics: Sequence[NicInfo]) -> str:
 
 def stamp(when: dt.datetime) -> str:
     """A time as the table stores it: UTC, microseconds, ordered as text."""
-    utc = when if when.tzinfo is dt.UTC else when.astimezone(dt.UTC)
+    if when.tzinfo is dt.UTC:  # as decoded from an event: msgspec writes it 7x faster
+        text = _JSON.encode(when)  # b'"2026-12-06T20:39:04.123456Z"' (no .000000)
+        if len(text) == 29:
+            return text[1:27].decode()
+    utc = when.astimezone(dt.UTC)
     return utc.replace(tzinfo=None).isoformat(timespec="microseconds")
 
 
@@ -217,19 +221,23 @@ class InstancesProjection:
     ddl: Sequence[str] = DDL
     drop: Sequence[str] = DROP
 
+    def __init__(self) -> None:
+        #: the last batch's rows, for the next batch to go on from
+        self._carried: Carried[_Batch] = Carried()
+
     async def apply(self, tx: SqlTx, events: Sequence[EventEnvelope]) -> None:
+        batch = self._carried.take(tx.since) or _Batch()
         mine = [(ev.stream[len(_PREFIX):], ev, _DECODER.decode(bytes(ev.data)))
                 for ev in events if ev.type in _TAGS and ev.stream.startswith(_PREFIX)]
-        if not mine:
-            return
-        batch = _Batch()
-        new = {iid for iid, _, event in mine if type(event) is InstanceCreated}
-        await batch.load(tx, [iid for iid in dict.fromkeys(iid for iid, _, _ in mine)
-                              if iid not in new])
-        for iid, ev, event in mine:
-            batch.fold(iid, ev, event)
-        await batch.servers.flush(tx)
-        await batch.actions.flush(tx)
+        if mine:
+            new = {iid for iid, _, event in mine if type(event) is InstanceCreated}
+            batch.fresh(new)
+            await batch.load(tx, [iid for iid, _, _ in mine])
+            for iid, ev, event in mine:
+                batch.fold(iid, ev, event)
+            await batch.servers.flush(tx)
+            await batch.actions.flush(tx)
+        self._carried.keep(batch, events[-1].position, len(batch.servers) + len(batch.actions))
 
 
 _PREFIX = f"{KIND}:"
@@ -247,8 +255,13 @@ class _Batch:
         #: instance id -> its action rows known to this batch
         self.actions_of: dict[str, list[Row]] = {}
 
+    def fresh(self, instance_ids: Iterable[str]) -> None:
+        """Instances created in this batch: no committed row can be theirs."""
+        self.servers.known("id", instance_ids)
+        self.actions.known("instance_id", instance_ids)
+
     async def load(self, tx: SqlTx, instance_ids: Sequence[str]) -> None:
-        """The committed rows of instances this batch did not create (both reads at once)."""
+        """The committed rows of these instances not known yet (both reads at once)."""
         _, actions = await asyncio.gather(self.servers.load(tx, "id", instance_ids),
                                           self.actions.load(tx, "instance_id", instance_ids))
         for row in actions:
@@ -264,39 +277,46 @@ class _Batch:
             return  # as an UPDATE of no row: a server this projection never saw created
         match event:
             case InstanceScheduled(host=host, at=at):
-                self._set(server, at, host=host, task_state=SPAWNING)
+                self._set(server, stamp(at), host=host, task_state=SPAWNING)
             case InstanceSpawned(host=host, power_state=power, at=at):
-                self._set(server, at, vm_state=ACTIVE, task_state=None, host=host,
-                          power_state=power, launched_at=stamp(at))
-                self._finish(iid, "create", at, host=host)
+                when = stamp(at)
+                self._set(server, when, vm_state=ACTIVE, task_state=None, host=host,
+                          power_state=power, launched_at=when)
+                self._finish(iid, "create", when, host=host)
             case InstanceFailed(fault=fault, at=at):
-                self._set(server, at, vm_state=ERROR, task_state=None, host=None,
+                when = stamp(at)
+                self._set(server, when, vm_state=ERROR, task_state=None, host=None,
                           power_state=NOSTATE, fault=_JSON.encode(fault).decode())
-                self._finish(iid, "create", at, error=fault.message)
+                self._finish(iid, "create", when, error=fault.message)
             case InstanceActionStarted(action=action, task=task, at=at):
-                self._set(server, at, task_state=task)
-                self._start(server, request_id, action, at, ev)
+                when = stamp(at)
+                self._set(server, when, task_state=task)
+                self._start(server, request_id, action, when, ev)
             case InstanceActionDone(action=action, vm_state=vm_state, power_state=power, at=at):
+                when = stamp(at)
                 cleared = {"fault": None} if vm_state != ERROR else {}
-                self._set(server, at, vm_state=vm_state, power_state=power, task_state=None,
+                self._set(server, when, vm_state=vm_state, power_state=power, task_state=None,
                           **cleared)
-                self._finish(iid, action, at)
+                self._finish(iid, action, when)
             case InstanceActionFailed(action=action, message=message, at=at):
-                self._set(server, at, task_state=None)
-                self._finish(iid, action, at, error=message)
+                when = stamp(at)
+                self._set(server, when, task_state=None)
+                self._finish(iid, action, when, error=message)
             case InstancePowerSynced(vm_state=vm_state, power_state=power, at=at):
-                self._set(server, at, vm_state=vm_state, power_state=power)
+                self._set(server, stamp(at), vm_state=vm_state, power_state=power)
             case InstanceDeleting(at=at):
-                self._set(server, at, task_state=DELETING)
-                self._start(server, request_id, "delete", at, ev)
+                when = stamp(at)
+                self._set(server, when, task_state=DELETING)
+                self._start(server, request_id, "delete", when, ev)
             case InstanceDeleted(at=at, host=host, note=note):
-                self._set(server, at, vm_state=DELETED, task_state=None,
-                          terminated_at=stamp(at), deleted=1)
+                when = stamp(at)
+                self._set(server, when, vm_state=DELETED, task_state=None,
+                          terminated_at=when, deleted=1)
                 open_ = next((a for a in self.actions_of.get(iid, ())
                               if a["action"] == "delete" and a["finish_time"] is None), None)
                 if open_ is None:
-                    open_ = self._start(server, request_id, "delete", at, ev)
-                self._finish(iid, "delete", at, host=host)
+                    open_ = self._start(server, request_id, "delete", when, ev)
+                self._finish(iid, "delete", when, host=host)
                 if note:
                     open_["message"] = note
                     self.actions.changed(open_)
@@ -319,19 +339,19 @@ class _Batch:
             "addresses": addresses_json(event.nics)})
         self._action(iid, request_id, "create", event.project_id, event.user_id, at, None)
 
-    def _set(self, server: Row, at: dt.datetime, **changes: Any) -> None:
+    def _set(self, server: Row, when: str, **changes: Any) -> None:
         """Change the server's columns; its status follows its states; updated_at is
-        ``at``."""
+        ``when`` (a `stamp`)."""
         server.update(changes)
         server["status"] = status(server["vm_state"], server["task_state"])
-        server["updated_at"] = stamp(at)
+        server["updated_at"] = when
         self.servers.changed(server)
 
-    def _start(self, server: Row, request_id: str, action: str, at: dt.datetime,
+    def _start(self, server: Row, request_id: str, action: str, when: str,
                ev: EventEnvelope) -> Row:
         """Record a user action; project and host from the server, the user who asked."""
         return self._action(server["id"], request_id, action, server["project_id"],
-                            ev.user_id or server["user_id"], stamp(at), server["host"])
+                            ev.user_id or server["user_id"], when, server["host"])
 
     def _action(self, iid: str, request_id: str, action: str, project_id: str,
                 user_id: str, at: str, host: str | None) -> Row:
@@ -348,10 +368,9 @@ class _Batch:
         self.actions_of.setdefault(iid, []).append(row)
         return row
 
-    def _finish(self, iid: str, action: str, at: dt.datetime, *, error: str | None = None,
+    def _finish(self, iid: str, action: str, when: str, *, error: str | None = None,
                 host: str | None = None) -> None:
         """Finish the instance's open actions of this kind with their result."""
-        when = stamp(at)
         for row in self.actions_of.get(iid, ()):
             if row["action"] == action and row["finish_time"] is None:
                 row.update(finish_time=when, updated_at=when, message=error,
