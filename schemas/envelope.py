@@ -65,10 +65,12 @@ class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
     user_id: str | None = None
 
 
-class EventEnvelope(
-    msgspec.Struct, frozen=True, kw_only=True, tag_field="envelope", tag="event"
-):
-    """An event as committed to the log and as published on the bus."""
+class EventEnvelope(msgspec.Struct, frozen=True, tag_field="envelope", tag="event"):
+    """An event as committed to the log and as published on the bus.
+
+    Not keyword-only: the stores build one per event read, and positional arguments
+    build it in half the time (readers of the whole log spend a tenth of it here).
+    """
 
     event_id: uuid.UUID
     stream: str

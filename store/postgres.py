@@ -102,11 +102,10 @@ DDL_LOCK_KEY = 0x6F72_7265_7279_01  # held (per transaction) while projection DD
 
 def _envelope(r: Any, o: int = 0) -> EventEnvelope:
     """An EventEnvelope from a row of _COLUMNS starting at column ``o``."""
-    return EventEnvelope(
-        position=r[o], stream=r[o + 1], version=r[o + 2], type=r[o + 3],
-        data=msgspec.Raw(r[o + 4]), event_id=r[o + 5], occurred_at=r[o + 6],
-        correlation_id=r[o + 7], causation_id=r[o + 8], project_id=r[o + 9],
-        user_id=r[o + 10])
+    # positional, in the envelope's field order: event_id, stream, version, position,
+    # type, data, occurred_at, correlation_id, causation_id, project_id, user_id
+    return EventEnvelope(r[o + 5], r[o + 1], r[o + 2], r[o], r[o + 3], msgspec.Raw(r[o + 4]),
+                         r[o + 6], r[o + 7], r[o + 8], r[o + 9], r[o + 10])
 
 
 class _Listener:
