@@ -149,6 +149,9 @@ class InstanceState(msgspec.Struct, kw_only=True):
     timer_at: dt.datetime | None = None
     created_at: dt.datetime | None = None
     launched_at: dt.datetime | None = None
+    #: when the last task or power change happened: a reconciliation that listed the
+    #: host's domains before it says nothing about the server now
+    changed_at: dt.datetime | None = None
     nics: list[NicInfo] = []
     #: attached volumes and attaches/detaches in flight, by volume id
     volumes: dict[str, saga.VolumeSlot] = {}
@@ -247,6 +250,8 @@ class InstanceDecider:
             return []
         if state.vm_state not in (ACTIVE, STOPPED):
             return []
+        if obs.reconcile and state.changed_at is not None and obs.observed_at < state.changed_at:
+            return []  # the domains were listed before the server's last change (its spawn)
         if obs.state == DomainState.MISSING:
             if not obs.reconcile:
                 return []  # an undefine we did not ask for shows up at reconciliation
@@ -508,7 +513,7 @@ class InstanceEvolver:
         self.deadlines = deadlines
 
     def _task(self, state: InstanceState, task: str | None, at: dt.datetime) -> None:
-        state.task_state = task
+        state.task_state, state.changed_at = task, at
         state.deadline = None if task is None else \
             at + dt.timedelta(seconds=self.deadlines.of(task))
 
@@ -552,8 +557,9 @@ class InstanceEvolver:
             case InstanceActionFailed(at=at):
                 state.action, state.awaiting = None, None
                 self._task(state, None, at)
-            case InstancePowerSynced(vm_state=vm_state, power_state=power):
+            case InstancePowerSynced(vm_state=vm_state, power_state=power, at=at):
                 state.vm_state, state.power_state = vm_state, power
+                state.changed_at = at
             case InstanceRetried(task=task, at=at):
                 state.retried = [*state.retried, task]
                 self._task(state, task, at)

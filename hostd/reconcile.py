@@ -4,8 +4,10 @@ One round: list the hypervisor's domains, ask the host actor which instances hol
 here (``host.expected``), then
 
 - tell every expected instance the state of its domain (``instance.observed`` with
-  ``reconcile=True``; ``missing`` when the hypervisor does not know it) — the instance
-  actor decides what that means (power-state sync, or ERROR for a missing domain);
+  ``reconcile=True``; ``missing`` when the hypervisor does not know it), as of the time
+  the domains were listed — the instance actor decides what that means (power-state
+  sync, or ERROR for a missing domain), and ignores a listing older than its last change
+  (a server that spawned after the listing is not missing);
 - remember when each managed domain that is *not* expected was first seen so, and
   destroy + undefine it once it has been unexpected for ``orphan_grace`` seconds.
 
@@ -91,6 +93,7 @@ class Reconciler:
 
     async def run_once(self) -> RoundResult | None:
         """One round; None when it was skipped (hypervisor or host actor did not answer)."""
+        listed_at = dt.datetime.now(dt.UTC)  # what the listing shows is as of then
         try:
             domains = await self.hypervisor.list_domains()
             managed = await self.hypervisor.managed_domains()
@@ -100,7 +103,7 @@ class Reconciler:
         expected = await self._expected()
         if expected is None:
             return None
-        told = await self._tell(expected, domains)
+        told = await self._tell(expected, domains, listed_at)
         pending, removed = await self._orphans(expected, managed)
         log.info("reconciled", host=self.host, expected=len(expected), domains=len(domains),
                  pending_orphans=len(pending), removed=len(removed))
@@ -126,14 +129,14 @@ class Reconciler:
             return None
 
     async def _tell(self, expected: set[str], domains: dict[str, DomainState],
-                    ) -> dict[str, DomainState]:
-        """Send every expected instance the state its domain is in."""
+                    listed_at: dt.datetime) -> dict[str, DomainState]:
+        """Send every expected instance the state its domain was in when listed (an
+        instance spawned or changed since ignores it: the listing is older than that)."""
         told: dict[str, DomainState] = {}
-        now = dt.datetime.now(dt.UTC)
         for instance_id in sorted(expected):
             state = domains.get(instance_id, DomainState.MISSING)
             observed = InstanceObserved(host=self.host, state=state, reconcile=True,
-                                        observed_at=now)
+                                        observed_at=listed_at)
             try:
                 await self.bus.send(observed_envelope(instance_id, observed))
             except BusError as exc:

@@ -298,6 +298,24 @@ def test_power_sync_from_host_observations() -> None:
     assert saga.state.fault is not None and "missing" in saga.state.fault.message
 
 
+def test_a_reconciliation_listed_before_the_last_change_is_ignored() -> None:
+    """hostd listed the domains, then the server spawned (or was started) before the
+    report arrived: a listing older than the server's last change tells nothing about
+    it now, so a domain it lacked is not missing and its power state is not synced."""
+    saga = Saga()
+    listed_at = saga.now
+    saga.now += dt.timedelta(seconds=1)
+    saga.boot()
+    for state in (DomainState.MISSING, DomainState.SHUTOFF):
+        assert saga.send(InstanceObserved(host="h1", state=state, reconcile=True,
+                                          observed_at=listed_at)) == []
+    assert saga.state.vm_state == ACTIVE
+    saga.now += dt.timedelta(seconds=1)
+    events = saga.send(InstanceObserved(host="h1", state=DomainState.MISSING, reconcile=True,
+                                        observed_at=saga.now))
+    assert isinstance(events[0], InstanceFailed) and saga.state.vm_state == ERROR
+
+
 def test_observations_during_a_task_are_left_to_the_task() -> None:
     saga = Saga()
     saga.boot()
