@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import os
 import re
@@ -527,6 +528,8 @@ async def measure(mode: str, args: argparse.Namespace) -> None:
             listing = await api.json("GET", "/compute/v2.1/servers/detail?limit=1000"
                                             "&status=ERROR")
             errors = len(listing["servers"])
+            faults = collections.Counter(
+                (s.get("fault") or {}).get("message", "no fault") for s in listing["servers"])
             get_p99, detail_p99 = await read_figures(api, runs[0].ids, args.reads)
             raw_rate, raw_p99 = await ceiling(http, args.clients)
         for run in runs:
@@ -536,6 +539,8 @@ async def measure(mode: str, args: argparse.Namespace) -> None:
         print(f"{mode}: {args.hosts} hosts, errors {errors}; GET server p99 {get_p99:.2f} ms,"
               f" servers/detail (1000) p99 {detail_p99:.1f} ms; raw aiohttp"
               f" {raw_rate:.0f} req/s, GET p99 {raw_p99:.2f} ms")
+        for message, count in faults.most_common(5):
+            print(f"{mode}: {count} in ERROR with fault {message!r}")
         figures = {k: v for run in runs for k, v in run.results().items()}
         figures.update({f"{mode}_get_p99_ms": get_p99, f"{mode}_detail_p99_ms": detail_p99,
                         f"{mode}_errors": errors})
