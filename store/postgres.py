@@ -97,6 +97,8 @@ _UNEXPLAINED = (
 ANALYSIS_WORK_MEM = "256MB"
 #: how long a whole-log analysis query may take
 ANALYSIS_TIMEOUT = 3600.0
+#: leadership sessions holding nothing that a store keeps for the next try
+STANDBY_SESSIONS = 4
 DDL_LOCK_KEY = 0x6F72_7265_7279_01  # held (per transaction) while projection DDL runs
 
 
@@ -185,6 +187,8 @@ class PostgresEventStore:
         self._listener = _Listener(dsn, timeout)
         self._leases: PgLeaseSession | None = None
         self._lease_lock = asyncio.Lock()
+        #: leadership sessions that hold nothing, kept for the next try
+        self._standby_sessions: list[Any] = []
 
     @classmethod
     async def connect(cls, dsn: str, types: EventTypes, *, writers: int = 2,
@@ -225,6 +229,9 @@ class PostgresEventStore:
         await self._listener.close()
         if self._leases is not None:
             await self._leases.close()
+        standby, self._standby_sessions = self._standby_sessions, []
+        for conn in standby:
+            conn.terminate()  # holds nothing: nothing to hand back first
         await self._append_pool.close()
         await self._pool.close()
 
@@ -450,18 +457,15 @@ class PostgresEventStore:
     async def try_leaderships(self, names: Iterable[str]) -> AsyncIterator[PgLeaderSet]:
         """Hold as many of the leaderships ``names`` as are free, on one session of its
         own, until the block exits (or the session dies: ``take_more`` then raises)."""
-        with mapped():
-            conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
+        conn = await self._leader_session()
+        leader = PgLeaderSet(conn, names, self._timeout)
+        ended = False
         try:
-            leader = PgLeaderSet(conn, names, self._timeout)
             await leader.take_more()
             yield leader
+            ended = True
         finally:
-            try:
-                await conn.close(timeout=self._timeout)  # ends the session: locks released
-            except BaseException:
-                conn.terminate()
-                raise
+            await self._end_leader_session(conn, reuse=ended and not leader.held)
 
     @contextlib.asynccontextmanager
     async def try_leadership(self, name: str) -> AsyncIterator[bool]:
@@ -470,19 +474,39 @@ class PostgresEventStore:
         A session advisory lock on a dedicated connection, released when the block
         exits (or the connection dies: callers re-check by re-entering).
         """
-        with mapped():
-            conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
+        conn = await self._leader_session()
+        got, ended = False, False
         try:
             with mapped():
-                got = await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
-                                          name, timeout=self._timeout)
-            yield bool(got)
+                got = bool(await conn.fetchval(
+                    "SELECT pg_try_advisory_lock(hashtextextended($1, 0))", name,
+                    timeout=self._timeout))
+            yield got
+            ended = True
         finally:
-            try:
-                await conn.close(timeout=self._timeout)  # ends the session: lock released
-            except BaseException:
-                conn.terminate()
-                raise
+            await self._end_leader_session(conn, reuse=ended and not got)
+
+    async def _leader_session(self) -> Any:
+        """A session to ask for leaderships on: one a standby left, or a new one."""
+        while self._standby_sessions:
+            conn = self._standby_sessions.pop()
+            if not conn.is_closed():
+                return conn
+        with mapped():
+            return await asyncpg.connect(self._dsn, timeout=self._timeout)
+
+    async def _end_leader_session(self, conn: Any, *, reuse: bool) -> None:
+        """Keep a session that holds nothing for the next try (a standby asks every
+        second: a new session each time cost PostgreSQL a backend and a TLS handshake);
+        close any other, which releases what it held."""
+        if reuse and not self._closed and len(self._standby_sessions) < STANDBY_SESSIONS:
+            self._standby_sessions.append(conn)
+            return
+        try:
+            await conn.close(timeout=self._timeout)  # ends the session: locks released
+        except BaseException:
+            conn.terminate()
+            raise
 
 
 __all__ = ["EVENTS_CHANNEL", "PROJECTIONS_CHANNEL", "PostgresEventStore", "StoreError"]
