@@ -1,7 +1,8 @@
 """``rebuild``: projections refolded from position 0 while the system runs.
 
-Each projection is rebuilt by ``ProjectionRunner.rebuild``: its tables and checkpoint are
-dropped and recreated and the log folded up to the head it had when the rebuild began. A
+The projections are rebuilt together by ``ProjectionHub.rebuild``: their tables and
+checkpoints are dropped and recreated and the log is read once, each batch folded into
+all of them, up to the head it had when the rebuild began. A
 live process folding the same projection notices its checkpoint moved back and folds
 from there too; whichever commits a batch first moves the checkpoint, the other goes on
 from it (the checkpoint is compare-and-swapped), so the two never fold an event twice.
@@ -17,7 +18,7 @@ from typing import IO
 import msgspec
 
 from replay.errors import NotFound
-from store.projections import Projection, ProjectionHost, ProjectionRunner
+from store.projections import Projection, ProjectionHost, ProjectionHub
 
 
 class Rebuilt(msgspec.Struct, frozen=True, kw_only=True):
@@ -77,24 +78,25 @@ def choose(projections: Sequence[Projection], name: str | None) -> list[Projecti
 
 async def rebuild(store: ProjectionHost, projections: Sequence[Projection], *,
                   show: bool = True, batch: int = 5000) -> list[Rebuilt]:
-    """Rebuild each of ``projections`` in turn (a progress bar on stderr when ``show``)."""
-    results = []
-    for projection in projections:
-        bar = ProgressBar(projection.name) if show else None
-        runner = ProjectionRunner(store, projection, batch=batch)
-        counted = [0]
+    """Rebuild ``projections`` together, reading the log once for all of them (a progress
+    bar on stderr when ``show``); one result per projection."""
+    names = [p.name for p in projections]
+    label = names[0] if len(names) == 1 else f"{len(names)} projections"
+    bar = ProgressBar(label) if show else None
+    hub = ProjectionHub(store, projections, batch=batch)
+    counted = [0]
 
-        def progress(folded: int, checkpoint: int, target: int,
-                     bar: ProgressBar | None = bar, counted: list[int] = counted) -> None:
-            counted[0] += folded
-            if bar is not None:
-                bar(folded, checkpoint, target)
-
-        started = time.perf_counter()
-        checkpoint = await runner.rebuild(progress)
-        result = Rebuilt(projection=projection.name, events=counted[0], checkpoint=checkpoint,
-                         seconds=time.perf_counter() - started)
+    def progress(folded: int, checkpoint: int, target: int) -> None:
+        counted[0] += folded
         if bar is not None:
-            bar.done(result)
-        results.append(result)
+            bar(folded, checkpoint, target)
+
+    started = time.perf_counter()
+    await hub.rebuild(progress)
+    seconds = time.perf_counter() - started
+    results = [Rebuilt(projection=name, events=counted[0], checkpoint=hub.checkpoint(name),
+                       seconds=seconds) for name in names]
+    if bar is not None:
+        bar.done(results[0] if len(results) == 1 else msgspec.structs.replace(
+            results[0], projection=label, checkpoint=min(r.checkpoint for r in results)))
     return results

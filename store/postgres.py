@@ -418,9 +418,11 @@ class PostgresEventStore:
         return PgProjectionTx(self._pool, expected, new, self._timeout,
                               defer_empty=defer_empty)
 
-    async def reset_projection(self, name: str, ddl_drop: Sequence[str]) -> None:
+    async def reset_projection(self, name: str, ddl_drop: Sequence[str],
+                               ddl: Sequence[str] = ()) -> None:
         await self._in_tx([*((sql, ()) for sql in ddl_drop),
                            ("DELETE FROM projection_checkpoints WHERE name = $1", (name,)),
+                           *((sql, ()) for sql in ddl),
                            ("SELECT pg_notify($1, $2)", (PROJECTIONS_CHANNEL, f"{name} 0"))])
 
     async def query(self, sql: str, *args: object) -> list[tuple[Any, ...]]:

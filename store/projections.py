@@ -7,8 +7,8 @@ projection behind the others (new, or rebuilt) gets the events past its own chec
 until it has caught up. With ``lead``, a hub folds only the projections it leads across
 the cluster (one PostgreSQL session holds the advisory locks of all of them), so two
 processes never fold the same table side by side; it stands by for the others and takes
-them over when their leader goes. ``ProjectionRunner`` is a hub of one projection that
-can also rebuild it.
+them over when their leader goes. A hub also rebuilds its projections from the start
+of the log in one read (``rebuild``); ``ProjectionRunner`` is a hub of one projection.
 """
 
 from __future__ import annotations
@@ -283,6 +283,111 @@ class ProjectionHub:
             return False
         return reached()
 
+    # -- rebuilding ------------------------------------------------------------------------
+
+    async def rebuild(self, progress: Progress | None = None) -> int:
+        """Drop every projection's tables and checkpoint, recreate them, and fold the log up
+        to its head, reading it once for all of them: each batch goes to every projection
+        in one transaction. ``progress(events, checkpoint, target)`` is told after every
+        batch (events this hub folded in it: 0 when a live runner moved a checkpoint past
+        it). Returns the lowest checkpoint reached."""
+        store = self._store
+        projections = list(self._projections.values())
+        for projection in projections:
+            await store.reset_projection(projection.name, projection.drop, projection.ddl)
+        await self._advance(dict.fromkeys(self._projections, 0))
+        target = await store.head()
+        self._head_seen = max(self._head_seen, target)
+        reached = await self._refold(projections, 0, target, progress or _quiet)
+        self._log.info("projections_rebuilt", checkpoints=reached)
+        return min(reached.values())
+
+    async def _refold(self, projections: Sequence[Projection], position: int, target: int,
+                      progress: Progress) -> dict[str, int]:
+        """Fold ``projections`` (all at ``position``) up to ``target`` as a pipeline: while
+        a batch commits, the next is read and folded (it waits for that commit only to
+        read committed rows, and to commit after it). When a live runner moves some of
+        the checkpoints apart, each projection goes on alone from its own. Returns the
+        checkpoints reached."""
+        store = self._store
+        names = [p.name for p in projections]
+        reading = self._read_from(position, target)
+        flight: _Flight | None = None
+        try:
+            while reading is not None or flight is not None:
+                events = await reading if reading is not None else []
+                reading = None
+                staged: ProjectionTxContext | None = None
+                lost = False
+                if events:
+                    end = events[-1].position
+                    reading = self._read_from(end, target)
+                    staged = store.projections_tx(dict.fromkeys(names, position), end)
+                    lost = not await self._stage(staged, projections, events, position,
+                                                 flight)
+                if flight is not None:
+                    lost = not await self._land(flight, names, target, progress) or lost
+                    flight = None
+                if lost:  # a live runner folds too: go on from where it got
+                    if staged is not None:
+                        await _abandon(staged)
+                    await _cancel(reading)
+                    reading = None
+                    positions = {n: await store.projection_checkpoint(n) for n in names}
+                    await self._advance(positions)
+                    progress(0, min(positions.values()), target)
+                    if len(set(positions.values())) > 1:
+                        reached: dict[str, int] = {}
+                        for projection in projections:
+                            reached.update(await self._refold(
+                                [projection], positions[projection.name], target, progress))
+                        return reached
+                    position = positions[names[0]]
+                    reading = self._read_from(position, target)
+                elif staged is not None:
+                    flight = _Flight(asyncio.ensure_future(staged.__aexit__(None, None, None)),
+                                     events[-1].position, len(events))
+                    position = events[-1].position
+        finally:
+            await _cancel(reading)
+            if flight is not None:
+                await _cancel(flight.commit)
+        return dict.fromkeys(names, position)
+
+    def _read_from(self, position: int, target: int) -> asyncio.Future[list[EventEnvelope]] | None:
+        if position >= target:
+            return None
+        return asyncio.ensure_future(self._store.read_all(position, self._batch))
+
+    async def _stage(self, staged: ProjectionTxContext, projections: Sequence[Projection],
+                     events: Sequence[EventEnvelope], since: int, before: _Flight | None,
+                     ) -> bool:
+        """Fold a batch into its transaction, left open for the caller to commit; False
+        (and nothing left open) when the batch before lost its checkpoints' race."""
+        tx = await staged.__aenter__()
+        commit = before.commit if before is not None else None
+        try:
+            for projection in projections:
+                await projection.apply(_View(tx, since, commit), events)
+        except ConcurrencyError:
+            await _abandon(staged)
+            return False
+        except BaseException as exc:
+            await staged.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return True
+
+    async def _land(self, flight: _Flight, names: Sequence[str], target: int,
+                    progress: Progress) -> bool:
+        """Wait for a batch's commit; False when it lost its checkpoints' race."""
+        try:
+            await flight.commit
+        except ConcurrencyError:
+            return False
+        await self._advance(dict.fromkeys(names, flight.end))
+        progress(flight.events, flight.end, target)
+        return True
+
     # -- ownership ---------------------------------------------------------------------
 
     def start(self) -> None:
@@ -332,90 +437,6 @@ class ProjectionRunner(ProjectionHub):
     async def __aenter__(self) -> ProjectionRunner:
         self.start()
         return self
-
-    async def rebuild(self, progress: Progress | None = None) -> int:
-        """Drop the tables and checkpoint, recreate, and fold the log up to its head;
-        ``progress(events, checkpoint, target)`` is told after every batch (events this
-        runner folded in it: 0 when a live runner moved the checkpoint past it)."""
-        store, name = self._store, self.name
-        await store.reset_projection(name, self._projection.drop)
-        await store.run_ddl(self._projection.ddl)
-        await self._advance({name: 0})
-        target = await store.head()
-        self._head_seen = max(self._head_seen, target)
-        checkpoint = await self._refold(0, target, progress or _quiet)
-        self._log.info("projection_rebuilt", checkpoint=checkpoint)
-        return checkpoint
-
-    async def _refold(self, position: int, target: int, progress: Progress) -> int:
-        """Fold from ``position`` up to ``target`` as a pipeline: while a batch commits,
-        the next is read and folded (it waits for that commit only to read committed
-        rows, and to commit after it). Returns the checkpoint reached."""
-        store, name = self._store, self.name
-        reading = self._read_from(position, target)
-        flight: _Flight | None = None
-        try:
-            while reading is not None or flight is not None:
-                events = await reading if reading is not None else []
-                reading = None
-                staged: ProjectionTxContext | None = None
-                lost = False
-                if events:
-                    end = events[-1].position
-                    reading = self._read_from(end, target)
-                    staged = store.projection_tx(name, position, end)
-                    lost = not await self._stage(staged, events, position, flight)
-                if flight is not None:
-                    lost = not await self._land(flight, target, progress) or lost
-                    flight = None
-                if lost:  # a live runner folds too: go on from its point
-                    if staged is not None:
-                        await _abandon(staged)
-                    position = await store.projection_checkpoint(name)
-                    await self._advance({name: position})
-                    progress(0, position, target)
-                    await _cancel(reading)
-                    reading = self._read_from(position, target)
-                elif staged is not None:
-                    flight = _Flight(asyncio.ensure_future(staged.__aexit__(None, None, None)),
-                                     events[-1].position, len(events))
-                    position = events[-1].position
-        finally:
-            await _cancel(reading)
-            if flight is not None:
-                await _cancel(flight.commit)
-        return position
-
-    def _read_from(self, position: int, target: int) -> asyncio.Future[list[EventEnvelope]] | None:
-        if position >= target:
-            return None
-        return asyncio.ensure_future(self._store.read_all(position, self._batch))
-
-    async def _stage(self, staged: ProjectionTxContext, events: Sequence[EventEnvelope],
-                     since: int, before: _Flight | None) -> bool:
-        """Fold a batch into its transaction, left open for the caller to commit; False
-        (and nothing left open) when the batch before lost its checkpoint's race."""
-        tx = await staged.__aenter__()
-        try:
-            commit = before.commit if before is not None else None
-            await self._projection.apply(_View(tx, since, commit), events)
-        except ConcurrencyError:
-            await _abandon(staged)
-            return False
-        except BaseException as exc:
-            await staged.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
-        return True
-
-    async def _land(self, flight: _Flight, target: int, progress: Progress) -> bool:
-        """Wait for a batch's commit; False when it lost its checkpoint's race."""
-        try:
-            await flight.commit
-        except ConcurrencyError:
-            return False
-        await self._advance({self.name: flight.end})
-        progress(flight.events, flight.end, target)
-        return True
 
 
 class _Flight(NamedTuple):

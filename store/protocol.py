@@ -230,8 +230,11 @@ class ProjectionStore(Protocol):
         caller moves them later, with its next write)."""
         ...
 
-    async def reset_projection(self, name: str, ddl_drop: Sequence[str]) -> None:
-        """Drop the projection's tables (``ddl_drop``) and its checkpoint, in one transaction."""
+    async def reset_projection(self, name: str, ddl_drop: Sequence[str],
+                               ddl: Sequence[str] = ()) -> None:
+        """Drop the projection's tables (``ddl_drop``) and its checkpoint and create the
+        tables afresh (``ddl``), in one transaction: a process folding the projection
+        meanwhile never finds its tables missing (it finds its checkpoint moved back)."""
         ...
 
     async def run_ddl(self, ddl: Sequence[str]) -> None:

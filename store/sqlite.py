@@ -547,12 +547,15 @@ class SqliteEventStore:
             return False
         return True
 
-    async def reset_projection(self, name: str, ddl_drop: Sequence[str]) -> None:
+    async def reset_projection(self, name: str, ddl_drop: Sequence[str],
+                               ddl: Sequence[str] = ()) -> None:
         def reset(conn: sqlite3.Connection) -> None:
             with _transaction(conn):
                 for statement in ddl_drop:
                     conn.execute(statement)
                 conn.execute("DELETE FROM projection_checkpoints WHERE name = ?", (name,))
+                for statement in ddl:
+                    conn.execute(statement)
 
         await self._write(reset)
         self._checkpoints[name] = 0

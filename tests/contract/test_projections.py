@@ -499,3 +499,50 @@ def test_carried_state_is_taken_once_and_only_at_its_position() -> None:
     assert carried.take(7) is None
     carried.keep("too many", 9, size=11)  # past the limit: not kept
     assert carried.take(9) is None
+
+
+async def test_hub_rebuilds_its_projections_from_one_read(store: ProjectionHost) -> None:
+    """A hub's rebuild drops and refolds every projection of it, each batch read once for
+    all: both tables equal the ones folded live, both checkpoints at the head."""
+    await append_amounts(store, "counter:a", 1, 2)
+    await store.append("counter:a", [new_event(Renamed(name="first"))], 2)
+    head = await append_amounts(store, "counter:b", 5)
+    async with ProjectionHub(store, [Totals(), Renames()]) as hub:
+        assert await hub.wait_until(head, WAIT)
+    folded = (await totals(store), await names(store))
+    async with store.projection_tx("counter_names", head, head) as tx:
+        await tx.execute("UPDATE counter_names SET name = 'spoiled'")
+    assert await ProjectionHub(store, [Totals(), Renames()], batch=2).rebuild() == head
+    assert (await totals(store), await names(store)) == folded
+    assert await store.projection_checkpoint("counter_totals") == head
+    assert await store.projection_checkpoint("counter_names") == head
+
+
+async def test_hub_rebuild_beside_a_live_runner_of_one_of_them_ends_exact(
+    store: ProjectionHost,
+) -> None:
+    """A live runner folds one of the hub's projections, with events still coming, while
+    the hub rebuilds both: the two take turns at that checkpoint (the one that loses a
+    batch goes on from the other's point, the hub's other projection alone then), and
+    nothing is counted twice or lost."""
+    for i in range(1, 201):
+        await append_amounts(store, "counter:a", 1)
+        head = (await store.append("counter:a", [new_event(Renamed(name=f"n{i}"))],
+                                   ANY_VERSION)).position
+    live = ProjectionRunner(store, Totals(), batch=4)
+
+    async def more() -> int:
+        last = 0
+        for _ in range(100):
+            last = await append_amounts(store, "counter:b", 2)
+            await asyncio.sleep(0)
+        return last
+
+    async with live:
+        assert await live.wait_until(head, WAIT)
+        appending = asyncio.create_task(more())
+        await ProjectionHub(store, [Totals(), Renames()], batch=3).rebuild()
+        head = await appending
+        assert await live.wait_until(head, WAIT)
+    assert await totals(store) == {"counter:a": (200, 200), "counter:b": (200, 100)}
+    assert await names(store) == {"counter:a": "n200"}
