@@ -1,5 +1,6 @@
 """Group commit for the PostgreSQL log: queued appends, a few writers, one batch per
-transaction through ``orrery_append`` (see migrations/002_append_function.sql)."""
+transaction through ``orrery_append`` (see migrations/002_append_function.sql and
+005_append_causes.sql)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from store.protocol import AppendResult
 log = structlog.get_logger(__name__)
 
 APPEND_SQL = ("SELECT * FROM orrery_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
-              " $13)")
+              " $13, $14, $15, $16)")
 _MAX_SCAN = 2000  # queued appends a writer looks at when it skips repeated streams
 #: queued events from which a second writer starts a batch while another is busy
 OVERLAP_EVENTS = 64
@@ -37,10 +38,12 @@ class PendingAppend:
     cause: str | None
     events: Sequence[NewEvent]
     future: asyncio.Future[AppendResult] = field(repr=False)
+    #: several commands' causes, each with how many of the events are its or earlier ones'
+    causes: Sequence[tuple[str, int]] = ()
 
 
-def _batch_args(batch: list[PendingAppend]) -> list[list[Any] | None]:
-    """The thirteen array arguments of orrery_append for ``batch``.
+def _batch_args(batch: list[PendingAppend]) -> list[Sequence[Any] | None]:
+    """The sixteen array arguments of orrery_append for ``batch``.
 
     Arrays that would hold only NULLs are sent as NULL: asyncpg's per-element encoding is
     the writer's main cost, and unnest pads a NULL array with NULLs.
@@ -49,11 +52,18 @@ def _batch_args(batch: list[PendingAppend]) -> list[list[Any] | None]:
     index, types, data, ids, at = [], [], [], [], []
     meta: list[list[str | None]] = [[], [], [], []]
     corr, caus, proj, user = meta
+    of: list[int] = []
+    extra: list[str] = []
+    upto: list[int] = []
     for i, item in enumerate(batch, start=1):
         streams.append(item.stream)
         expected.append(item.expected)
         causes.append(item.cause)
         counts.append(len(item.events))
+        for cause, last in item.causes:
+            of.append(i)
+            extra.append(cause)
+            upto.append(last)
         for ev in item.events:
             index.append(i)
             types.append(ev.type)
@@ -65,7 +75,7 @@ def _batch_args(batch: list[PendingAppend]) -> list[list[Any] | None]:
             proj.append(ev.project_id)
             user.append(ev.user_id)
     return [streams, expected, _or_null(causes), counts, index, types, data, ids, at,
-            *(_or_null(m) for m in meta)]
+            *(_or_null(m) for m in meta), of or None, extra or None, upto or None]
 
 
 def _or_null(values: list[str | None]) -> list[str | None] | None:

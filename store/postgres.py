@@ -35,7 +35,14 @@ from store.pg_common import (
 )
 from store.pg_projection import PgProjectionTx
 from store.pg_writer import GroupCommit, PendingAppend
-from store.protocol import AppendResult, EventQuery, FilteredPage, LogRow, Snapshot
+from store.protocol import (
+    AppendResult,
+    EventQuery,
+    FilteredPage,
+    LogRow,
+    Snapshot,
+    check_causes,
+)
 from store.registry import EventTypes
 
 log = structlog.get_logger(__name__)
@@ -236,14 +243,17 @@ class PostgresEventStore:
         await self._pool.close()
 
     async def append(self, stream: str, events: Sequence[NewEvent], expected_version: int,
-                     *, cause: str | None = None) -> AppendResult:
+                     *, cause: str | None = None,
+                     causes: Sequence[tuple[str, int]] = ()) -> AppendResult:
+        check_causes(cause, causes, len(events))
         for ev in events:
             self._types.validate(ev.type, ev.data)
         if self._closed:
             raise StoreUnavailable("event store closed")
         started = time.perf_counter()
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._writer.submit(PendingAppend(stream, expected_version, cause, events, future))
+        self._writer.submit(PendingAppend(stream, expected_version, cause, events, future,
+                                          tuple(causes)))
         try:
             return await future
         finally:

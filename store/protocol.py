@@ -88,6 +88,7 @@ class EventStore(Protocol):
         expected_version: int,
         *,
         cause: str | None = None,
+        causes: Sequence[tuple[str, int]] = (),
     ) -> AppendResult:
         """Append ``events`` if the stream is at ``expected_version``.
 
@@ -95,6 +96,13 @@ class EventStore(Protocol):
         InvalidEvent, appending nothing, if any event does not decode. With ``cause``, a
         second append for the same cause on the same stream is a no-op returning the
         first append's result.
+
+        ``causes`` (instead of ``cause``) is for several commands' events appended in
+        turn: each command's cause with how many of ``events`` are its or earlier ones'
+        (increasing, the last ``len(events)``). Each is recorded as ``cause`` is, at the
+        version and position of its own last event. If any of them is recorded on the
+        stream already, nothing is written and the result is a duplicate at the stream's
+        current version (position 0): handle the commands one at a time then.
         """
         ...
 
@@ -261,3 +269,16 @@ class ProjectionTxContext(Protocol):
 
     async def __aexit__(self, *exc: object) -> bool | None:
         ...
+
+
+def check_causes(cause: str | None, causes: Sequence[tuple[str, int]], events: int) -> None:
+    """ValueError unless ``causes`` (see ``EventStore.append``) fits ``events`` events."""
+    if not causes:
+        return
+    if cause is not None:
+        raise ValueError("an append takes cause or causes, not both")
+    ends = [upto for _, upto in causes]
+    if ends != sorted(set(ends)) or ends[0] < 1 or ends[-1] != events:
+        raise ValueError(f"causes must end at increasing event counts up to {events}: {ends}")
+    if len({c for c, _ in causes}) != len(causes):
+        raise ValueError("a cause appears twice in one append")

@@ -27,6 +27,7 @@ from store.protocol import (
     FilteredPage,
     LogRow,
     Snapshot,
+    check_causes,
 )
 from store.registry import EventTypes
 from store.sqlite_projection import SqliteProjectionTx, to_sqlite_params
@@ -280,10 +281,11 @@ class SqliteEventStore:
 
     async def append(
         self, stream: str, events: Sequence[NewEvent], expected_version: int,
-        *, cause: str | None = None,
+        *, cause: str | None = None, causes: Sequence[tuple[str, int]] = (),
     ) -> AppendResult:
         if expected_version < ANY_VERSION:
             raise ValueError(f"expected_version must be >= {ANY_VERSION}")
+        check_causes(cause, causes, len(events))
         for event in events:
             self._types.validate(event.type, event.data)
         if self._follower:
@@ -291,7 +293,8 @@ class SqliteEventStore:
         if self._closed or self._appends is None:
             raise StoreUnavailable("the SQLite event store is closed")
         outcome: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        pending = Pending(stream, list(events), expected_version, cause, outcome)
+        pending = Pending(stream, list(events), expected_version, cause, outcome,
+                          causes=tuple(causes))
         started = time.perf_counter()
         self._appends.put(pending)
         try:

@@ -68,6 +68,8 @@ class Pending:
     outcome: asyncio.Future[AppendResult]
     #: set when the caller gave up: a drain that has not taken it yet drops it
     abandoned: bool = field(default=False)
+    #: several commands' causes, each with how many of the events are its or earlier ones'
+    causes: Sequence[tuple[str, int]] = ()
 
 
 def utc(when: dt.datetime) -> dt.datetime:
@@ -226,6 +228,11 @@ class GroupCommit:
                 if p.cause is not None:
                     reactions.append((p.stream, p.cause, result.version, last))
                     seen[(p.stream, p.cause)] = result
+                for cause, upto in p.causes:
+                    each = AppendResult(stream=p.stream, version=version + upto,
+                                        position=positions[upto - 1])
+                    reactions.append((p.stream, cause, each.version, each.position))
+                    seen[(p.stream, cause)] = each
                 outcomes.append(result)
             conn.executemany(_INSERT_AT, events)
             conn.executemany(_INSERT_REACTION, reactions)
@@ -251,7 +258,17 @@ class GroupCommit:
 
     def _duplicate(self, p: Pending, seen: dict[tuple[str, str], AppendResult]
                    ) -> AppendResult | None:
-        """The first result of an append for the same cause, if there was one."""
+        """The first result of an append for the same cause, if there was one (with
+        several causes: a duplicate at the stream's version if any was recorded)."""
+        if p.causes:
+            if any((p.stream, c) in seen or self._conn.execute(_SEEN, (p.stream, c)).fetchone()
+                   for c, _ in p.causes):
+                version = self.versions.get(p.stream)
+                if version is None:
+                    version = self._version(p.stream)
+                return AppendResult(stream=p.stream, version=version, position=0,
+                                    duplicate=True)
+            return None
         if p.cause is None:
             return None
         earlier = seen.get((p.stream, p.cause))
@@ -302,6 +319,8 @@ def _append_one(conn: sqlite3.Connection, p: Pending) -> tuple[AppendResult, lis
             return AppendResult(stream=p.stream, version=seen[0], position=seen[1],
                                 duplicate=True), []
     current, last = conn.execute(_VERSION, (p.stream,)).fetchone()
+    if any(conn.execute(_SEEN, (p.stream, c)).fetchone() for c, _ in p.causes):
+        return AppendResult(stream=p.stream, version=current, position=0, duplicate=True), []
     if p.expected != ANY_VERSION and p.expected != current:
         raise ConcurrencyError(p.stream, p.expected, current)
     positions = [conn.execute(_INSERT, _row(p.stream, current + offset, event)).lastrowid or 0
@@ -310,6 +329,8 @@ def _append_one(conn: sqlite3.Connection, p: Pending) -> tuple[AppendResult, lis
     version = current + len(p.events)
     if p.cause is not None:
         conn.execute(_INSERT_REACTION, (p.stream, p.cause, version, position))
+    for cause, upto in p.causes:
+        conn.execute(_INSERT_REACTION, (p.stream, cause, current + upto, positions[upto - 1]))
     return AppendResult(stream=p.stream, version=version, position=position), positions
 
 

@@ -200,6 +200,47 @@ async def test_conflicting_append_with_cause_records_no_cause(store: ProjectionH
     assert not retried.duplicate and retried.version == 2
 
 
+async def test_an_append_of_several_causes_records_each_at_its_own_last_event(
+    store: ProjectionHost,
+) -> None:
+    """Several commands' events in one append: each cause, sent again alone, is a duplicate
+    answering the version and position of its own last event."""
+    await store.append("counter:a", [inc(1)], NO_STREAM)
+    result = await store.append("counter:a", [inc(2), inc(3), inc(4)], 1,
+                                causes=[("cmd-1", 1), ("cmd-2", 3)])
+    assert not result.duplicate and result.version == 4
+    events = await store.read_stream("counter:a")
+    one = await store.append("counter:a", [inc(2)], 1, cause="cmd-1")
+    two = await store.append("counter:a", [inc(3), inc(4)], 1, cause="cmd-2")
+    assert one.duplicate and (one.version, one.position) == (2, events[1].position)
+    assert two.duplicate and (two.version, two.position) == (4, events[3].position)
+    assert amounts(await store.read_all()) == [1, 2, 3, 4]
+
+
+async def test_an_append_of_several_causes_with_one_recorded_writes_nothing(
+    store: ProjectionHost,
+) -> None:
+    """If any of an append's causes was recorded on the stream before, none of its events
+    are written and none of its other causes: the caller takes the commands one by one."""
+    await store.append("counter:a", [inc(1)], NO_STREAM, cause="cmd-1")
+    head = await store.head()
+    result = await store.append("counter:a", [inc(2), inc(3)], 1,
+                                causes=[("cmd-2", 1), ("cmd-1", 2)])
+    assert result.duplicate and result.version == 1
+    assert await store.head() == head
+    alone = await store.append("counter:a", [inc(2)], 1, cause="cmd-2")
+    assert not alone.duplicate and alone.version == 2
+
+
+async def test_causes_must_cover_the_append_in_order(store: ProjectionHost) -> None:
+    for causes, kw in (([("a", 2), ("b", 1)], {}), ([("a", 1)], {}), ([("a", 1), ("a", 2)], {}),
+                       ([("a", 1), ("b", 2)], {"cause": "c"})):
+        with pytest.raises(ValueError):
+            await store.append("counter:a", [inc(1), inc(2)], NO_STREAM, causes=causes,
+                               **kw)
+    assert await store.stream_version("counter:a") == 0
+
+
 async def test_read_stream_from_a_version_and_with_a_limit(store: ProjectionHost) -> None:
     """read_stream starts at from_version and returns at most limit events, in order."""
     await store.append("counter:a", [inc(i) for i in range(1, 8)], NO_STREAM)

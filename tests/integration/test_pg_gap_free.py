@@ -36,7 +36,7 @@ def _args(stream: str, events: Sequence[NewEvent]) -> list[list[Any] | None]:
     n = len(events)
     return [[stream], [-1], None, [n], [1] * n, [e.type for e in events],
             [e.data for e in events], [e.event_id for e in events], [now] * n,
-            None, None, None, None]
+            None, None, None, None, None, None, None]
 
 
 async def _raw_conn(dsn: str) -> Any:
