@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import structlog
@@ -21,6 +22,7 @@ from schemas import (
     EVENT_DECODER,
     CommandEnvelope,
     EventEnvelope,
+    NewEvent,
     Reply,
     TimerFired,
     stream_name,
@@ -31,6 +33,9 @@ from store.protocol import EventStore, Snapshot
 
 log = structlog.get_logger(__name__)
 
+#: what handling one message came to: its reply and the effects it asks for, or its error
+Handled = tuple[Reply, list[object]] | Exception
+
 REACT = "react"
 TIMER_FIRE = "timer.fire"
 CONFLICT_RETRIES = 5
@@ -40,7 +45,8 @@ _FIRED = msgspec.json.Decoder(TimerFired)
 
 
 class ActorCell:
-    """An activated actor. Callers serialise access with ``lock`` (one message at a time)."""
+    """An activated actor. Callers serialise access with ``lock``: one message at a time,
+    or the messages waiting in ``mailbox`` together (``handle_many``)."""
 
     def __init__(self, codec: KindCodec, actor_id: str, store: EventStore) -> None:
         self.codec = codec
@@ -50,6 +56,9 @@ class ActorCell:
         self.store = store
         self.lock = asyncio.Lock()
         self.waiting = 0
+        #: messages waiting for the lock, with when each came and its reply's future
+        self.mailbox: collections.deque[
+            tuple[CommandEnvelope, dt.datetime, asyncio.Future[Reply]]] = collections.deque()
         self.last_used = time.monotonic()
         self.loaded = False
         self.state: Any = None
@@ -141,6 +150,87 @@ class ActorCell:
                          result=None if result.duplicate else self._result(command, ctx))
         raise ConcurrencyError(self.stream, self.version, -1)
 
+    async def handle_many(self, msgs: Sequence[CommandEnvelope], now: dt.datetime
+                          ) -> list[Handled]:
+        """Messages that waited for this actor, handled together: each decided in turn on
+        the state the ones before it leave, and all their events appended at once, each
+        message's cause recorded with its own events. One append (one trip to the log)
+        then serves them all. Anything out of the way (a query, a conflict, a message
+        recorded before) is handled one message at a time instead, as ``handle`` does.
+        Per message, in order: its reply and the effects it asks for, or the error it
+        raised."""
+        if len(msgs) < 2 or any(m.type in self.codec.query_tags for m in msgs):
+            return [await self._one(m, now) for m in msgs]
+        if not self.loaded:
+            await self.load()
+        done: list[Handled | None] = [None] * len(msgs)
+        decided: list[_Decided] = []
+        version = self.version
+        for i, msg in enumerate(msgs):
+            try:
+                payloads, cause, meta, ctx, command = self._decide(msg, now)
+            except Rejected as exc:
+                done[i] = Reply(command_id=msg.command_id, ok=False, error=exc.message,
+                                error_type=exc.code, version=version), []
+                continue
+            except Exception as exc:  # its own failure (undecodable): the others go on
+                done[i] = exc
+                continue
+            if not payloads:
+                done[i] = Reply(command_id=msg.command_id, ok=True, version=version,
+                                result=self._result(command, ctx)), []
+                continue
+            for p in payloads:
+                self._evolve(p)
+            version += len(payloads)
+            effects = list(self.kind.effects(self.state, payloads, ctx)) \
+                if self.kind.effects is not None else []
+            decided.append(_Decided(i, [to_new_event(p, **meta) for p in payloads], cause,
+                                    self._result(command, ctx), effects))
+        if decided:
+            await self._append_decided(msgs, decided, done, now)
+        return [d if d is not None else RuntimeError("unhandled") for d in done]
+
+    async def _append_decided(self, msgs: Sequence[CommandEnvelope], decided: list[_Decided],
+                              done: list[Handled | None], now: dt.datetime) -> None:
+        """One append of every decided message's events; one at a time if it fails."""
+        events = [e for d in decided for e in d.events]
+        causes, upto = [], 0
+        for d in decided:
+            upto += len(d.events)
+            causes.append((d.cause, upto))
+        try:
+            if len(decided) == 1:
+                result = await self.store.append(self.stream, events, self.version,
+                                                 cause=decided[0].cause)
+            else:
+                result = await self.store.append(self.stream, events, self.version,
+                                                 causes=causes)
+        except ConcurrencyError:
+            metrics.CONFLICTS.labels(self.kind.name).inc()
+            result = None
+        if result is None or result.duplicate:
+            self.invalidate()  # the state folded what was not recorded
+            for d in decided:
+                done[d.slot] = await self._one(msgs[d.slot], now)
+            return
+        first = result.version - len(events)
+        for d, (_, last) in zip(decided, causes, strict=True):
+            done[d.slot] = Reply(
+                command_id=msgs[d.slot].command_id, ok=True, version=first + last,
+                position=result.position - (len(events) - last), result=d.result), d.effects
+        self.version = result.version
+        await self._maybe_snapshot()
+
+    async def _one(self, msg: CommandEnvelope, now: dt.datetime) -> Handled:
+        try:
+            reply = await self.handle(msg, now)
+        except Exception as exc:
+            self.invalidate()
+            return exc
+        outbox, self.outbox = self.outbox, []
+        return reply, outbox
+
     def _result(self, command: msgspec.Struct | None, ctx: Context) -> str | None:
         """The kind's result for a command just decided (None for reactions, timers and
         replies, which have no caller waiting)."""
@@ -203,6 +293,16 @@ class ActorCell:
         meta["causation_id"] = str(event.event_id)
         meta["correlation_id"] = event.correlation_id or msg.correlation_id
         return self.kind.react(self.state, payload, ctx), str(event.event_id), meta
+
+
+class _Decided(NamedTuple):
+    """A message of a batch, decided: its events, cause, result and effects."""
+
+    slot: int
+    events: list[NewEvent]
+    cause: str
+    result: str | None
+    effects: list[object]
 
 
 def _decode(decoder: msgspec.json.Decoder[Any], data: bytes | msgspec.Raw, what: str) -> Any:

@@ -31,6 +31,8 @@ log = structlog.get_logger(__name__)
 
 #: how long a reaction message may wait in a shard queue before it is stale
 REACTION_DEADLINE = dt.timedelta(days=7)
+#: messages waiting for one actor that are handled together, with one append
+MAX_TOGETHER = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +159,8 @@ class ActorRuntime:
         if cell is None:
             cell = self.cells[key] = ActorCell(codec, msg.actor_id, self.store)
             counts.active.inc()
+        mine: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        cell.mailbox.append((msg, now, mine))
         cell.waiting += 1
         counts.mailbox.inc()
         try:
@@ -164,27 +168,52 @@ class ActorRuntime:
         finally:
             cell.waiting -= 1
             counts.mailbox.dec()
-        started = time.perf_counter()
         try:
-            reply = await cell.handle(msg, now)
-            outbox, cell.outbox = cell.outbox, []
-            for effect in outbox:
-                await self._carry_out(Origin(kind, msg.actor_id, msg), effect)
-        except BaseException:
-            cell.invalidate()
-            counts.failed.inc()
-            raise
+            if not mine.done():  # not handled yet along with a message before it
+                await self._handle_waiting(cell, counts)
         finally:
             cell.last_used = time.monotonic()
             cell.lock.release()
-        counts.handle_seconds.observe(time.perf_counter() - started)
-        if reply.ok:
-            counts.ok.inc()
-        else:
-            counts.rejected.inc()
-            log.info("command_rejected", type=msg.type, code=reply.error_type,
-                     reason=reply.error)
-        return reply
+        return await mine
+
+    async def _handle_waiting(self, cell: ActorCell, counts: Any) -> None:
+        """Handle the messages waiting for ``cell`` (this one first), together: one trip
+        to the log for all of them (``ActorCell.handle_many``); effects after, in order."""
+        taken = [cell.mailbox.popleft()
+                 for _ in range(min(len(cell.mailbox), MAX_TOGETHER))]
+        waiting = [(m, now, f) for m, now, f in taken if not f.done()]
+        started = time.perf_counter()
+        try:
+            handled = await cell.handle_many([m for m, _, _ in waiting],
+                                             max(now for _, now, _ in waiting))
+        except Exception as exc:  # the store failed them all: each delivery sees it
+            cell.invalidate()
+            counts.failed.inc(len(waiting))
+            for _, _, future in waiting:
+                future.set_exception(exc)
+            return
+        except BaseException:
+            cell.invalidate()
+            for _, _, future in waiting:
+                future.cancel()
+            raise
+        each = (time.perf_counter() - started) / len(waiting)
+        for (msg, _, future), outcome in zip(waiting, handled, strict=True):
+            counts.handle_seconds.observe(each)
+            if isinstance(outcome, Exception):
+                counts.failed.inc()
+                future.set_exception(outcome)
+                continue
+            reply, effects = outcome
+            for effect in effects:
+                await self._carry_out(Origin(cell.kind.name, msg.actor_id, msg), effect)
+            if reply.ok:
+                counts.ok.inc()
+            else:
+                counts.rejected.inc()
+                log.info("command_rejected", type=msg.type, code=reply.error_type,
+                         reason=reply.error)
+            future.set_result(reply)
 
     # -- effects -------------------------------------------------------------------------
 
@@ -223,6 +252,7 @@ class ActorRuntime:
         idle = [
             key for key, cell in self.cells.items()
             if cell.last_used < cutoff and cell.waiting == 0 and not cell.lock.locked()
+            and not cell.mailbox
         ]
         for key in idle:
             del self.cells[key]

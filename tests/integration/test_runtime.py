@@ -113,6 +113,30 @@ async def test_redelivered_command_takes_effect_once(h: Harness) -> None:
     assert [msgspec.json.decode(e.data)["amount"] for e in events] == [5, 1]
 
 
+async def test_messages_waiting_for_one_actor_are_appended_together(h: Harness) -> None:
+    """Messages that wait for a busy actor are decided in turn and appended together: each
+    answered with its own event's version and position, each command's id recorded (sent
+    again, none takes effect twice), versions contiguous."""
+    codec = h.runtime.codecs["counter"]
+    envs = [command_envelope("counter", "many", Increment(amount=i), command_id=f"many-{i}")
+            for i in range(1, 21)]
+    replies = await asyncio.gather(*(h.runtime.handle(codec, e) for e in envs))
+    assert all(r.ok for r in replies)
+    events = {e.version: e for e in await h.stream("many")}
+    assert sorted(events) == list(range(1, 21))
+    for env, reply in zip(envs, replies, strict=True):
+        event = events[reply.version]
+        assert event.position == reply.position and event.causation_id == env.command_id
+        assert msgspec.json.decode(event.data)["amount"] == int(env.command_id[5:])
+    if h.store.__class__.__name__ == "PostgresEventStore":  # one transaction: one xid
+        assert len({e.position >> 20 for e in events.values()}) < 10
+    again = await asyncio.gather(*(h.runtime.handle(codec, e) for e in envs[:6]))
+    assert [r.version for r in again] == [r.version for r in replies[:6]]
+    assert len(await h.stream("many")) == 20
+    cell = h.runtime.cells[("counter", "many")]
+    assert isinstance(cell.state, CounterState) and cell.state.total == 210
+
+
 async def test_conflict_is_retried_from_fresh_state(h: Harness) -> None:
     """When another writer appended behind the actor's back, it reloads and decides again:
     versions stay contiguous and nothing is overwritten."""
