@@ -124,11 +124,9 @@ class ActorCell:
             try:
                 payloads, cause, meta, ctx, command = self._decide(msg, now)
             except Rejected as exc:
-                return Reply(command_id=msg.command_id, ok=False, error=exc.message,
-                             error_type=exc.code, version=self.version)
+                return _refused(msg, exc, self.version)
             if not payloads:
-                return Reply(command_id=msg.command_id, ok=True, version=self.version,
-                             result=self._result(command, ctx))
+                return self._unchanged(msg, command, ctx, self.version)
             events = [to_new_event(p, **meta) for p in payloads]
             try:
                 result = await self.store.append(self.stream, events, self.version, cause=cause)
@@ -170,15 +168,13 @@ class ActorCell:
             try:
                 payloads, cause, meta, ctx, command = self._decide(msg, now)
             except Rejected as exc:
-                done[i] = Reply(command_id=msg.command_id, ok=False, error=exc.message,
-                                error_type=exc.code, version=version), []
+                done[i] = _refused(msg, exc, version), []
                 continue
             except Exception as exc:  # its own failure (undecodable): the others go on
                 done[i] = exc
                 continue
             if not payloads:
-                done[i] = Reply(command_id=msg.command_id, ok=True, version=version,
-                                result=self._result(command, ctx)), []
+                done[i] = self._unchanged(msg, command, ctx, version), []
                 continue
             for p in payloads:
                 self._evolve(p)
@@ -200,12 +196,7 @@ class ActorCell:
             upto += len(d.events)
             causes.append((d.cause, upto))
         try:
-            if len(decided) == 1:
-                result = await self.store.append(self.stream, events, self.version,
-                                                 cause=decided[0].cause)
-            else:
-                result = await self.store.append(self.stream, events, self.version,
-                                                 causes=causes)
+            result = await self.store.append(self.stream, events, self.version, causes=causes)
         except ConcurrencyError:
             metrics.CONFLICTS.labels(self.kind.name).inc()
             result = None
@@ -230,6 +221,12 @@ class ActorCell:
             return exc
         outbox, self.outbox = self.outbox, []
         return reply, outbox
+
+    def _unchanged(self, msg: CommandEnvelope, command: msgspec.Struct | None, ctx: Context,
+                   version: int) -> Reply:
+        """The answer to a message that decided nothing to record."""
+        return Reply(command_id=msg.command_id, ok=True, version=version,
+                     result=self._result(command, ctx))
 
     def _result(self, command: msgspec.Struct | None, ctx: Context) -> str | None:
         """The kind's result for a command just decided (None for reactions, timers and
@@ -293,6 +290,11 @@ class ActorCell:
         meta["causation_id"] = str(event.event_id)
         meta["correlation_id"] = event.correlation_id or msg.correlation_id
         return self.kind.react(self.state, payload, ctx), str(event.event_id), meta
+
+
+def _refused(msg: CommandEnvelope, exc: Rejected, version: int) -> Reply:
+    return Reply(command_id=msg.command_id, ok=False, error=exc.message, error_type=exc.code,
+                 version=version)
 
 
 class _Decided(NamedTuple):

@@ -179,9 +179,9 @@ class ActorRuntime:
     async def _handle_waiting(self, cell: ActorCell, counts: Any) -> None:
         """Handle the messages waiting for ``cell`` (this one first), together: one trip
         to the log for all of them (``ActorCell.handle_many``); effects after, in order."""
-        taken = [cell.mailbox.popleft()
-                 for _ in range(min(len(cell.mailbox), MAX_TOGETHER))]
-        waiting = [(m, now, f) for m, now, f in taken if not f.done()]
+        # the lock and the mailbox are both first come, first served: the head is ours
+        waiting = [cell.mailbox.popleft()
+                   for _ in range(min(len(cell.mailbox), MAX_TOGETHER))]
         started = time.perf_counter()
         try:
             handled = await cell.handle_many([m for m, _, _ in waiting],
