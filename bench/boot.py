@@ -111,6 +111,13 @@ SELECT step, percentile_cont(0.5) WITHIN GROUP (ORDER BY ms),
        percentile_cont(0.9) WITHIN GROUP (ORDER BY ms)
 FROM gaps WHERE step IS NOT NULL GROUP BY step ORDER BY 2 DESC"""
 
+#: per stream: when the instance was created and when it spawned (epoch seconds)
+STAMPS_SQL = """
+SELECT stream, extract(epoch FROM min(occurred_at) FILTER (WHERE type = 'instance.created')),
+       extract(epoch FROM min(occurred_at) FILTER (WHERE type = 'instance.spawned'))
+FROM events WHERE stream = ANY($1::text[]) AND type IN ('instance.created', 'instance.spawned')
+GROUP BY stream HAVING count(*) FILTER (WHERE type = 'instance.spawned') > 0"""
+
 
 @dataclass
 class Deployment:
@@ -124,6 +131,8 @@ class Deployment:
     cpu: dict[str, list[str | int]] = field(default_factory=dict)
     #: where the last ``n`` boots' time went, step by step (PostgreSQL only)
     steps: Callable[[int], Awaitable[list[tuple[str, float, float]]]] | None = None
+    #: when each of these servers was created and spawned in the log (epoch seconds)
+    stamps: Callable[[list[str]], Awaitable[dict[str, tuple[float, float]]]] | None = None
 
     async def published(self, http: aiohttp.ClientSession) -> float:
         total = 0.0
@@ -228,9 +237,14 @@ async def real(tmp: Path, hosts: int, workers: int) -> AsyncIterator[Deployment]
                 rows = await conn.fetch(STEPS_SQL, n)
                 return [(r[0], float(r[1]), float(r[2])) for r in rows]
 
+            async def stamps(ids: list[str]) -> dict[str, tuple[float, float]]:
+                rows = await conn.fetch(STAMPS_SQL, [f"instance:{i}" for i in ids])
+                return {r[0].split(":", 1)[1]: (float(r[1]), float(r[2])) for r in rows}
+
             try:
                 yield Deployment(url=f"http://127.0.0.1:{api_port}", metrics=metrics,
-                                 count_events=count, procs=procs, cpu=cpu, steps=steps)
+                                 count_events=count, procs=procs, cpu=cpu, steps=steps,
+                                 stamps=stamps)
             finally:
                 await conn.close()
         finally:
@@ -342,6 +356,8 @@ class Boots:
         self.body = {"server": {"name": "b", "imageRef": image, "flavorRef": flavor,
                                 "networks": "none" if network is None else
                                 [{"uuid": network}]}}
+        #: the paced boots: server id -> (scheduled send, seen out of BUILD), epoch s
+        self.marks: dict[str, tuple[float, float]] = {}
 
     async def post(self) -> str:
         body = await self.api.json("POST", "/compute/v2.1/servers", self.body, ok=202)
@@ -380,13 +396,16 @@ class Boots:
         slots = asyncio.Semaphore(clients)
         latencies: list[float] = []
         answered: list[float] = []
+        wall = time.time() - time.perf_counter()
 
         async def one(at: float) -> None:
             await asyncio.sleep(max(0.0, at - time.perf_counter()))
             async with slots:
                 sid = await self.post()
             answered.append(time.perf_counter() - at)
-            latencies.append(await watcher.watch(sid) - at)
+            seen = await watcher.watch(sid)
+            latencies.append(seen - at)
+            self.marks[sid] = (at + wall, seen + wall)
 
         async with asyncio.TaskGroup() as tg:
             tg.create_task(watcher.run(finished))
@@ -504,6 +523,14 @@ async def variant(label: str, cloud: Deployment, http: aiohttp.ClientSession, bo
     msgs = (await cloud.published(http) - msgs0) / args.n
     paced_rate, paced, answered = await boots.paced(args.n, pace, args.clients)
     steps = await cloud.steps(args.n) if cloud.steps is not None else []
+    if cloud.stamps is not None:
+        stamps = await cloud.stamps(list(boots.marks))
+        ends = [(sent, seen, *stamps[sid]) for sid, (sent, seen) in boots.marks.items()
+                if sid in stamps]
+        for step, values in (("POST sent -> instance.created", [c - s for s, _, c, _ in ends]),
+                             ("instance.spawned -> seen by the client",
+                              [v - p for _, v, _, p in ends])):
+            steps.append((step, percentile(values, 50) * 1000, percentile(values, 90) * 1000))
     return Figures(label, rate, lat, paced_rate, paced, cpu, msgs, events, ids, steps,
                    answered)
 
