@@ -8,7 +8,9 @@ The boot saga, every step an event and every transitional step under a deadline:
 
     instance.created        BUILD/scheduling   -> effect Place (the scheduler claims a host)
     instance.scheduled      BUILD/spawning     -> effect hostd.spawn on that host
-    instance.image_ready    BUILD/spawning     (interim answer: the image is on the host)
+    instance.image_ready    BUILD/spawning     (the image is on the host: an interim answer
+                                                when the host had to fetch it, else recorded
+                                                with the spawn, in the same append)
     instance.spawned        ACTIVE
 
 A refused claim (someone took the room first) is ``instance.claim_refused`` and the next
@@ -149,6 +151,8 @@ class InstanceState(msgspec.Struct, kw_only=True):
     timer_at: dt.datetime | None = None
     created_at: dt.datetime | None = None
     launched_at: dt.datetime | None = None
+    #: the boot recorded its image on the host (instance.image_ready)
+    image_ready: bool = False
     #: when the last task or power change happened: a reconciliation that listed the
     #: host's domains before it says nothing about the server now
     changed_at: dt.datetime | None = None
@@ -325,7 +329,11 @@ class InstanceDecider:
             return self._fail(state, ctx, f"Build of instance {ctx.actor_id} failed on host"
                               f" {state.host}: {reply.error}")
         power = _POWER.get(DomainState(reply.result or "running"), RUNNING)
-        return [InstanceSpawned(host=state.host, power_state=power, at=ctx.now),
+        # a host that had the image cached says so only by spawning from it: the saga's
+        # image step is recorded with the spawn, in the same append
+        ready = [] if state.image_ready or state.image is None or not state.image.sha512 \
+            else [InstanceImageReady(host=state.host, at=ctx.now)]
+        return [*ready, InstanceSpawned(host=state.host, power_state=power, at=ctx.now),
                 *self._disarm(state)]
 
     def _action_answer(self, state: InstanceState, reply: Reply, ctx: Context) -> Events:
@@ -536,6 +544,8 @@ class InstanceEvolver:
             case InstanceScheduled(host=host, request=request, at=at):
                 state.host, state.awaiting = host, request
                 self._task(state, SPAWNING, at)
+            case InstanceImageReady():
+                state.image_ready = True
             case InstanceSpawned(power_state=power, at=at):
                 state.vm_state, state.power_state = ACTIVE, power
                 state.launched_at, state.awaiting = at, None

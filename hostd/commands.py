@@ -5,8 +5,10 @@ instance run one at a time in arrival order; different instances run concurrentl
 
 Reply conventions:
 
-- interim: a spawn with an image sends ``Reply(ok=True, partial=True, result="image_ready")``
-  through the ``interim`` callback once the image is in the cache, before it boots.
+- interim: a spawn with an image the host had to fetch sends ``Reply(ok=True, partial=True,
+  result="image_ready")`` through the ``interim`` callback once the image is in the cache,
+  before it boots. An image already cached earns no interim answer: the final one says
+  as much (the actor records both steps from it), one message and one append fewer.
 - ok: ``ok=True`` and ``result`` carries the domain's state right after the command
   (a ``DomainState`` value, e.g. ``running``); for ``hostd.state`` that is the answer.
   A volume detach from a domain that is gone is ok (``missing``): its disks went with it.
@@ -168,11 +170,13 @@ class HostCommands:
                                         f"spec uuid {spec.uuid} is not instance {uuid}")
                 await self._plug(command)
                 if image is not None and self.images is not None:
+                    cached = self.images.known(image.image_id, image.sha512)
                     path = await self._ensure_image(image)
                     spec = msgspec.structs.replace(spec, image_path=str(path),
                                                    image_format=image.disk_format)
-                    await interim(Reply(command_id=msg.command_id, ok=True, partial=True,
-                                        result=IMAGE_READY))
+                    if not cached:
+                        await interim(Reply(command_id=msg.command_id, ok=True,
+                                            partial=True, result=IMAGE_READY))
                 await hv.define(spec)
                 await hv.start(uuid)
             case StopDomain(timeout=timeout):

@@ -112,6 +112,13 @@ class ImageCache:
             raise ValueError(f"not a valid image id: {image_id!r}")
         return self.root / image_id
 
+    def known(self, image_id: str, sha512: str) -> bool:
+        """Whether the image was verified in the cache lately (no IO): ``ensure`` will then
+        most likely find it without fetching."""
+        return (self._verified.get(image_id) == sha512.lower()
+                and time.monotonic() - self._seen.get(image_id, -math.inf)
+                < self._recheck_after)
+
     async def ensure(self, image_id: str, sha512: str) -> Path:
         """The local path of the image, fetching and verifying it first unless cached."""
         path = self.path(image_id)

@@ -63,14 +63,19 @@ async def test_concurrent_ensures_download_once(tmp_path: Path) -> None:
 
 
 async def test_cache_hit_does_not_fetch(tmp_path: Path) -> None:
-    """Once cached, ensure returns the local path without calling fetch again."""
+    """Once cached, ensure returns the local path without calling fetch again; ``known``
+    tells so beforehand (only for the right digest, and not after an eviction)."""
     origin = Origin()
     digest = await origin.add("img-1", os.urandom(MIB))
     cache = ImageCache(tmp_path, origin.fetch)
+    assert not cache.known("img-1", digest)
     first = await cache.ensure("img-1", digest)
+    assert cache.known("img-1", digest.upper()) and not cache.known("img-1", "ab" * 64)
     second = await cache.ensure("img-1", digest.upper())
     assert first == second
     assert origin.fetches == ["img-1"]
+    await cache.evict("img-1")
+    assert not cache.known("img-1", digest)
 
 
 async def test_sha_mismatch_removes_the_download_and_raises(tmp_path: Path) -> None:

@@ -136,6 +136,24 @@ def test_boot_goes_through_every_step_with_one_timer() -> None:
     assert saga.state.host == "h1" and saga.state.power_state == 1 and not saga.timers
 
 
+def test_a_host_with_the_image_cached_answers_once_and_both_steps_are_recorded() -> None:
+    """No interim answer (the host had the image): the final one records the image step
+    and the spawn together, in order; an image-less boot records no image step."""
+    saga = Saga()
+    spawn = saga.placed(saga.create())
+    done = saga.answer(Reply(command_id=spawn.request_id, ok=True, result="running"))
+    assert saga.types(done) == ["instance.image_ready", "instance.spawned", "timer.cancelled"]
+    ready = done[0]
+    assert isinstance(ready, InstanceImageReady) and ready.host == "h1"
+    assert saga.state.image_ready and status(saga.state.vm_state, None) == "ACTIVE"
+
+    bare = Saga()
+    spawn = bare.placed(bare.create(sha512=""))
+    assert isinstance(spawn.command, SpawnDomain) and spawn.command.image is None
+    done = bare.answer(Reply(command_id=spawn.request_id, ok=True, result="running"))
+    assert bare.types(done) == ["instance.spawned", "timer.cancelled"]
+
+
 def test_a_stale_or_duplicate_answer_changes_nothing() -> None:
     saga = Saga()
     spawn = saga.placed(saga.create())
