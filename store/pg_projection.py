@@ -26,17 +26,23 @@ import msgspec
 import structlog
 
 from store.errors import ConcurrencyError
-from store.pg_common import PROJECTIONS_CHANNEL, mapped
+from store.pg_common import mapped
+from store.pg_notify import Notifier
 from store.tables import Table, pg_delete, pg_put, pg_select
 
-#: move each checkpoint that is where the runner expects it, and tell every listener its
-#: new value ("name position"), in one trip; fewer rows back than names: another runner
-#: moved one first
+#: move each checkpoint that is where the runner expects it; fewer rows back than names:
+#: another runner moved one first (the listeners hear of the move after the commit, from
+#: store.pg_notify: a NOTIFY in here would queue every notifying commit behind this one)
 _MOVE_CHECKPOINTS = (
-    "WITH moved AS (UPDATE projection_checkpoints AS c SET position = $2"
-    " FROM unnest($1::text[], $4::bigint[]) AS m(name, expected)"
-    " WHERE c.name = m.name AND c.position = m.expected RETURNING c.name)"
-    " SELECT pg_notify($3, name || ' ' || $2::text) FROM moved"
+    "UPDATE projection_checkpoints AS c SET position = $2"
+    " FROM unnest($1::text[], $3::bigint[]) AS m(name, expected)"
+    " WHERE c.name = m.name AND c.position = m.expected RETURNING c.name"
+)
+#: the same, for a transaction whose commit need not wait for its WAL to reach the disk
+#: (set before COMMIT, which is when it counts: no extra trip)
+_MOVE_CHECKPOINTS_LAZY = (
+    f"WITH moved AS ({_MOVE_CHECKPOINTS})"
+    " SELECT name, set_config('synchronous_commit', 'off', true) FROM moved"
 )
 _ENSURE_CHECKPOINTS = ("INSERT INTO projection_checkpoints (name, position)"
                        " SELECT unnest($1::text[]), 0 ON CONFLICT (name) DO NOTHING")
@@ -50,8 +56,15 @@ class PgProjectionTx:
     """The transaction of projections_tx; the object is also the SqlTx ``apply`` writes to."""
 
     def __init__(self, pool: Any, expected: Mapping[str, int], new: int,
-                 timeout: float, *, defer_empty: bool = False) -> None:
+                 timeout: float, *, defer_empty: bool = False,
+                 notifier: Notifier | None = None, lazy: bool = False) -> None:
         self._pool, self._timeout = pool, timeout
+        #: commit without waiting for the WAL flush: for rows that are the log's fold and
+        #: nothing else. A crash that loses the commit loses the checkpoint move with it,
+        #: and the events are folded again; a later synchronous commit flushes this one
+        #: too (the WAL is written in order)
+        self._lazy = lazy
+        self._notifier = notifier
         self._names = list(expected)
         self._expected, self._new = dict(expected), new
         self._defer_empty = defer_empty
@@ -107,7 +120,8 @@ class PgProjectionTx:
                 await self._flush()
                 with mapped():
                     moved = await self._conn.fetch(
-                        _MOVE_CHECKPOINTS, self._names, self._new, PROJECTIONS_CHANNEL,
+                        _MOVE_CHECKPOINTS_LAZY if self._lazy else _MOVE_CHECKPOINTS,
+                        self._names, self._new,
                         [self._expected[n] for n in self._names], timeout=self._timeout)
             except asyncpg.DeadlockDetectedError as exc:
                 raise self._conflict({}) from exc
@@ -117,6 +131,8 @@ class PgProjectionTx:
             await self._release(commit=False)
             raise
         await self._release(commit=True)
+        if self._notifier is not None:
+            self._notifier.checkpoints_moved(self._names, self._new)
 
     async def _open(self) -> None:
         if self._conn is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,8 +100,11 @@ def _fail(item: PendingAppend, exc: BaseException) -> None:
 class GroupCommit:
     """Queued appends and the writer tasks that commit them, one batch per transaction."""
 
-    def __init__(self, pool: Any, writers: int, max_events: int, timeout: float) -> None:
+    def __init__(self, pool: Any, writers: int, max_events: int, timeout: float,
+                 committed: Callable[[int], None] | None = None) -> None:
         self._pool = pool
+        #: told the last position of every batch that wrote events, after its commit
+        self._committed = committed
         self._writers = writers
         self._queued_events = 0
         self._max_events = max_events
@@ -210,11 +213,14 @@ class GroupCommit:
         except asyncpg.PostgresError as exc:
             await self._one_by_one(batch, exc)
             return
-        written = 0
+        written, last = 0, 0
         for item, row in zip(batch, rows, strict=True):
             if row[0] == "ok":
                 written += len(item.events)
+                last = max(last, row[2])
             _resolve(item, row[0], row[1], row[2])
+        if written and self._committed is not None:
+            self._committed(last)
         BATCH_EVENTS.observe(written)
         APPENDED_EVENTS.inc(written)
 

@@ -33,6 +33,7 @@ from store.pg_common import (
     init_conn,
     mapped,
 )
+from store.pg_notify import RECHECK_SECONDS, Notifier
 from store.pg_projection import PgProjectionTx
 from store.pg_writer import GroupCommit, PendingAppend
 from store.protocol import (
@@ -190,7 +191,9 @@ class PostgresEventStore:
         self._append_pool = append_pool
         self._timeout = timeout
         self._closed = False
-        self._writer = GroupCommit(append_pool, writers, max_batch_events, timeout)
+        self._notifier = Notifier(pool, timeout)
+        self._writer = GroupCommit(append_pool, writers, max_batch_events, timeout,
+                                   self._notifier.events_committed)
         self._listener = _Listener(dsn, timeout)
         self._leases: PgLeaseSession | None = None
         self._lease_lock = asyncio.Lock()
@@ -233,6 +236,7 @@ class PostgresEventStore:
             return
         self._closed = True
         await self._writer.close(drain_timeout=self._timeout)
+        await self._notifier.close()
         await self._listener.close()
         if self._leases is not None:
             await self._leases.close()
@@ -351,8 +355,10 @@ class PostgresEventStore:
                         await wake.wait()
                 continue
             backoff = 0.0
-            if top <= after:
-                await wake.wait()
+            if top <= after:  # a commit wakes us; a lost wake-up costs RECHECK_SECONDS
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(RECHECK_SECONDS):
+                        await wake.wait()
 
     async def read_correlated(self, correlation_ids: Sequence[str]) -> list[EventEnvelope]:
         with mapped():
@@ -406,27 +412,34 @@ class PostgresEventStore:
         new checkpoint, so a waiter reads the table only when the listener has not heard of
         ``name`` since it (re)connected."""
         listener = self._listener
+        recheck = False
         try:
             async with asyncio.timeout(timeout):
                 while True:
                     await listener.ensure()
                     moved = listener.projection_moved
                     known = listener.checkpoints.get(name)
-                    if known is None:
+                    if known is None or recheck:
                         known = await self.projection_checkpoint(name)
                     if known >= position:
                         return True
-                    await moved.wait()
+                    recheck = False
+                    try:  # a lost notification costs RECHECK_SECONDS
+                        async with asyncio.timeout(RECHECK_SECONDS):
+                            await moved.wait()
+                    except TimeoutError:
+                        recheck = True
         except TimeoutError:
             return False
 
     def projection_tx(self, name: str, expected: int, new: int) -> PgProjectionTx:
-        return PgProjectionTx(self._pool, {name: expected}, new, self._timeout)
+        return PgProjectionTx(self._pool, {name: expected}, new, self._timeout,
+                              notifier=self._notifier)
 
     def projections_tx(self, expected: Mapping[str, int], new: int, *,
                        defer_empty: bool = False) -> PgProjectionTx:
         return PgProjectionTx(self._pool, expected, new, self._timeout,
-                              defer_empty=defer_empty)
+                              defer_empty=defer_empty, notifier=self._notifier, lazy=True)
 
     async def reset_projection(self, name: str, ddl_drop: Sequence[str],
                                ddl: Sequence[str] = ()) -> None:

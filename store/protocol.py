@@ -235,7 +235,11 @@ class ProjectionStore(Protocol):
 
         With ``defer_empty``, a block that wrote nothing commits nothing either: the
         checkpoints stay where they were and the context's ``deferred`` is true (the
-        caller moves them later, with its next write)."""
+        caller moves them later, with its next write).
+
+        Only projections use it, whose rows are the log's fold and nothing else: so its
+        commit may return before it is durable (a crash may lose it, together with the
+        checkpoint move, and the projections fold those events again)."""
         ...
 
     async def reset_projection(self, name: str, ddl_drop: Sequence[str],
