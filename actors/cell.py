@@ -87,6 +87,11 @@ class ActorCell:
         self.loaded = True
         metrics.ACTIVATIONS.labels(self.kind.name).inc()
 
+    def _presume_new(self) -> None:
+        """Activate as a new actor, without reading the stream (see ActorKind.creates)."""
+        self.state, self.version, self.timers = self.kind.initial(self.actor_id), 0, {}
+        self.loaded = True
+
     def invalidate(self) -> None:
         """Forget the folded state; the next message reloads it from the log."""
         self.loaded = False
@@ -116,22 +121,35 @@ class ActorCell:
     async def handle(self, msg: CommandEnvelope, now: dt.datetime) -> Reply:
         """Decide on ``msg`` and append what it decides; retried from fresh state on conflict."""
         self.outbox = []
+        presumed = not self.loaded and msg.type in self.codec.create_tags
         for _ in range(CONFLICT_RETRIES):
-            if not self.loaded:
+            if presumed:
+                self._presume_new()
+            elif not self.loaded:
                 await self.load()
             if msg.type in self.codec.query_tags:
                 return self._answer(msg, now)
             try:
                 payloads, cause, meta, ctx, command = self._decide(msg, now)
             except Rejected as exc:
+                if presumed:  # on the state it really has, it may be refused otherwise
+                    presumed = False
+                    self.invalidate()
+                    continue
                 return _refused(msg, exc, self.version)
+            if not payloads and presumed:
+                presumed = False
+                self.invalidate()
+                continue
             if not payloads:
                 return self._unchanged(msg, command, ctx, self.version)
             events = [to_new_event(p, **meta) for p in payloads]
             try:
                 result = await self.store.append(self.stream, events, self.version, cause=cause)
             except ConcurrencyError:
-                metrics.CONFLICTS.labels(self.kind.name).inc()
+                if not presumed:
+                    metrics.CONFLICTS.labels(self.kind.name).inc()
+                presumed = False
                 self.invalidate()
                 continue
             if result.duplicate:

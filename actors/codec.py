@@ -31,6 +31,7 @@ class KindCodec:
     def __init__(self, kind: ActorKind[Any]) -> None:
         self.kind = kind
         self.command_tags = {tag_of(t) for t in kind.commands}
+        self.create_tags = {tag_of(t) for t in kind.creates}
         self.commands = msgspec.json.Decoder(_union(list(kind.commands)))
         self.events = msgspec.json.Decoder(_union([*kind.events, *SYSTEM_EVENTS]))
         self.reactions = (

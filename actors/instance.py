@@ -620,6 +620,7 @@ def make_instance_kind(deadlines: Deadlines | None = None, *,
         queries=(CheckHold, CheckVolumeAttachment),
         answer=answer,
         snapshot_every=snapshot_every,
+        creates=(CreateInstance,),
     )
 
 

@@ -116,6 +116,11 @@ class ActorKind(Generic[S]):
     #: out), from the state after the command's events; None: no result
     result: Callable[[Any, Any, Context], str | None] | None = None
     snapshot_every: int = 100
+    #: commands that only a new actor accepts (its create): an actor not yet activated
+    #: decides one on its initial state without reading its stream, which is empty but
+    #: for a mistake or a redelivery; the append expects version 0, so a stream that
+    #: exists conflicts, and the actor then reads it and decides again
+    creates: Sequence[type[msgspec.Struct]] = ()
 
     def __post_init__(self) -> None:
         if self.reactions and self.react is None:
@@ -125,6 +130,8 @@ class ActorKind(Generic[S]):
             raise TypeError(f"kind {self.name}: no Struct given for reactions {sorted(missing)}")
         if self.queries and self.answer is None:
             raise TypeError(f"kind {self.name}: queries declared without answer()")
+        if not set(self.creates) <= set(self.commands):
+            raise TypeError(f"kind {self.name}: creates names a type that is no command")
 
 
 def _tag(t: type[msgspec.Struct]) -> str:

@@ -13,6 +13,7 @@ import pytest
 import structlog
 
 from actors.client import ActorClient, command_envelope
+from actors.metrics import ACTIVATIONS
 from actors.runtime import ActorRuntime
 from actors.timers import TimerService
 from bus.protocol import Bus
@@ -27,6 +28,7 @@ from tests.support.counter import (
     CounterState,
     Explode,
     Increment,
+    Open,
     Refuse,
     StartTimer,
 )
@@ -111,6 +113,37 @@ async def test_redelivered_command_takes_effect_once(h: Harness) -> None:
     await asyncio.sleep(0.2)
     events = await h.stream("dup")
     assert [msgspec.json.decode(e.data)["amount"] for e in events] == [5, 1]
+
+
+def _activations() -> float:
+    """How often a counter actor was activated by reading its stream."""
+    return float(ACTIVATIONS.labels("counter")._value.get())
+
+
+async def test_a_new_actor_decides_its_create_without_reading_its_stream(h: Harness) -> None:
+    """A create (ActorKind.creates) for an actor not yet active is decided on its initial
+    state, with no read of its stream. The stream decides when it is not new: the same
+    create for an actor that exists (not active any more) is refused as its real state
+    says, a refusal is likewise the real state's, and neither records anything; the same
+    command redelivered is answered as recorded."""
+    before = _activations()
+    opened = await h.client.call("counter", "n1", Open(start=5), command_id="open-n1")
+    assert (opened.ok, opened.version) == (True, 1)
+    assert _activations() == before
+
+    h.runtime.passivate_after = 0
+    h.runtime.passivate_idle()
+    assert ("counter", "n1") not in h.runtime.cells
+    again = await h.client.call("counter", "n1", Open(start=7))
+    assert (again.ok, again.error_type, again.error) == (False, "conflict",
+                                                         "counter already open")
+    bad = await h.client.call("counter", "n1", Open(start=0))
+    assert (bad.ok, bad.error_type) == (False, "conflict")  # not bad_request: it exists
+    h.runtime.passivate_idle()
+    repeated = await h.client.call("counter", "n1", Open(start=5), command_id="open-n1")
+    assert (repeated.ok, repeated.version, repeated.position) == (
+        True, 1, opened.position)
+    assert [msgspec.json.decode(e.data)["amount"] for e in await h.stream("n1")] == [5]
 
 
 async def test_messages_waiting_for_one_actor_are_appended_together(h: Harness) -> None:

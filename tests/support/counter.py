@@ -37,6 +37,12 @@ class Refuse(msgspec.Struct, frozen=True, kw_only=True, tag="counter.refuse"):
     pass
 
 
+class Open(msgspec.Struct, frozen=True, kw_only=True, tag="counter.open"):
+    """A new counter's create (ActorKind.creates): refused once the counter has counted."""
+
+    start: int
+
+
 class CounterState(msgspec.Struct, kw_only=True):
     total: int = 0
     applied: list[str] = []
@@ -63,6 +69,12 @@ def decide(state: CounterState, command: msgspec.Struct, ctx: Context) -> Events
             raise RuntimeError("counter exploded, as asked")
         case Refuse():
             raise Rejected("conflict", "counter refuses, as asked")
+        case Open(start=start):
+            if state.applied:
+                raise Rejected("conflict", "counter already open")
+            if start <= 0:
+                raise Rejected("bad_request", "start must be positive")
+            return [Incremented(amount=start, command_id=ctx.message_id)]
     raise Rejected("bad_request", f"unknown command {type(command).__name__}")
 
 
@@ -103,7 +115,8 @@ COUNTER = ActorKind(
     initial=initial,
     decide=decide,
     evolve=evolve,
-    commands=(Increment, StartTimer, CancelTimer, Explode, Refuse),
+    commands=(Increment, StartTimer, CancelTimer, Explode, Refuse, Open),
+    creates=(Open,),
     events=COUNTER_EVENTS,
     reactions={"counter.incremented": forward_target},
     react=react,
