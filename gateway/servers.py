@@ -13,6 +13,7 @@ project's servers with ``all_tenants``. Deleted servers are 404.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ipaddress
 import re
@@ -207,8 +208,15 @@ class ServersApi:
         if body.networks is None and _version(request) >= V2_37:
             raise ApiError("bad_request", "Invalid input for field/attribute server. Value:"
                                           " 'networks' is a required property.")
-        flavor = await self._flavor(str(body.flavorRef), context)
-        image = await self._image(body, context)
+        # both looked up at once; a bad flavor is told before a bad image, as one by one
+        flavor_or, image_or = await asyncio.gather(
+            self._flavor(str(body.flavorRef), context), self._image(body, context),
+            return_exceptions=True)
+        if isinstance(flavor_or, BaseException):
+            raise flavor_or
+        if isinstance(image_or, BaseException):
+            raise image_or
+        flavor, image = flavor_or, image_or
         if flavor.disk and image.size > flavor.disk * (1 << 30):
             raise ApiError("bad_request", "Flavor's disk is too small for requested image. "
                                           f"Flavor disk is {flavor.disk * (1 << 30)} bytes, "

@@ -276,6 +276,9 @@ async def test_bad_input_leaves_no_event(api: Api) -> None:
     status, body = await api.req("POST", "/servers", api.member,
                                  json={"server": {**good, "imageRef": "nope"}})
     assert (status, body["badRequest"]["message"]) == (400, "Image nope could not be found.")
+    status, body = await api.req("POST", "/servers", api.member, json={
+        "server": {**good, "flavorRef": "nope", "imageRef": "nope"}})  # the flavor's first
+    assert (status, body["badRequest"]["message"]) == (400, "Flavor nope could not be found.")
     status, body = await api.req("GET", "/servers/nope", api.member)
     assert (status, body["itemNotFound"]["message"]) == (404,
                                                          "Instance nope could not be found.")
