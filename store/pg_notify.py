@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import asyncpg
 import structlog
 
 from store.pg_common import CONN_ERRORS, EVENTS_CHANNEL, PROJECTIONS_CHANNEL
@@ -30,11 +31,13 @@ _SEND = "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS n(c, p)"
 
 
 class Notifier:
-    """Sends the merged notifications, one trip at a time, on a connection of ``pool``."""
+    """Sends the merged notifications, one trip at a time, on a connection of its own (a
+    busy pool would hold them back: every reader of the log waits for them)."""
 
-    def __init__(self, pool: Any, timeout: float) -> None:
-        self._pool = pool
+    def __init__(self, dsn: str, timeout: float) -> None:
+        self._dsn = dsn
         self._timeout = timeout
+        self._conn: Any = None
         #: (channel, key) -> payload, waiting for the next trip
         self._pending: dict[tuple[str, str], str] = {}
         self._task: asyncio.Task[None] | None = None
@@ -57,13 +60,25 @@ class Notifier:
         while self._pending:
             batch, self._pending = self._pending, {}
             try:
-                await self._pool.execute(_SEND, [c for c, _ in batch],
-                                         list(batch.values()), timeout=self._timeout)
-            except (*CONN_ERRORS, TimeoutError) as exc:
+                if self._conn is None or self._conn.is_closed():
+                    self._conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
+                await self._conn.execute(_SEND, [c for c, _ in batch], list(batch.values()),
+                                         timeout=self._timeout)
+            except (*CONN_ERRORS, TimeoutError, asyncpg.PostgresError) as exc:
                 log.warning("notify_failed", notifications=len(batch), error=repr(exc))
+                await self._drop()
 
     async def close(self) -> None:
         """Send what is pending, then stop."""
         task, self._task = self._task, None
         if task is not None:
             await asyncio.gather(task, return_exceptions=True)
+        await self._drop()
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            try:
+                await conn.close(timeout=self._timeout)
+            except (*CONN_ERRORS, TimeoutError):
+                conn.terminate()

@@ -191,7 +191,7 @@ class PostgresEventStore:
         self._append_pool = append_pool
         self._timeout = timeout
         self._closed = False
-        self._notifier = Notifier(pool, timeout)
+        self._notifier = Notifier(dsn, timeout)
         self._writer = GroupCommit(append_pool, writers, max_batch_events, timeout,
                                    self._notifier.events_committed)
         self._listener = _Listener(dsn, timeout)
