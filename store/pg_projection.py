@@ -1,18 +1,18 @@
-"""Projection transactions on PostgreSQL: the projections' writes, their checkpoints'
-moves and the notifications committed together.
+"""Projection transactions on PostgreSQL: the projections' writes and their checkpoints'
+moves committed together; the listeners are told after the commit (store.pg_notify).
 
 Readers of the log only see below the oldest open writing transaction in the cluster
 (store/postgres.py), so every write transaction that stays open holds every reader back.
 A projection transaction therefore writes as late and as briefly as it can: ``execute``
 only queues a statement, and the block's end sends BEGIN, the queued statements (each run
 of one statement as one pipelined ``executemany``), the checkpoint move and COMMIT back to
-back. A runner that is behind another finds out before it writes (the checkpoints are
-read first, without a lock); each checkpoint move is conditional (``position =
-expected``), so of two runners on the same batch the second finds out there and its
-writes are rolled back. A deadlock between two such runners ends the loser's transaction
-the same way (ConcurrencyError: the runner re-reads the checkpoints and follows on). A
-``fetch`` (which must see the transaction's own writes) opens the transaction early and
-flushes the queue.
+back. Each checkpoint move is conditional (``position = expected``): a runner that is
+behind another (a rebuild racing the live folder) finds out there, and its writes are
+rolled back. (It used to read the checkpoints first as well, to find out before writing:
+one more trip in every commit, for a case that only a rebuild meets.) A deadlock between
+two such runners ends the loser's transaction the same way (ConcurrencyError: the runner
+re-reads the checkpoints and follows on). A ``fetch`` (which must see the transaction's
+own writes) opens the transaction early and flushes the queue.
 """
 
 from __future__ import annotations
@@ -147,9 +147,6 @@ class PgProjectionTx:
                 if fresh:  # the first batch ever: the rows may not exist yet
                     await self._conn.execute(_ENSURE_CHECKPOINTS, fresh,
                                              timeout=self._timeout)
-            current = await self._current()
-            if any(current.get(n, 0) != self._expected[n] for n in self._names):
-                raise self._conflict(current)
         except BaseException:
             await self._release(commit=False)
             raise
