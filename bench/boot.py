@@ -59,7 +59,14 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(1, str(Path(__file__).resolve().parent))
 
-from common import CpuMeter, fresh_database, percentile, result_line, run
+from common import (
+    CpuMeter,
+    delete_amqp_prefix,
+    fresh_database,
+    percentile,
+    result_line,
+    run,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 ORRERY = str(ROOT / ".venv" / "bin" / "orrery")
@@ -249,6 +256,7 @@ async def real(tmp: Path, hosts: int, workers: int) -> AsyncIterator[Deployment]
                 await conn.close()
         finally:
             _stop(procs)
+            await delete_amqp_prefix(env["ORRERY_BUS_PREFIX"], AMQP)
 
 
 class Api:
