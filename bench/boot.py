@@ -61,12 +61,13 @@ sys.path.insert(1, str(Path(__file__).resolve().parent))
 
 from common import (
     CpuMeter,
-    delete_amqp_prefix,
     fresh_database,
     percentile,
     result_line,
     run,
 )
+
+from tests.support.broker import delete_amqp_prefix
 
 ROOT = Path(__file__).resolve().parents[1]
 ORRERY = str(ROOT / ".venv" / "bin" / "orrery")

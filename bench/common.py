@@ -54,26 +54,6 @@ async def fresh_database(label: str) -> AsyncIterator[str]:
         await admin.close()
 
 
-async def delete_amqp_prefix(prefix: str, url: str) -> None:
-    """Delete the durable queues and the exchanges a benchmark's cloud declared under
-    ``prefix``: left behind, they pile up run after run, and a broker with thousands of
-    durable queues takes many minutes to restart."""
-    import aio_pika
-
-    proc = await asyncio.create_subprocess_exec(
-        "rabbitmqctl", "-q", "list_queues", "name",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-    out, _ = await proc.communicate()
-    names = [n for n in out.decode().split() if n.startswith(prefix + ".")]
-    conn = await aio_pika.connect(url)
-    async with conn:
-        channel = await conn.channel()
-        for name in names:
-            await channel.queue_delete(name)
-        for exchange in (f"{prefix}.events", f"{prefix}.commands"):
-            await channel.exchange_delete(exchange)
-
-
 def percentile(values: Sequence[float], p: float) -> float:
     """The p-th percentile (0-100) by nearest rank; 0 for no values."""
     if not values:

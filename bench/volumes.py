@@ -44,7 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(1, str(Path(__file__).resolve().parent))
 
 from boot import AMQP, POLL_GAP, Api, Deployment, _base_env, _spawn, _stop, free_port
-from common import delete_amqp_prefix, fresh_database, percentile, result_line, run
+from common import fresh_database, percentile, result_line, run
+
+from tests.support.broker import delete_amqp_prefix
 
 CINDER = "/volume/v3/volumes"
 #: the files are sparse: offer far more than any run claims, whatever the disk's size

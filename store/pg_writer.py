@@ -25,13 +25,6 @@ log = structlog.get_logger(__name__)
 APPEND_SQL = ("SELECT * FROM orrery_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
               " $13, $14, $15, $16)")
 _MAX_SCAN = 2000  # queued appends a writer looks at when it skips repeated streams
-#: queued events from which a second writer starts a batch while another is busy. An
-#: append waiting for a busy writer waits for its whole transaction, WAL flush included,
-#: and then for its own: with any number queued, the writers' transactions overlap and
-#: PostgreSQL flushes their commits together. (At 64, when notifying commits still queued
-#: behind each other, the boot benchmark's p50 at 100 boots/s was 155-225 ms against
-#: 98-137 ms at 1, alternating runs; throughput and CPU per boot no different.)
-OVERLAP_EVENTS = 1
 
 
 @dataclass(slots=True)
@@ -140,11 +133,14 @@ class GroupCommit:
             _fail(self._queue.popleft(), StoreUnavailable("event store closed"))
 
     def _wanted(self) -> bool:
-        """Whether an idle writer should take a batch now: when no other writer is busy,
-        or when ``OVERLAP_EVENTS`` are queued (below that, waiting for the busy one makes
-        fewer, fuller batches)."""
-        return bool(self._queue) and (
-            not self._busy or self._queued_events >= OVERLAP_EVENTS)
+        """Whether an idle writer should take a batch now: whenever anything is queued.
+
+        An append waiting for a busy writer would wait for its whole transaction, WAL
+        flush included, and then for its own; overlapping transactions are flushed
+        together by PostgreSQL. (Waiting for the busy one until 64 events were queued, the
+        boot benchmark's p50 at 100 boots/s was 155-225 ms against 98-137 ms, alternating
+        runs; throughput and CPU per boot no different.)"""
+        return bool(self._queue)
 
     async def _run(self) -> None:
         while True:
@@ -177,13 +173,10 @@ class GroupCommit:
         """This writer's share of what is queued now, each stream at most once.
 
         The share is the queued events split between the idle writers (at most
-        max_events): under load the writers' transactions then overlap, so the database
-        works on one batch while this process resolves and gathers another. Below
-        ``OVERLAP_EVENTS`` one writer takes it all.
+        max_events): the writers' transactions then overlap, so the database works on one
+        batch while this process resolves and gathers another.
         """
         idle = max(1, self._writers - self._busy)
-        if self._queued_events < OVERLAP_EVENTS:
-            idle = 1
         limit = max(1, min(self._max_events, -(-self._queued_events // idle)))
         batch: list[PendingAppend] = []
         seen: set[str] = set()

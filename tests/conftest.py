@@ -17,6 +17,7 @@ import pytest
 from bus.routing import Names
 from schemas import SYSTEM_EVENTS
 from store.registry import EventTypes
+from tests.support.broker import delete_amqp_prefix
 from tests.support.events import COUNTER_EVENTS
 
 PG_ADMIN_DSN = os.environ.get("ORRERY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -104,28 +105,7 @@ def event_types() -> EventTypes:
 async def amqp_cleanup(amqp_url: str, bus_names: Names) -> AsyncIterator[Names]:
     """Deletes every queue and exchange under the test's prefix afterwards."""
     yield bus_names
-    await delete_amqp_prefix(bus_names.prefix)
-
-
-async def delete_amqp_prefix(prefix: str) -> None:
-    """Remove a test's queues and exchanges through rabbitmqctl-free AMQP deletes."""
-    proc = await asyncio.create_subprocess_exec(
-        "rabbitmqctl", "-q", "list_queues", "name",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-    )
-    out, _ = await proc.communicate()
-    names = [n for n in out.decode().split() if n.startswith(prefix + ".")]
-    if not names:
-        return
-    import aio_pika
-
-    conn = await aio_pika.connect(AMQP_URL)
-    async with conn:
-        ch = await conn.channel()
-        for n in names:
-            await ch.queue_delete(n)
-        for ex in (f"{prefix}.events", f"{prefix}.commands"):
-            await ch.exchange_delete(ex)
+    await delete_amqp_prefix(bus_names.prefix, AMQP_URL)
 
 
 @pytest.fixture(params=["embedded", "real"])
