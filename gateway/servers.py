@@ -18,7 +18,7 @@ import hashlib
 import ipaddress
 import re
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Hashable
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -138,6 +138,7 @@ class ServersApi:
         self.networking = networking
         #: whether the cloud has block storage (servers then show their volumes)
         self.volumes = volumes
+        self.docs = DocCache()
 
     def register(self, router: ServiceRouter) -> None:
         router.get("/servers", self.list_servers)
@@ -169,7 +170,7 @@ class ServersApi:
         found: list[ServerView] = await _read(read_servers(
             self.store, where, limit=limit + 1, marker=marker))
         doc = await self._doc_maker(request, context, [s.id for s in found[:limit]])
-        body: Doc = {"servers": [doc.server(s) for s in found[:limit]]}
+        body: Doc = {"servers": [doc.encoded(s) for s in found[:limit]]}
         if len(found) > limit and limit and "limit" in request.query:
             body["servers_links"] = _next(request, "servers/detail", found[limit - 1].id)
         return json_response(body)
@@ -178,7 +179,7 @@ class ServersApi:
         context = await authenticate(request)
         server = await self._server(request.match_info["id"], context)
         doc = await self._doc_maker(request, context, [server.id])
-        return json_response({"server": doc.server(server)})
+        return json_response({"server": doc.encoded(server)})
 
     async def _doc_maker(self, request: web.Request, context: AuthContext,
                          server_ids: list[str]) -> DocMaker:
@@ -189,7 +190,7 @@ class ServersApi:
             hosts_up = {h.id: h.up for h in await read_hosts(self.store)}
         attached = await read_volumes_attached(self.store, server_ids) \
             if self.volumes else {}
-        return DocMaker(request, context, hosts_up, attached)
+        return DocMaker(request, context, hosts_up, attached, self.docs)
 
     async def _server(self, server_id: str, context: AuthContext) -> ServerView:
         """A live server ``context`` may see, else 404 itemNotFound."""
@@ -564,11 +565,6 @@ def instance_name(server_id: str) -> str:
     return f"instance-{server_id.replace('-', '')[:8]}"
 
 
-def server_doc(request: web.Request, s: ServerView, context: AuthContext) -> ServerDoc:
-    """Nova 2.1's server, field for field (admin-only attributes for admins)."""
-    return DocMaker(request, context).server(s)
-
-
 _F = msgspec.field
 _NO_ADDRESSES = msgspec.Raw(b"{}")
 _NO_VOLUMES = msgspec.Raw(b"[]")
@@ -650,18 +646,56 @@ def _text(value: str) -> str:
     return _JSON.encode(value)[1:-1].decode()
 
 
+class DocCache:
+    """Encoded server documents, by everything that goes into one: a listing polled again
+    and again encodes only the servers that changed since. At most ``size`` are kept;
+    the oldest go first."""
+
+    def __init__(self, size: int = 5000) -> None:
+        self.size = size
+        self._docs: dict[Hashable, msgspec.Raw] = {}
+
+    def __len__(self) -> int:
+        return len(self._docs)
+
+    def get(self, key: Hashable) -> msgspec.Raw | None:
+        return self._docs.get(key)
+
+    def put(self, key: Hashable, doc: msgspec.Raw) -> None:
+        if len(self._docs) >= self.size:
+            del self._docs[next(iter(self._docs))]
+        self._docs[key] = doc
+
+
 class DocMaker:
     """Nova 2.1's server documents for one request: what every server shares (base URL,
     admin or not) is worked out once; metadata is embedded as stored, not decoded."""
 
     def __init__(self, request: web.Request, context: AuthContext,
                  hosts_up: dict[str, bool] | None = None,
-                 volumes: dict[str, list[ServerVolumeView]] | None = None) -> None:
+                 volumes: dict[str, list[ServerVolumeView]] | None = None,
+                 cache: DocCache | None = None) -> None:
         self.base = _text(_base(request))
         self.admin = context.is_admin
         self.version = _version(request)
         self.hosts_up = hosts_up or {}
         self.volumes = volumes or {}
+        self.cache = cache if cache is not None else DocCache(0)
+        #: what the document depends on besides the server's row and its own extras
+        self._shared = (self.base, self.admin, self.version)
+
+    def encoded(self, s: ServerView) -> msgspec.Raw:
+        """``server(s)`` as JSON, from the cache when nothing it depends on has changed:
+        the row (every column), this request's base URL, role and microversion, the
+        status of the server's host and its volumes."""
+        key = (self._shared, s, self.hosts_up.get(s.host or ""),
+               tuple(self.volumes.get(s.id, ())))
+        doc = self.cache.get(key)
+        if doc is None:
+            doc = msgspec.Raw(_JSON.encode(self.server(s)))
+            if self.cache.size:
+                self.cache.put(key, doc)
+        return doc
 
     def server(self, s: ServerView) -> ServerDoc:
         base = self.base
