@@ -81,6 +81,8 @@ GOAL_RATE = {"embedded": 400.0, "real": 100.0}
 #: cloud it measures (a back-to-back poller took a quarter of the API's time); it adds at
 #: most this much to a measured latency
 POLL_GAP = 0.005
+_DELAY = re.compile(r'^orrery_projection_delay_seconds_bucket\{le="([^"]+)",'
+                    r'projection="instances_v3"\} ([0-9.e+]+)$', re.M)
 _PUBLISHED = re.compile(r'^orrery_bus_published_total\{kind="(\w+)"\} ([0-9.e+]+)$', re.M)
 
 
@@ -150,6 +152,17 @@ class Deployment:
                 text = await resp.text()
             total += sum(float(v) for _, v in _PUBLISHED.findall(text))
         return total
+
+    async def delays(self, http: aiohttp.ClientSession) -> dict[float, float]:
+        """The instances projection's delay histogram, summed over the processes: upper
+        bound (s) -> batches committed at most that long after their first event."""
+        buckets: dict[float, float] = {}
+        for url in self.metrics:
+            async with http.get(url) as resp:
+                text = await resp.text()
+            for le, count in _DELAY.findall(text):
+                buckets[float(le)] = buckets.get(float(le), 0.0) + float(count)
+        return dict(buckets)
 
 
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -491,6 +504,23 @@ async def ceiling(http: aiohttp.ClientSession, clients: int, seconds: float = 3.
         _stop([proc])
 
 
+def bucket_percentile(buckets: dict[float, float], q: float) -> float:
+    """The ``q``th percentile of a Prometheus histogram's cumulative buckets, linear
+    within the bucket it falls in (as histogram_quantile does)."""
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]]
+    if total <= 0:
+        return 0.0
+    rank, lower, below = total * q / 100, 0.0, 0.0
+    for upper in bounds:
+        if buckets[upper] >= rank:
+            if upper == float("inf"):
+                return lower
+            return lower + (upper - lower) * (rank - below) / max(buckets[upper] - below, 1e-9)
+        lower, below = upper, buckets[upper]
+    return lower
+
+
 @dataclass
 class Figures:
     """One boot variant's figures."""
@@ -543,8 +573,13 @@ async def variant(label: str, cloud: Deployment, http: aiohttp.ClientSession, bo
     cpu = {role: seconds * 1000 / args.n for role, seconds in meter.stop().items()}
     events = (await cloud.count_events() - events0) / args.n
     msgs = (await cloud.published(http) - msgs0) / args.n
+    delays0 = await cloud.delays(http)
     paced_rate, paced, answered = await boots.paced(args.n, pace, args.clients)
+    delays = {le: n - delays0.get(le, 0.0) for le, n in (await cloud.delays(http)).items()}
     steps = await cloud.steps(args.n) if cloud.steps is not None else []
+    if delays:
+        steps.append(("instances projection, batch recorded -> folded (histogram)",
+                      bucket_percentile(delays, 50) * 1000, bucket_percentile(delays, 90) * 1000))
     if cloud.stamps is not None:
         stamps = await cloud.stamps(list(boots.marks))
         ends = [(sent, seen, *stamps[sid]) for sid, (sent, seen) in boots.marks.items()

@@ -14,12 +14,13 @@ of the log in one read (``rebuild``); ``ProjectionRunner`` is a hub of one proje
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, NamedTuple, Protocol
 
 import structlog
-from prometheus_client import Gauge
+from prometheus_client import Gauge, Histogram
 
 from schemas import EventEnvelope
 from store.errors import ConcurrencyError, StoreError
@@ -38,6 +39,13 @@ PROJECTION_POSITION = Gauge(
     "orrery_projection_position",
     "The log position the projection has folded up to (its checkpoint).",
     ["projection"],
+)
+PROJECTION_DELAY = Histogram(
+    "orrery_projection_delay_seconds",
+    "From the recording of a batch's first event to the commit that folds it: how long"
+    " readers of the projection wait for a write.",
+    ["projection"],
+    buckets=(0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 5.0),
 )
 #: told how a rebuild goes: (events folded in the last batch, checkpoint, target position)
 Progress = Callable[[int, int, int], None]
@@ -233,6 +241,9 @@ class ProjectionHub:
         fold.seen.update(dict.fromkeys(names, new))
         if not moving.deferred:
             fold.committed.update(dict.fromkeys(names, new))
+            delay = time.time() - min(events[0].occurred_at.timestamp() for _, events in todo)
+            for name in names:
+                PROJECTION_DELAY.labels(name).observe(delay)
         await self._advance(dict.fromkeys(names, new))
 
     async def _flush_deferred(self, fold: _Fold) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 import msgspec
@@ -83,13 +84,22 @@ async def test_runner_folds_events_into_rows_and_moves_the_checkpoint(
 async def test_projection_metrics_report_position_and_no_lag_once_caught_up(
     store: ProjectionHost,
 ) -> None:
-    """orrery_projection_position is the checkpoint and the lag is 0 when caught up."""
+    """orrery_projection_position is the checkpoint and the lag is 0 when caught up; each
+    batch committed is one observation of the delay, from its first event's recording."""
+    labels = {"projection": "counter_totals"}
+    batches = REGISTRY.get_sample_value("orrery_projection_delay_seconds_count", labels) or 0
+    summed = REGISTRY.get_sample_value("orrery_projection_delay_seconds_sum", labels) or 0
+    began = time.time()
     head = await append_amounts(store, "counter:a", *range(7))
     async with ProjectionRunner(store, Totals(), batch=3) as runner:
         assert await runner.wait_until(head, WAIT)
-        labels = {"projection": "counter_totals"}
         assert REGISTRY.get_sample_value("orrery_projection_position", labels) == head
         assert REGISTRY.get_sample_value("orrery_projection_lag_events", labels) == 0
+        took = time.time() - began
+    counted = REGISTRY.get_sample_value("orrery_projection_delay_seconds_count", labels)
+    assert counted is not None and counted - batches == 3  # 3 + 3 + 1 events
+    delays = REGISTRY.get_sample_value("orrery_projection_delay_seconds_sum", labels)
+    assert delays is not None and 0 < delays - summed <= 3 * took
 
 
 async def test_projection_tx_commits_rows_and_checkpoint_together(store: ProjectionHost) -> None:
