@@ -11,11 +11,17 @@ that queue up while one is on its way are merged into the next: per channel and 
 last payload wins (a projection's checkpoint only moves forward). A notification that is
 lost (a crash right after a commit, a failed trip) is covered by the readers' periodic
 re-read (``RECHECK_SECONDS``).
+
+The process that commits hears its own wake-ups at once (``hear``), without the trip:
+its own readers of the log and waiters for its own projections go on a round trip and a
+delivery sooner; its listener then ignores them when PostgreSQL delivers them back
+(``sender_pid``).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -34,9 +40,12 @@ class Notifier:
     """Sends the merged notifications, one trip at a time, on a connection of its own (a
     busy pool would hold them back: every reader of the log waits for them)."""
 
-    def __init__(self, dsn: str, timeout: float) -> None:
+    def __init__(self, dsn: str, timeout: float,
+                 hear: Callable[[str, str], None] | None = None) -> None:
         self._dsn = dsn
         self._timeout = timeout
+        #: told (channel, payload) of each notification as it is queued: this process's
+        self._hear = hear
         self._conn: Any = None
         #: (channel, key) -> payload, waiting for the next trip
         self._pending: dict[tuple[str, str], str] = {}
@@ -51,7 +60,15 @@ class Notifier:
         for name in names:
             self._queue(PROJECTIONS_CHANNEL, name, f"{name} {position}")
 
+    @property
+    def sender_pid(self) -> int | None:
+        """The backend that sends the notifications (None while not connected)."""
+        conn = self._conn
+        return None if conn is None or conn.is_closed() else int(conn.get_server_pid())
+
     def _queue(self, channel: str, key: str, payload: str) -> None:
+        if self._hear is not None:
+            self._hear(channel, payload)
         self._pending[(channel, key)] = payload
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._send(), name="pg-notify")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import asyncpg
@@ -119,11 +119,14 @@ def _envelope(r: Any, o: int = 0) -> EventEnvelope:
 
 
 class _Listener:
-    """One LISTEN connection per store; every subscriber waits on its wake-up event."""
+    """One LISTEN connection per store; every subscriber waits on its wake-up event. The
+    store's own notifications are heard as they are sent (``heard``), so those coming
+    back from ``sender``'s backend are ignored."""
 
     def __init__(self, dsn: str, timeout: float) -> None:
         self._dsn = dsn
         self._timeout = timeout
+        self.sender: Callable[[], int | None] = lambda: None
         self._conn: Any = None
         self._lock = asyncio.Lock()
         self.wake = asyncio.Event()
@@ -148,10 +151,20 @@ class _Listener:
             self._fire()
             self._on_projection()
 
-    def _on_notify(self, *_: object) -> None:
-        self._fire()
+    def heard(self, channel: str, payload: str) -> None:
+        """A notification of this process's own, heard before it is sent."""
+        if channel == PROJECTIONS_CHANNEL:
+            self._on_projection(None, None, channel, payload)
+        else:
+            self._fire()
+
+    def _on_notify(self, *args: object) -> None:
+        if len(args) < 2 or args[1] is None or args[1] != self.sender():
+            self._fire()
 
     def _on_projection(self, *args: object) -> None:
+        if len(args) > 3 and args[1] is not None and args[1] == self.sender():
+            return  # heard already
         payload = args[3] if len(args) > 3 else None
         if isinstance(payload, str):  # "name position", sent in commit order
             name, _, position = payload.rpartition(" ")
@@ -191,10 +204,11 @@ class PostgresEventStore:
         self._append_pool = append_pool
         self._timeout = timeout
         self._closed = False
-        self._notifier = Notifier(dsn, timeout)
+        self._listener = _Listener(dsn, timeout)
+        self._notifier = Notifier(dsn, timeout, hear=self._listener.heard)
+        self._listener.sender = lambda: self._notifier.sender_pid
         self._writer = GroupCommit(append_pool, writers, max_batch_events, timeout,
                                    self._notifier.events_committed)
-        self._listener = _Listener(dsn, timeout)
         self._leases: PgLeaseSession | None = None
         self._lease_lock = asyncio.Lock()
         #: leadership sessions that hold nothing, kept for the next try
@@ -405,6 +419,11 @@ class PostgresEventStore:
                 "SELECT position FROM projection_checkpoints WHERE name = $1", name,
                 timeout=self._timeout)
         return int(position or 0)
+
+    @property
+    def notifier_pid(self) -> int | None:
+        """The PostgreSQL backend that sends this store's wake-ups, once connected."""
+        return self._notifier.sender_pid
 
     async def wait_for_projection(self, name: str, position: int, timeout: float) -> bool:
         """True once ``name``'s checkpoint reaches ``position``, whichever process runs the

@@ -18,6 +18,8 @@ from store.postgres import PostgresEventStore
 from store.registry import EventTypes
 
 ONE = b'{"amount": 1}'
+#: ends a backend and waits (up to 5 s) until it is gone
+TERMINATE = "SELECT pg_terminate_backend($1, 5000)"
 
 
 def _event() -> NewEvent:
@@ -107,3 +109,46 @@ async def test_a_missed_wake_up_delays_a_reader_by_the_recheck_only(
             assert await waiting
     finally:
         await store.close()
+
+
+async def test_a_store_hears_its_own_wake_ups_without_the_trip(
+    pg_dsn: str, event_types: EventTypes
+) -> None:
+    """With the trip that sends its notifications broken, the store that committed still
+    wakes its own follower and its own waiters at once; another store hears only at its
+    re-check, which shows the notifications were really lost on the way."""
+    mine = await PostgresEventStore.connect(pg_dsn, event_types)
+    other = await PostgresEventStore.connect(pg_dsn, event_types)
+    admin = await asyncpg.connect(pg_dsn)
+    try:
+        first = await mine.append("counter:a", [_event()], 0)
+        batches = mine.subscribe(0)
+        assert [e.position for e in await anext(batches)] == [first.position]
+        following = asyncio.ensure_future(anext(batches))
+        await asyncio.sleep(0.2)
+        sender = mine.notifier_pid
+        assert sender is not None and not following.done()
+        assert await admin.fetchval(TERMINATE, sender)
+
+        second = await mine.append("counter:a", [_event()], 1)
+        async with asyncio.timeout(RECHECK_SECONDS / 2):
+            assert [e.position for e in await following] == [second.position]
+        await batches.aclose()
+
+        async with mine.projections_tx({"p0": 0}, 1):  # the trip connects again
+            pass
+        assert await other.wait_for_projection("p0", 1, 5.0)
+        theirs = asyncio.ensure_future(other.wait_for_projection("p1", second.position, 30.0))
+        await asyncio.sleep(0.2)  # other knows p1 stands at 0 and waits for a wake-up
+        sender = mine.notifier_pid
+        assert sender is not None and await admin.fetchval(TERMINATE, sender)
+        async with mine.projections_tx({"p1": 0}, second.position):
+            pass
+        assert await mine.wait_for_projection("p1", second.position, RECHECK_SECONDS / 2)
+        assert not theirs.done()
+        async with asyncio.timeout(RECHECK_SECONDS + 3):
+            assert await theirs
+    finally:
+        await admin.close()
+        await mine.close()
+        await other.close()
