@@ -131,7 +131,7 @@ class HostsProjection:
         """A batch's host rows folded in memory (a host's claims and beats in one batch
         are one row written); capabilities and storage as statements, in order."""
         hosts = self._carried.take(tx.since) or RowSet(HOSTS)
-        mine = [(ev.stream[len(_PREFIX):], decoder.decode(bytes(ev.data))) for ev in events
+        mine = [(ev.stream[len(_PREFIX):], decoder.decode(ev.data)) for ev in events
                 if (decoder := _DECODERS.get(ev.type)) is not None
                 and ev.stream.startswith(_PREFIX)]
         if mine:

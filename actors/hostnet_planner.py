@@ -191,7 +191,7 @@ class HostNetworkPlanner:
     async def _on_event(self, delivery: Delivery) -> None:
         try:
             event = EVENT_DECODER.decode(delivery.body)
-            touch = _TOUCH.decode(bytes(event.data))
+            touch = _TOUCH.decode(event.data)
         except msgspec.DecodeError as exc:
             raise BadMessage(f"undecodable event: {exc}") from exc
         t = self._touched

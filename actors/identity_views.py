@@ -112,6 +112,8 @@ class IdentityProjection:
     ``identity_assignments`` and ``identity_tokens``; ignores every other event."""
 
     name = PROJECTION_NAME
+    #: all it folds (a rebuild reads only these)
+    types = tuple(sorted(map(str, _TAGS)))
     ddl: Sequence[str] = DDL
     drop: Sequence[str] = DROP
 
@@ -120,7 +122,7 @@ class IdentityProjection:
         for envelope in events:
             if envelope.type in _TAGS:
                 changed = changed or envelope.type not in _GRANTS_NOTHING
-                await _fold(tx, _DECODER.decode(bytes(envelope.data)))
+                await _fold(tx, _DECODER.decode(envelope.data))
         if changed:  # before the commit: a read that could see the change sees the bump
             AccessChanges.bump()
 

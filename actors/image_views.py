@@ -77,13 +77,15 @@ class ImageProjection:
     """Folds image events into ``images``; ignores every other event."""
 
     name = PROJECTION_NAME
+    #: all it folds (a rebuild reads only these)
+    types = tuple(sorted(map(str, _TAGS)))
     ddl: Sequence[str] = DDL
     drop: Sequence[str] = DROP
 
     async def apply(self, tx: SqlTx, events: Sequence[EventEnvelope]) -> None:
         for envelope in events:
             if envelope.type in _TAGS:
-                await _fold(tx, _DECODER.decode(bytes(envelope.data)))
+                await _fold(tx, _DECODER.decode(envelope.data))
 
 
 async def _fold(tx: SqlTx, event: msgspec.Struct) -> None:

@@ -218,6 +218,8 @@ class InstancesProjection:
     written once."""
 
     name = PROJECTION_NAME
+    #: all it folds (a rebuild reads only these)
+    types = tuple(sorted(map(str, _TAGS)))
     ddl: Sequence[str] = DDL
     drop: Sequence[str] = DROP
 
@@ -227,7 +229,7 @@ class InstancesProjection:
 
     async def apply(self, tx: SqlTx, events: Sequence[EventEnvelope]) -> None:
         batch = self._carried.take(tx.since) or _Batch()
-        mine = [(ev.stream[len(_PREFIX):], ev, _DECODER.decode(bytes(ev.data)))
+        mine = [(ev.stream[len(_PREFIX):], ev, _DECODER.decode(ev.data))
                 for ev in events if ev.type in _TAGS and ev.stream.startswith(_PREFIX)]
         if mine:
             new = {iid for iid, _, event in mine if type(event) is InstanceCreated}

@@ -51,13 +51,15 @@ class CarriersProjection:
     """Folds port events into ``net_carriers`` (see the module)."""
 
     name = PROJECTION_NAME
+    #: all it folds (a rebuild reads only these)
+    types = tuple(sorted(map(str, _TAGS)))
     ddl: Sequence[str] = DDL
     drop: Sequence[str] = DROP
 
     async def apply(self, tx: SqlTx, events: Sequence[EventEnvelope]) -> None:
         for ev in events:
             if ev.type in _TAGS:
-                await _apply(tx, _DECODER.decode(bytes(ev.data)))
+                await _apply(tx, _DECODER.decode(ev.data))
 
 
 async def _apply(tx: SqlTx, e: msgspec.Struct) -> None:

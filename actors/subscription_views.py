@@ -67,7 +67,7 @@ class SubscriptionProjection:
         for ev in events:
             decoder = _DECODERS.get(ev.type)
             if decoder is not None and stream_kind(ev.stream) == KIND:
-                await _apply_one(tx, decoder.decode(bytes(ev.data)))
+                await _apply_one(tx, decoder.decode(ev.data))
 
 
 async def _apply_one(tx: SqlTx, event: msgspec.Struct) -> None:

@@ -60,6 +60,8 @@ class TimerProjection:
     """Pending timers by id, folded from the log."""
 
     name = "timers"
+    #: all it folds (a rebuild reads only these)
+    types = ("timer.cancelled", "timer.fired", "timer.set")
     ddl: Sequence[str] = (
         "CREATE TABLE IF NOT EXISTS orrery_timers (timer_id TEXT PRIMARY KEY, kind TEXT NOT NULL,"
         " actor_id TEXT NOT NULL, name TEXT NOT NULL, fire_at BIGINT NOT NULL)",

@@ -174,9 +174,9 @@ class VolumesProjection:
             kind = stream_kind(ev.stream)
             key = ev.stream.partition(":")[2]
             if kind == KIND and (decoder := _VOLUME_EVENTS.get(ev.type)) is not None:
-                await _fold_volume(tx, key, decoder.decode(bytes(ev.data)))
+                await _fold_volume(tx, key, decoder.decode(ev.data))
             elif kind == INSTANCE_KIND and (decoder := _INSTANCE_EVENTS.get(ev.type)):
-                await _fold_server(tx, key, decoder.decode(bytes(ev.data)))
+                await _fold_server(tx, key, decoder.decode(ev.data))
 
 
 async def _set(tx: SqlTx, vid: str, at: dt.datetime, sets: str, *args: object) -> None:

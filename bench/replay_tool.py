@@ -18,7 +18,9 @@ before (reactions). Then, twice each, alternating, on the same data:
            rebuild` runs it.
 Then a log of boots, rebuilt into the cloud's instances and timers projections one at a
 time and both together (one read of the log for the two, as `orrery replay rebuild`
-with no name rebuilds every projection).
+with no name rebuilds every projection). These name the event types they fold, so a
+rebuild reads only those; their rate is the whole log's events over the rebuild's time
+(how fast the rebuild gets through the log, as the ceiling's rate is).
 Best of each. The issue's goal is verify and rebuild >= 0.70 of the scan-and-decode
 ceiling; a projection that writes a row per event is bound by those writes, so rebuild is
 also shown against the raw upserts. The result line's ratio is the lower of the two
@@ -284,11 +286,14 @@ async def cloud(a: argparse.Namespace) -> dict[str, float]:
                 for chosen in ([p] for p in projections):
                     [done] = await rebuild(store, chosen, show=False, batch=a.rebuild_batch)
                     key = f"rebuild_{done.projection}"
-                    best[key] = max(best.get(key, 0.0), done.rate)
-                    print(f"rebuild  {done.projection:22s}  {done.rate:9.0f} events/s")
+                    rate = events / done.seconds
+                    best[key] = max(best.get(key, 0.0), rate)
+                    print(f"rebuild  {done.projection:22s}  {rate:9.0f} events/s"
+                          f" ({done.events} of them folded)")
                 both = await rebuild(store, projections, show=False, batch=a.rebuild_batch)
-                best["rebuild_both"] = max(best.get("rebuild_both", 0.0), both[0].rate)
-                print(f"rebuild  both, one read of the log {both[0].rate:9.0f} events/s")
+                rate = events / both[0].seconds
+                best["rebuild_both"] = max(best.get("rebuild_both", 0.0), rate)
+                print(f"rebuild  both, one read of the log {rate:9.0f} events/s")
         finally:
             await store.close()
     return best

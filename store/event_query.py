@@ -36,6 +36,11 @@ def conditions(query: EventQuery, dialect: Dialect, first: int) -> tuple[str, li
         else:
             listed = ", ".join(arg(n) for n in names)
             parts.append(f"{_KIND[dialect]} {op} ({listed})")
+    if query.types:
+        if dialect == "postgres":
+            parts.append(f"type = ANY({arg(list(query.types))}::text[])")
+        else:
+            parts.append(f"type IN ({', '.join(arg(t) for t in query.types)})")
     if query.correlation_id is not None:
         parts.append(f"correlation_id = {arg(query.correlation_id)}")
     if query.project_id is not None:

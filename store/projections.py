@@ -25,7 +25,14 @@ from prometheus_client import Gauge, Histogram
 from schemas import EventEnvelope
 from store.errors import ConcurrencyError, StoreError
 from store.leadership import STANDBY_SECONDS, LeaderSet, leaderships
-from store.protocol import EventStore, ProjectionStore, ProjectionTxContext, SqlTx
+from store.protocol import (
+    EventQuery,
+    EventStore,
+    FilteredPage,
+    ProjectionStore,
+    ProjectionTxContext,
+    SqlTx,
+)
 from store.tables import Table
 
 log = structlog.get_logger(__name__)
@@ -53,6 +60,9 @@ Progress = Callable[[int, int, int], None]
 LEADERSHIP_PREFIX = "projection:"
 #: how long a checkpoint move may wait after a batch that wrote nothing
 DEFERRED_MOVE_SECONDS = 0.5
+#: a rebuild reading only some types looks at up to this many batches' worth of the log
+#: for one batch of them (a window without any still moves the checkpoints)
+FILTER_WINDOW_BATCHES = 4
 
 
 class Projection(Protocol):
@@ -61,9 +71,13 @@ class Projection(Protocol):
     ``ddl`` is idempotent and portable between PostgreSQL and SQLite (``CREATE TABLE IF
     NOT EXISTS``, TEXT/BIGINT/INTEGER, ``ON CONFLICT … DO UPDATE``); ``drop`` removes the
     tables. ``apply`` folds one batch inside the transaction that moves the checkpoint,
-    using ``$1, $2 …`` placeholders; it decodes ``bytes(event.data)`` with msgspec. It
-    shares that transaction with the other projections of its hub, so it touches only
-    its own tables.
+    using ``$1, $2 …`` placeholders; it decodes ``event.data`` (a ``msgspec.Raw``, which
+    msgspec decodes as it is) with msgspec. It shares that transaction with the other
+    projections of its hub, so it touches only its own tables.
+
+    A projection may also say which event types it folds (``types``, exactly: it ignores
+    every other event); a rebuild then reads only those from the log. Without ``types``
+    it is handed every event.
     """
 
     name: str
@@ -317,24 +331,25 @@ class ProjectionHub:
                       progress: Progress) -> dict[str, int]:
         """Fold ``projections`` (all at ``position``) up to ``target`` as a pipeline: while
         a batch commits, the next is read and folded (it waits for that commit only to
-        read committed rows, and to commit after it). When a live runner moves some of
-        the checkpoints apart, each projection goes on alone from its own. Returns the
+        read committed rows, and to commit after it). When every projection names the
+        types it folds, only those are read. When a live runner moves some of the
+        checkpoints apart, each projection goes on alone from its own. Returns the
         checkpoints reached."""
         store = self._store
         names = [p.name for p in projections]
-        reading = self._read_from(position, target)
+        types = folded_types(projections)
+        reading = self._read_from(position, target, types)
         flight: _Flight | None = None
         try:
             while reading is not None or flight is not None:
-                events = await reading if reading is not None else []
+                page = await reading if reading is not None else None
                 reading = None
                 staged: ProjectionTxContext | None = None
                 lost = False
-                if events:
-                    end = events[-1].position
-                    reading = self._read_from(end, target)
-                    staged = store.projections_tx(dict.fromkeys(names, position), end)
-                    lost = not await self._stage(staged, projections, events, position,
+                if page is not None and page.scanned > position:
+                    reading = self._read_from(page.scanned, target, types)
+                    staged = store.projections_tx(dict.fromkeys(names, position), page.scanned)
+                    lost = not await self._stage(staged, projections, page.events, position,
                                                  flight)
                 if flight is not None:
                     lost = not await self._land(flight, names, target, progress) or lost
@@ -354,21 +369,31 @@ class ProjectionHub:
                                 [projection], positions[projection.name], target, progress))
                         return reached
                     position = positions[names[0]]
-                    reading = self._read_from(position, target)
-                elif staged is not None:
+                    reading = self._read_from(position, target, types)
+                elif staged is not None and page is not None:
                     flight = _Flight(asyncio.ensure_future(staged.__aexit__(None, None, None)),
-                                     events[-1].position, len(events))
-                    position = events[-1].position
+                                     page.scanned, len(page.events))
+                    position = page.scanned
         finally:
             await _cancel(reading)
             if flight is not None:
                 await _cancel(flight.commit)
         return dict.fromkeys(names, position)
 
-    def _read_from(self, position: int, target: int) -> asyncio.Future[list[EventEnvelope]] | None:
+    def _read_from(self, position: int, target: int, types: tuple[str, ...] | None,
+                   ) -> asyncio.Future[FilteredPage] | None:
         if position >= target:
             return None
-        return asyncio.ensure_future(self._store.read_all(position, self._batch))
+        return asyncio.ensure_future(self._page(position, types))
+
+    async def _page(self, position: int, types: tuple[str, ...] | None) -> FilteredPage:
+        """The next batch past ``position``: of ``types`` only, when given."""
+        if types is not None:
+            return await self._store.read_filtered(
+                EventQuery(types=types), position, self._batch,
+                scan=self._batch * FILTER_WINDOW_BATCHES)
+        events = await self._store.read_all(position, self._batch)
+        return FilteredPage(events=events, scanned=events[-1].position if events else position)
 
     async def _stage(self, staged: ProjectionTxContext, projections: Sequence[Projection],
                      events: Sequence[EventEnvelope], since: int, before: _Flight | None,
@@ -378,7 +403,7 @@ class ProjectionHub:
         tx = await staged.__aenter__()
         commit = before.commit if before is not None else None
         try:
-            for projection in projections:
+            for projection in projections if events else ():  # else: the checkpoints only
                 await projection.apply(_View(tx, since, commit), events)
         except ConcurrencyError:
             await _abandon(staged)
@@ -492,6 +517,18 @@ class _View:
     async def _settled(self) -> None:
         if self._before is not None:
             await self._before  # its ConcurrencyError is this batch's too
+
+
+def folded_types(projections: Iterable[Projection]) -> tuple[str, ...] | None:
+    """Every event type these projections fold, or None when one of them takes every
+    event (names no ``types``)."""
+    union: set[str] = set()
+    for projection in projections:
+        types: Iterable[str] | None = getattr(projection, "types", None)
+        if types is None:
+            return None
+        union.update(types)
+    return tuple(sorted(union))
 
 
 def _quiet(folded: int, checkpoint: int, target: int) -> None:

@@ -48,12 +48,14 @@ class EventQuery(msgspec.Struct, frozen=True, kw_only=True):
     """Which events a filtered read of the log returns: every field given must hold.
 
     ``kinds`` / ``exclude_kinds`` name actor kinds (the part of the stream before ``:``);
-    ``project_id`` keeps only events recorded for that project (none without one).
+    ``types`` event types, exactly; ``project_id`` keeps only events recorded for that
+    project (none without one).
     """
 
     stream: str | None = None
     kinds: tuple[str, ...] = ()
     exclude_kinds: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()
     correlation_id: str | None = None
     project_id: str | None = None
 
@@ -63,6 +65,7 @@ class EventQuery(msgspec.Struct, frozen=True, kw_only=True):
         return ((self.stream is None or event.stream == self.stream)
                 and (not self.kinds or kind in self.kinds)
                 and kind not in self.exclude_kinds
+                and (not self.types or event.type in self.types)
                 and (self.correlation_id is None or event.correlation_id == self.correlation_id)
                 and (self.project_id is None or event.project_id == self.project_id))
 

@@ -9,7 +9,7 @@ import msgspec
 from schemas import EventEnvelope
 from store.projections import ProjectionHost
 from store.protocol import ANY_VERSION, EventQuery
-from tests.support.events import Incremented, new_event
+from tests.support.events import Incremented, Renamed, new_event
 
 
 def amounts(events: list[EventEnvelope]) -> list[int]:
@@ -46,6 +46,31 @@ async def test_each_filter_returns_exactly_its_events_in_log_order(
         page = await store.read_filtered(query, limit=100)
         assert amounts(page.events) == want, query
         assert all(query.matches(e) for e in page.events)
+
+
+async def test_a_types_filter_keeps_exactly_those_types(store: ProjectionHost) -> None:
+    """``types`` names event types exactly, alone or with the other filters; a window
+    with nothing of them still tells how far it looked."""
+    await seed(store)
+    renamed = [await store.append(s, [new_event(Renamed(name=s))], ANY_VERSION)
+               for s in ("counter:a", "gadget:c")]
+    cases = {
+        EventQuery(types=("counter.renamed",)): ["counter:a", "gadget:c"],
+        EventQuery(types=("counter.renamed",), kinds=("gadget",)): ["gadget:c"],
+        EventQuery(types=("counter.renamed", "counter.incremented"), stream="gadget:c"):
+            ["gadget:c"] * 5,
+        EventQuery(types=("counter.noted",)): [],
+    }
+    for query, want in cases.items():
+        page = await store.read_filtered(query, limit=100)
+        assert [e.stream for e in page.events] == want, query
+        assert all(query.matches(e) for e in page.events)
+    page = await store.read_filtered(EventQuery(types=("counter.renamed",)), limit=100,
+                                     scan=12)
+    assert page.events == [] and page.scanned > 0  # the twelve increments, looked at
+    page = await store.read_filtered(EventQuery(types=("counter.renamed",)),
+                                     after=page.scanned, limit=100, scan=12)
+    assert [e.position for e in page.events] == [r.position for r in renamed]
 
 
 async def test_a_full_page_resumes_after_its_last_event_without_overlap(

@@ -12,13 +12,13 @@ from prometheus_client import REGISTRY
 
 from schemas import EventEnvelope
 from store.errors import ConcurrencyError
-from store.projections import ProjectionHost, ProjectionHub, ProjectionRunner
+from store.projections import Projection, ProjectionHost, ProjectionHub, ProjectionRunner
 from store.protocol import ANY_VERSION, NO_STREAM, SqlTx
 from store.registry import EventTypes
 from store.rowset import Carried, RowSet
 from store.tables import Table
 from tests.contract.conftest import open_store
-from tests.support.events import Incremented, Renamed, new_event
+from tests.support.events import Incremented, Noted, Renamed, new_event
 
 WAIT = 10.0  # seconds a test waits for something that should happen at once
 DECODE = msgspec.json.Decoder(Incremented)
@@ -315,6 +315,26 @@ class Renames:
                                  event.stream, name)
 
 
+class Typed:
+    """Mixed into a projection: names the one type it folds, and notes every event type
+    it is handed."""
+
+    types: tuple[str, ...] = ()
+    handed: set[str]
+
+    async def apply(self, tx: SqlTx, events: Sequence[EventEnvelope]) -> None:
+        self.handed = getattr(self, "handed", set()) | {e.type for e in events}
+        await super().apply(tx, events)  # type: ignore[misc]
+
+
+class TypedTotals(Typed, Totals):
+    types = ("counter.incremented",)
+
+
+class TypedRenames(Typed, Renames):
+    types = ("counter.renamed",)
+
+
 async def names(store: ProjectionHost) -> dict[object, object]:
     return dict(await store.query("SELECT stream, name FROM counter_names"))
 
@@ -528,13 +548,41 @@ async def test_hub_rebuilds_its_projections_from_one_read(store: ProjectionHost)
     assert await store.projection_checkpoint("counter_names") == head
 
 
-async def test_hub_rebuild_beside_a_live_runner_of_one_of_them_ends_exact(
+async def test_a_rebuild_of_typed_projections_reads_only_their_types(
     store: ProjectionHost,
+) -> None:
+    """Projections that name their types are rebuilt from those events alone: the same
+    tables as folded live from every event, and the checkpoints reach the head even when
+    the log ends with a long run of events neither folds (windows with none in them)."""
+    for i in range(1, 31):
+        await append_amounts(store, "counter:a", i)
+        await store.append("counter:b", [new_event(Renamed(name=f"b{i}"))], ANY_VERSION)
+    for _ in range(40):  # more than a window's worth (4 batches of 3) of neither type
+        head = (await store.append("counter:c", [new_event(Noted(text="x"))],
+                                   ANY_VERSION)).position
+    async with ProjectionHub(store, [Totals(), Renames()]) as hub:
+        assert await hub.wait_until(head, WAIT)
+    folded = (await totals(store), await names(store))
+    assert folded == ({"counter:a": (465, 30)}, {"counter:b": "b30"})
+
+    both = [TypedTotals(), TypedRenames()]
+    assert await ProjectionHub(store, both, batch=3).rebuild() == head
+    assert (await totals(store), await names(store)) == folded
+    assert both[0].handed | both[1].handed == {"counter.incremented", "counter.renamed"}
+    one = TypedTotals()
+    assert await ProjectionRunner(store, one, batch=3).rebuild() == head
+    assert one.handed == {"counter.incremented"} and await totals(store) == folded[0]
+    assert await store.projection_checkpoint("counter_totals") == head
+
+
+@pytest.mark.parametrize("typed", [False, True], ids=["every event", "typed"])
+async def test_hub_rebuild_beside_a_live_runner_of_one_of_them_ends_exact(
+    store: ProjectionHost, typed: bool,
 ) -> None:
     """A live runner folds one of the hub's projections, with events still coming, while
     the hub rebuilds both: the two take turns at that checkpoint (the one that loses a
     batch goes on from the other's point, the hub's other projection alone then), and
-    nothing is counted twice or lost."""
+    nothing is counted twice or lost; also when the hub reads only their types."""
     for i in range(1, 201):
         await append_amounts(store, "counter:a", 1)
         head = (await store.append("counter:a", [new_event(Renamed(name=f"n{i}"))],
@@ -551,7 +599,9 @@ async def test_hub_rebuild_beside_a_live_runner_of_one_of_them_ends_exact(
     async with live:
         assert await live.wait_until(head, WAIT)
         appending = asyncio.create_task(more())
-        await ProjectionHub(store, [Totals(), Renames()], batch=3).rebuild()
+        rebuilt: list[Projection] = [TypedTotals(), TypedRenames()] if typed else \
+            [Totals(), Renames()]
+        await ProjectionHub(store, rebuilt, batch=3).rebuild()
         head = await appending
         assert await live.wait_until(head, WAIT)
     assert await totals(store) == {"counter:a": (200, 200), "counter:b": (200, 100)}
