@@ -12,7 +12,13 @@ from prometheus_client import REGISTRY
 
 from schemas import EventEnvelope
 from store.errors import ConcurrencyError
-from store.projections import Projection, ProjectionHost, ProjectionHub, ProjectionRunner
+from store.projections import (
+    Projection,
+    ProjectionHost,
+    ProjectionHub,
+    ProjectionRunner,
+    split_ddl,
+)
 from store.protocol import ANY_VERSION, NO_STREAM, SqlTx
 from store.registry import EventTypes
 from store.rowset import Carried, RowSet
@@ -196,6 +202,48 @@ async def test_rebuild_from_zero_reproduces_the_same_table(store: ProjectionHost
     assert await runner.rebuild() == head
     assert await totals(store) == folded
     assert await store.projection_checkpoint("counter_totals") == head
+
+
+class IndexedTotals(Totals):
+    """Totals with a secondary index, which notes whether the index was there as it
+    folded."""
+
+    ddl = (*Totals.ddl, "CREATE INDEX IF NOT EXISTS counter_totals_total"
+                        " ON counter_totals (total)")
+    indexed_while_folding: set[bool]
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.indexed_while_folding = set()
+
+    async def apply(self, tx: SqlTx, events: Sequence[EventEnvelope]) -> None:
+        self.indexed_while_folding.add(bool(await tx.fetch(INDEX_SQL[self.kind])))
+        await super().apply(tx, events)
+
+
+INDEX_SQL = {
+    "sqlite": "SELECT name FROM sqlite_master WHERE type = 'index'"
+              " AND name = 'counter_totals_total'",
+    "postgres": "SELECT indexname FROM pg_indexes WHERE indexname = 'counter_totals_total'",
+}
+
+
+async def test_a_rebuild_builds_secondary_indexes_once_the_rows_are_in(
+    store: ProjectionHost, backend: tuple[str, str],
+) -> None:
+    """A rebuild folds into the bare tables (their keys only) and builds the other
+    indexes of the DDL at the end, as a bulk load should; a live runner has them all."""
+    head = await append_amounts(store, "counter:a", *range(1, 10))
+    live = IndexedTotals(backend[0])
+    async with ProjectionRunner(store, live, batch=4) as runner:
+        assert await runner.wait_until(head, WAIT)
+    assert live.indexed_while_folding == {True}
+    rebuilt = IndexedTotals(backend[0])
+    assert await ProjectionRunner(store, rebuilt, batch=4).rebuild() == head
+    assert rebuilt.indexed_while_folding == {False}
+    assert await store.query(INDEX_SQL[backend[0]])
+    assert await totals(store) == {"counter:a": (45, 9)}
+    assert split_ddl(IndexedTotals.ddl) == (list(Totals.ddl), [IndexedTotals.ddl[-1]])
 
 
 async def test_rebuild_while_a_runner_is_live_ends_exact(store: ProjectionHost) -> None:
