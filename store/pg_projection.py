@@ -13,11 +13,19 @@ one more trip in every commit, for a case that only a rebuild meets.) A deadlock
 two such runners ends the loser's transaction the same way (ConcurrencyError: the runner
 re-reads the checkpoints and follows on). A ``fetch`` (which must see the transaction's
 own writes) opens the transaction early and flushes the queue.
+
+A batch whose writes are all whole rows (``put_rows``/``delete_rows``, each table written
+once, or put and deleted on keys apart) needs no transaction block at all: its writes and
+the checkpoints' moves go as the data-modifying parts of one statement, which commits on
+its own (one trip where BEGIN, each write, the move and COMMIT took one each). A
+checkpoint moved by another runner makes the statement raise (``orrery_checkpoints_moved``,
+migration 007), which undoes its writes as a rollback would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -47,9 +55,16 @@ _MOVE_CHECKPOINTS_LAZY = (
 _ENSURE_CHECKPOINTS = ("INSERT INTO projection_checkpoints (name, position)"
                        " SELECT unnest($1::text[]), 0 ON CONFLICT (name) DO NOTHING")
 _CHECKPOINTS = "SELECT name, position FROM projection_checkpoints WHERE name = ANY($1::text[])"
+#: what orrery_checkpoints_moved raises with
+_MOVED_ELSEWHERE = "OR409"
 
 log = structlog.get_logger(__name__)
 _JSON = msgspec.json.Encoder()
+
+
+def _shifted(sql: str, by: int) -> str:
+    """``sql`` with each placeholder ``$k`` renumbered ``$(k + by)``."""
+    return re.sub(r"\$(\d+)", lambda m: f"${int(m.group(1)) + by}", sql)
 
 
 class PgProjectionTx:
@@ -75,20 +90,28 @@ class PgProjectionTx:
         self._conn: Any = None
         self._tx: Any = None
         self._pending: list[tuple[str, tuple[object, ...]]] = []
+        #: the queued writes as rows (kind, table, rows), while every queued write is one;
+        #: None once a statement of another sort is queued
+        self._rows: list[tuple[str, Table, Sequence[Mapping[str, Any]]]] | None = []
 
     async def __aenter__(self) -> PgProjectionTx:
         return self
 
     async def execute(self, sql: str, *args: object) -> None:
         self._pending.append((sql, args))
+        self._rows = None
 
     async def put_rows(self, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
         if rows:
             self._pending.append((pg_put(table), (_JSON.encode(rows),)))
+            if self._rows is not None:
+                self._rows.append(("put", table, rows))
 
     async def delete_rows(self, table: Table, keys: Sequence[Mapping[str, Any]]) -> None:
         if keys:
             self._pending.append((pg_delete(table), (_JSON.encode(keys),)))
+            if self._rows is not None:
+                self._rows.append(("delete", table, keys))
 
     async def committed_rows(self, table: Table, column: str,
                              values: Sequence[object]) -> list[tuple[object, ...]]:
@@ -113,6 +136,11 @@ class PgProjectionTx:
             return
         if self._conn is None and not self._pending and self._defer_empty:
             self.deferred = True
+            return
+        if self._conn is None and self._lazy and self._in_one():
+            await self._commit_in_one()
+            if self._notifier is not None:
+                self._notifier.checkpoints_moved(self._names, self._new)
             return
         await self._open()
         try:
@@ -167,6 +195,55 @@ class PgProjectionTx:
                     await self._conn.executemany(sql, [args for _, args in pending[start:end]],
                                                  timeout=self._timeout)
                 start = end
+
+    def _in_one(self) -> bool:
+        """Whether the batch can commit as one statement: only row writes, no table put
+        or deleted twice nor on the same keys, and every checkpoint's row there already."""
+        if self._rows is None or any(self._expected[n] == 0 for n in self._names):
+            return False
+        seen: dict[tuple[str, str], Sequence[Mapping[str, Any]]] = {}
+        for kind, table, rows in self._rows:
+            if (kind, table.name) in seen:
+                return False
+            seen[(kind, table.name)] = rows
+        for (kind, name), rows in seen.items():
+            deleted = seen.get(("delete", name)) if kind == "put" else None
+            if deleted is not None:
+                table = next(t for k, t, _ in self._rows if t.name == name)
+                key = table.names[:table.key]
+                if {tuple(r[c] for c in key) for r in rows} & {
+                        tuple(r[c] for c in key) for r in deleted}:
+                    return False
+        return True
+
+    async def _commit_in_one(self) -> None:
+        """The queued row writes and the checkpoints' moves as one statement."""
+        parts: list[str] = []
+        args: list[object] = []
+        for i, (sql, params) in enumerate(self._pending):
+            parts.append(f"w{i} AS ({_shifted(sql, len(args))})")
+            args.extend(params)
+        n = len(args)
+        moves = _shifted(_MOVE_CHECKPOINTS, n)
+        parts.append(f"moved AS ({moves})")
+        sql = (f"WITH {', '.join(parts)} SELECT orrery_checkpoints_moved("
+               f"(SELECT count(*) FROM moved), ${n + 4}),"
+               " set_config('synchronous_commit', 'off', true)")
+        self._pending = []
+        try:
+            with mapped():
+                await self._pool.execute(
+                    sql, *args, self._names, self._new,
+                    [self._expected[name] for name in self._names], len(self._names),
+                    timeout=self._timeout)
+        except asyncpg.DeadlockDetectedError as exc:
+            raise self._conflict({}) from exc
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate != _MOVED_ELSEWHERE:
+                raise
+            with mapped():
+                rows = await self._pool.fetch(_CHECKPOINTS, self._names, timeout=self._timeout)
+            raise self._conflict({r[0]: int(r[1]) for r in rows}) from exc
 
     async def _current(self) -> dict[str, int]:
         with mapped():

@@ -435,6 +435,38 @@ async def test_projections_tx_with_one_stale_checkpoint_writes_nothing(
     assert await totals(store) == {}
 
 
+async def test_a_batch_of_row_writes_commits_whole_or_not_at_all(store: ProjectionHost) -> None:
+    """Whole-row writes and the checkpoints' moves commit together (on PostgreSQL as one
+    statement): a stale checkpoint among them leaves every row and checkpoint as it was
+    and says where the checkpoint stands; a put and a delete of the same key in one batch
+    are applied in the order asked."""
+    await store.run_ddl(Totals.ddl)
+    await store.run_ddl(Renames.ddl)
+    async with store.projections_tx({"counter_totals": 0, "counter_names": 0}, 2) as tx:
+        await tx.put_rows(TOTALS, [{"stream": "counter:a", "total": 1, "events": 1},
+                                   {"stream": "counter:b", "total": 2, "events": 1}])
+    async with store.projection_tx("counter_names", 2, 5):
+        pass
+    with pytest.raises(ConcurrencyError) as caught:
+        async with store.projections_tx({"counter_totals": 2, "counter_names": 2}, 9) as tx:
+            await tx.put_rows(TOTALS, [{"stream": "counter:c", "total": 3, "events": 1}])
+            await tx.delete_rows(TOTALS, [{"stream": "counter:a"}])
+    assert caught.value.current == 5
+    assert await totals(store) == {"counter:a": (1, 1), "counter:b": (2, 1)}
+    assert await store.projection_checkpoint("counter_totals") == 2
+
+    async with store.projections_tx({"counter_totals": 2, "counter_names": 5}, 9) as tx:
+        await tx.put_rows(TOTALS, [{"stream": "counter:c", "total": 3, "events": 1}])
+        await tx.delete_rows(TOTALS, [{"stream": "counter:a"}])
+    assert await totals(store) == {"counter:b": (2, 1), "counter:c": (3, 1)}
+    async with store.projections_tx({"counter_totals": 9}, 10) as tx:
+        await tx.delete_rows(TOTALS, [{"stream": "counter:b"}])
+        await tx.put_rows(TOTALS, [{"stream": "counter:b", "total": 7, "events": 2}])
+    assert await totals(store) == {"counter:b": (7, 2), "counter:c": (3, 1)}
+    assert [await store.projection_checkpoint(n) for n in ("counter_totals", "counter_names")
+            ] == [10, 9]
+
+
 class Tally(Totals):
     """Totals that also count, per hub, the batches it applied."""
 
