@@ -662,6 +662,8 @@ class DocCache:
         return self._docs.get(key)
 
     def put(self, key: Hashable, doc: msgspec.Raw) -> None:
+        if not self.size:
+            return
         if len(self._docs) >= self.size:
             del self._docs[next(iter(self._docs))]
         self._docs[key] = doc
@@ -693,8 +695,7 @@ class DocMaker:
         doc = self.cache.get(key)
         if doc is None:
             doc = msgspec.Raw(_JSON.encode(self.server(s)))
-            if self.cache.size:
-                self.cache.put(key, doc)
+            self.cache.put(key, doc)
         return doc
 
     def server(self, s: ServerView) -> ServerDoc:

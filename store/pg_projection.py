@@ -67,6 +67,12 @@ def _shifted(sql: str, by: int) -> str:
     return re.sub(r"\$(\d+)", lambda m: f"${int(m.group(1)) + by}", sql)
 
 
+def _keys(table: Table, rows: Sequence[Mapping[str, Any]]) -> set[tuple[Any, ...]]:
+    """The keys of ``rows`` (``table``'s key columns)."""
+    key = table.names[:table.key]
+    return {tuple(r[c] for c in key) for r in rows}
+
+
 class PgProjectionTx:
     """The transaction of projections_tx; the object is also the SqlTx ``apply`` writes to."""
 
@@ -201,19 +207,15 @@ class PgProjectionTx:
         or deleted twice nor on the same keys, and every checkpoint's row there already."""
         if self._rows is None or any(self._expected[n] == 0 for n in self._names):
             return False
-        seen: dict[tuple[str, str], Sequence[Mapping[str, Any]]] = {}
+        writes: dict[tuple[str, Table], Sequence[Mapping[str, Any]]] = {}
         for kind, table, rows in self._rows:
-            if (kind, table.name) in seen:
+            if (kind, table) in writes:
                 return False
-            seen[(kind, table.name)] = rows
-        for (kind, name), rows in seen.items():
-            deleted = seen.get(("delete", name)) if kind == "put" else None
-            if deleted is not None:
-                table = next(t for k, t, _ in self._rows if t.name == name)
-                key = table.names[:table.key]
-                if {tuple(r[c] for c in key) for r in rows} & {
-                        tuple(r[c] for c in key) for r in deleted}:
-                    return False
+            writes[(kind, table)] = rows
+        for (kind, table), rows in writes.items():
+            deleted = writes.get(("delete", table)) if kind == "put" else None
+            if deleted is not None and _keys(table, rows) & _keys(table, deleted):
+                return False
         return True
 
     async def _commit_in_one(self) -> None:
@@ -241,13 +243,13 @@ class PgProjectionTx:
         except asyncpg.PostgresError as exc:
             if exc.sqlstate != _MOVED_ELSEWHERE:
                 raise
-            with mapped():
-                rows = await self._pool.fetch(_CHECKPOINTS, self._names, timeout=self._timeout)
-            raise self._conflict({r[0]: int(r[1]) for r in rows}) from exc
+            raise self._conflict(await self._current()) from exc
 
     async def _current(self) -> dict[str, int]:
+        """The checkpoints as they stand (in the open transaction, if there is one)."""
+        source = self._conn if self._conn is not None else self._pool
         with mapped():
-            rows = await self._conn.fetch(_CHECKPOINTS, self._names, timeout=self._timeout)
+            rows = await source.fetch(_CHECKPOINTS, self._names, timeout=self._timeout)
         return {r[0]: int(r[1]) for r in rows}
 
     def _conflict(self, current: Mapping[str, int]) -> ConcurrencyError:

@@ -149,24 +149,32 @@ class _Listener:
             self._conn = conn
             self.checkpoints.clear()  # notifications may have been missed while not listening
             self._fire()
-            self._on_projection()
+            self._moved(None)
 
     def heard(self, channel: str, payload: str) -> None:
         """A notification of this process's own, heard before it is sent."""
         if channel == PROJECTIONS_CHANNEL:
-            self._on_projection(None, None, channel, payload)
+            self._moved(payload)
         else:
             self._fire()
 
-    def _on_notify(self, *args: object) -> None:
-        if len(args) < 2 or args[1] is None or args[1] != self.sender():
+    def _echo(self, pid: object) -> bool:
+        """Whether a notification came from this store's own sender (heard already)."""
+        return pid is not None and pid == self.sender()
+
+    def _on_notify(self, conn: object, pid: object, channel: object, payload: object) -> None:
+        if not self._echo(pid):
             self._fire()
 
-    def _on_projection(self, *args: object) -> None:
-        if len(args) > 3 and args[1] is not None and args[1] == self.sender():
-            return  # heard already
-        payload = args[3] if len(args) > 3 else None
-        if isinstance(payload, str):  # "name position", sent in commit order
+    def _on_projection(self, conn: object, pid: object, channel: object,
+                       payload: object) -> None:
+        if not self._echo(pid):
+            self._moved(payload if isinstance(payload, str) else None)
+
+    def _moved(self, payload: str | None) -> None:
+        """A checkpoint moved ("name position", sent in commit order), or may have (None:
+        after a reconnect); wake the waiters."""
+        if payload is not None:
             name, _, position = payload.rpartition(" ")
             if name and position.isdigit():
                 self.checkpoints[name] = int(position)

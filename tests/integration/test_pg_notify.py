@@ -7,10 +7,11 @@ right after the commit) finds the events all the same, RECHECK_SECONDS later."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator
 
 import asyncpg
 
-from schemas import NewEvent
+from schemas import EventEnvelope, NewEvent
 from store.pg_common import EVENTS_CHANNEL, PROJECTIONS_CHANNEL, init_conn
 from store.pg_notify import RECHECK_SECONDS
 from store.pg_writer import GroupCommit, PendingAppend
@@ -37,6 +38,20 @@ async def _append_unheard(dsn: str, stream: str) -> int:
     finally:
         await writer.close(drain_timeout=5.0)
         await pool.close()
+
+
+async def _follower_at_head(
+    store: PostgresEventStore,
+) -> tuple[AsyncGenerator[list[EventEnvelope], None], asyncio.Future[list[EventEnvelope]]]:
+    """A subscription that has read the log's one event, and its wait for the next batch
+    (not come yet)."""
+    first = await store.append("counter:a", [_event()], 0)
+    batches = store.subscribe(0)
+    assert [e.position for e in await anext(batches)] == [first.position]
+    following = asyncio.ensure_future(anext(batches))
+    await asyncio.sleep(0.2)
+    assert not following.done()
+    return batches, following
 
 
 async def test_appends_and_checkpoint_moves_are_heard_and_the_append_itself_is_silent(
@@ -83,12 +98,7 @@ async def test_a_missed_wake_up_delays_a_reader_by_the_recheck_only(
     by hand, within RECHECK_SECONDS (plus slack)."""
     store = await PostgresEventStore.connect(pg_dsn, event_types)
     try:
-        first = await store.append("counter:a", [_event()], 0)
-        batches = store.subscribe(0)
-        assert [e.position for e in await anext(batches)] == [first.position]
-        following = asyncio.ensure_future(anext(batches))
-        await asyncio.sleep(0.2)
-        assert not following.done()
+        batches, following = await _follower_at_head(store)
         position = await _append_unheard(pg_dsn, "counter:b")
         async with asyncio.timeout(RECHECK_SECONDS + 3):
             assert [e.position for e in await following] == [position]
@@ -121,13 +131,9 @@ async def test_a_store_hears_its_own_wake_ups_without_the_trip(
     other = await PostgresEventStore.connect(pg_dsn, event_types)
     admin = await asyncpg.connect(pg_dsn)
     try:
-        first = await mine.append("counter:a", [_event()], 0)
-        batches = mine.subscribe(0)
-        assert [e.position for e in await anext(batches)] == [first.position]
-        following = asyncio.ensure_future(anext(batches))
-        await asyncio.sleep(0.2)
+        batches, following = await _follower_at_head(mine)
         sender = mine.notifier_pid
-        assert sender is not None and not following.done()
+        assert sender is not None
         assert await admin.fetchval(TERMINATE, sender)
 
         second = await mine.append("counter:a", [_event()], 1)
