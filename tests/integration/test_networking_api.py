@@ -13,11 +13,9 @@ import pytest
 
 from actors.network import dhcp_port_id
 from bus.routing import Names
-from schemas import stream_kind
 from tests.support.cloud import Cloud, running_cloud
 
 NET = "/networking/v2.0"
-NETWORKING_KINDS = {"network", "subnet", "port", "segment"}
 
 
 class Api:
@@ -27,6 +25,7 @@ class Api:
     def __init__(self, cloud: Cloud) -> None:
         self.cloud = cloud
         self.admin = self.member = self.other = self.reader = ""
+        self.last_request = ""  # the X-OpenStack-Request-Id of the last answer
 
     async def setup(self) -> Api:
         self.admin = await self.cloud.admin_token()
@@ -39,6 +38,7 @@ class Api:
                   **kw: Any) -> tuple[int, Any]:
         async with self.cloud.http.request(method, self.cloud.url + NET + path,
                                            headers={"X-Auth-Token": token}, **kw) as resp:
+            self.last_request = resp.headers["X-OpenStack-Request-Id"]
             text = await resp.text()
             if status is not None:
                 assert resp.status == status, f"{resp.status} {text}"
@@ -63,26 +63,13 @@ class Api:
     async def error(self, method: str, path: str, token: str, status: int,
                     **kw: Any) -> dict[str, Any]:
         """The NeutronError body of a refused request, which must append no event."""
-        head = await self.settled()
+        head = await self.cloud.settled()
         _, body = await self.req(method, path, token, status=status, **kw)
         assert set(body) == {"NeutronError"}, body
         assert set(body["NeutronError"]) == {"type", "message", "detail"}
-        await self.settled()
-        written = [e for e in await self.cloud.store.read_all(after=head)
-                   if stream_kind(e.stream) in NETWORKING_KINDS]
-        assert written == [], f"a refused request appended {[e.type for e in written]}"
+        written = await self.cloud.caused(head, [self.last_request])
+        assert written == [], f"a refused request appended {written}"
         return dict(body["NeutronError"])
-
-    async def settled(self) -> int:
-        """The log's head once earlier writes' reactions (holds confirmed) are recorded:
-        unchanged for 0.3 s."""
-        head = await self.cloud.head()
-        while True:
-            await asyncio.sleep(0.3)
-            now = await self.cloud.head()
-            if now == head:
-                return head
-            head = now
 
 
 @pytest.fixture

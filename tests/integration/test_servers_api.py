@@ -30,6 +30,7 @@ class Api:
     def __init__(self, cloud: Cloud) -> None:
         self.cloud = cloud
         self.admin = self.member = self.other = self.reader = self.image = ""
+        self.last_request = ""  # the X-OpenStack-Request-Id of the last answer
 
     async def setup(self) -> Api:
         self.admin = await self.cloud.admin_token()
@@ -61,6 +62,7 @@ class Api:
         headers.update(kw.pop("headers", {}))
         async with self.cloud.http.request(method, self.url(NOVA + path), headers=headers,
                                            **kw) as resp:
+            self.last_request = resp.headers["X-OpenStack-Request-Id"]
             text = await resp.text()
             if status is not None:
                 assert resp.status == status, f"{resp.status} {text}"

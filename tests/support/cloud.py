@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,26 @@ class Cloud:
     async def head(self) -> int:
         """The log's head position (the highest committed global position)."""
         return int(await self.store.head())
+
+    async def settled(self) -> int:
+        """The log's head once it has stopped moving (unchanged for 0.3 s): earlier
+        writes' reactions, such as holds confirmed, are recorded by then."""
+        head = await self.head()
+        while True:
+            await asyncio.sleep(0.3)
+            now = await self.head()
+            if now == head:
+                return head
+            head = now
+
+    async def caused(self, after: int, request_ids: Collection[str]) -> list[str]:
+        """The types of the events after ``after`` that the requests with these ids
+        caused (their correlation id), once the log has settled. A reaction to an
+        earlier request that lands late is not counted: it carries that request's id."""
+        await self.settled()
+        wanted = set(request_ids)
+        return [e.type for e in await self.store.read_all(after=after)
+                if e.correlation_id in wanted]
 
 
 def kinds_with(deadlines: Deadlines | None,
