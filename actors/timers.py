@@ -41,6 +41,10 @@ class _TimerRef(msgspec.Struct):
 _SET = msgspec.json.Decoder(TimerSet)
 _REF = msgspec.json.Decoder(_TimerRef)
 FIRE_DEADLINE = dt.timedelta(days=1)
+#: how long the pending-timer projection waits between reads of the log. Deadlines are
+#: seconds, so a timer folded this much later still fires on time; and a saga step that
+#: sets and cancels its timer within one read writes no row at all
+FOLD_LINGER = 0.1
 
 
 def _micros(t: dt.datetime) -> int:
@@ -108,7 +112,7 @@ class TimerService:
         self._set_since: int | None = None
         self._sent: dict[str, float] = {}
         self.projection = TimerProjection(self._changed)
-        self.runner = ProjectionRunner(store, self.projection)
+        self.runner = ProjectionRunner(store, self.projection, linger=FOLD_LINGER)
 
     def _changed(self, position: int, fire_at: int) -> None:
         """Timers were set up to ``position``, the earliest due at ``fire_at``: the fire

@@ -122,12 +122,16 @@ class ProjectionHub:
     """
 
     def __init__(self, store: ProjectionHost, projections: Iterable[Projection], *,
-                 batch: int = 500, lead: bool = False) -> None:
+                 batch: int = 500, lead: bool = False, linger: float = 0.0) -> None:
         self._store = store
         self._projections = {p.name: p for p in projections}
         if not self._projections:
             raise ValueError("a projection hub needs at least one projection")
         self._batch = batch
+        #: seconds to wait after a batch short of ``batch`` before reading the next: for
+        #: projections nobody reads the moment a write lands, one read and commit per
+        #: ``linger`` instead of one per commit of the log
+        self._linger = linger
         self._lead = lead
         self._positions = dict.fromkeys(self._projections, 0)
         self._head_seen = 0
@@ -238,6 +242,8 @@ class ProjectionHub:
                 if todo:
                     async with fold.lock:
                         await self._apply(fold, new, todo)
+                if self._linger and len(events) < self._batch:
+                    await asyncio.sleep(self._linger)
         finally:
             await _aclose(batches)
         raise _Ended
@@ -462,8 +468,8 @@ class ProjectionRunner(ProjectionHub):
     """A hub of one projection, which it can also rebuild from the start of the log."""
 
     def __init__(self, store: ProjectionHost, projection: Projection, *,
-                 batch: int = 500, lead: bool = False) -> None:
-        super().__init__(store, [projection], batch=batch, lead=lead)
+                 batch: int = 500, lead: bool = False, linger: float = 0.0) -> None:
+        super().__init__(store, [projection], batch=batch, lead=lead, linger=linger)
         self._projection = projection
 
     @property

@@ -31,6 +31,10 @@ from webhooks.targets import Folded, Target, Targets
 log = structlog.get_logger(__name__)
 
 REPLAY_PAGE, REPLAY_SCAN = 200, 5_000
+#: with no subscription enabled, the fan-out only watches the log for a new one: it reads
+#: it this often (a bigger batch each time) instead of at every commit. A subscription
+#: created meanwhile gets every event after its creation all the same, this much later
+IDLE_PAUSE = 0.25
 
 
 class FanOut:
@@ -45,6 +49,8 @@ class FanOut:
     async def run(self) -> None:
         async for events in self.store.subscribe(self.writer.checkpoint, self.batch):
             await self._fan(events)
+            if len(events) < self.batch and not self.targets.any_enabled():
+                await asyncio.sleep(IDLE_PAUSE)
 
     async def _fan(self, events: Sequence[EventEnvelope]) -> None:
         now, folded = time.time(), Folded()

@@ -81,6 +81,10 @@ class Targets:
         rows = await store.query(tables.SELECT_TARGETS)
         return cls(_target(r) for r in rows)
 
+    def any_enabled(self) -> bool:
+        """Whether any subscription is to be delivered to."""
+        return any(t.enabled for t in self.by_id.values())
+
     def matching(self, event: EventEnvelope) -> list[Target]:
         return [t for t in self.by_id.values() if t.wants(event)]
 
