@@ -36,6 +36,7 @@ import structlog
 from store.errors import ConcurrencyError
 from store.pg_common import mapped
 from store.pg_notify import Notifier
+from store.pg_statistics import Statistics
 from store.tables import Table, pg_delete, pg_put, pg_select
 
 #: move each checkpoint that is where the runner expects it; fewer rows back than names:
@@ -78,8 +79,12 @@ class PgProjectionTx:
 
     def __init__(self, pool: Any, expected: Mapping[str, int], new: int,
                  timeout: float, *, defer_empty: bool = False,
-                 notifier: Notifier | None = None, lazy: bool = False) -> None:
+                 notifier: Notifier | None = None, lazy: bool = False,
+                 statistics: Statistics | None = None) -> None:
         self._pool, self._timeout = pool, timeout
+        self._statistics = statistics
+        #: rows written per table (whole-row writes), told to ``statistics`` on commit
+        self._written: dict[str, int] = {}
         #: commit without waiting for the WAL flush: for rows that are the log's fold and
         #: nothing else. A crash that loses the commit loses the checkpoint move with it,
         #: and the events are folded again; a later synchronous commit flushes this one
@@ -110,12 +115,14 @@ class PgProjectionTx:
     async def put_rows(self, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
         if rows:
             self._pending.append((pg_put(table), (_JSON.encode(rows),)))
+            self._written[table.name] = self._written.get(table.name, 0) + len(rows)
             if self._rows is not None:
                 self._rows.append(("put", table, rows))
 
     async def delete_rows(self, table: Table, keys: Sequence[Mapping[str, Any]]) -> None:
         if keys:
             self._pending.append((pg_delete(table), (_JSON.encode(keys),)))
+            self._written[table.name] = self._written.get(table.name, 0) + len(keys)
             if self._rows is not None:
                 self._rows.append(("delete", table, keys))
 
@@ -145,8 +152,7 @@ class PgProjectionTx:
             return
         if self._conn is None and self._lazy and self._in_one():
             await self._commit_in_one()
-            if self._notifier is not None:
-                self._notifier.checkpoints_moved(self._names, self._new)
+            self._committed()
             return
         await self._open()
         try:
@@ -165,8 +171,15 @@ class PgProjectionTx:
             await self._release(commit=False)
             raise
         await self._release(commit=True)
+        self._committed()
+
+    def _committed(self) -> None:
+        """Tell the listeners the checkpoints moved, and the statistics what was written."""
         if self._notifier is not None:
             self._notifier.checkpoints_moved(self._names, self._new)
+        if self._statistics is not None:
+            for table, rows in self._written.items():
+                self._statistics.wrote(table, rows)
 
     async def _open(self) -> None:
         if self._conn is not None:

@@ -35,6 +35,7 @@ from store.pg_common import (
 )
 from store.pg_notify import RECHECK_SECONDS, Notifier
 from store.pg_projection import PgProjectionTx
+from store.pg_statistics import Statistics
 from store.pg_writer import GroupCommit, PendingAppend
 from store.protocol import (
     AppendResult,
@@ -214,6 +215,7 @@ class PostgresEventStore:
         self._closed = False
         self._listener = _Listener(dsn, timeout)
         self._notifier = Notifier(dsn, timeout, hear=self._listener.heard)
+        self._statistics = Statistics(pool, timeout)
         self._listener.sender = lambda: self._notifier.sender_pid
         self._writer = GroupCommit(append_pool, writers, max_batch_events, timeout,
                                    self._notifier.events_committed)
@@ -258,6 +260,7 @@ class PostgresEventStore:
             return
         self._closed = True
         await self._writer.close(drain_timeout=self._timeout)
+        await self._statistics.close()
         await self._notifier.close()
         await self._listener.close()
         if self._leases is not None:
@@ -461,12 +464,13 @@ class PostgresEventStore:
 
     def projection_tx(self, name: str, expected: int, new: int) -> PgProjectionTx:
         return PgProjectionTx(self._pool, {name: expected}, new, self._timeout,
-                              notifier=self._notifier)
+                              notifier=self._notifier, statistics=self._statistics)
 
     def projections_tx(self, expected: Mapping[str, int], new: int, *,
-                       defer_empty: bool = False) -> PgProjectionTx:
+                       defer_empty: bool = False, bulk: bool = False) -> PgProjectionTx:
         return PgProjectionTx(self._pool, expected, new, self._timeout,
-                              defer_empty=defer_empty, notifier=self._notifier, lazy=True)
+                              defer_empty=defer_empty, notifier=self._notifier, lazy=True,
+                              statistics=None if bulk else self._statistics)
 
     async def reset_projection(self, name: str, ddl_drop: Sequence[str],
                                ddl: Sequence[str] = ()) -> None:

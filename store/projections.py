@@ -14,6 +14,7 @@ of the log in one read (``rebuild``); ``ProjectionRunner`` is a hub of one proje
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
@@ -63,6 +64,7 @@ DEFERRED_MOVE_SECONDS = 0.5
 #: a rebuild reading only some types looks at up to this many batches' worth of the log
 #: for one batch of them (a window without any still moves the checkpoints)
 FILTER_WINDOW_BATCHES = 4
+_CREATE_TABLE = re.compile(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)", re.IGNORECASE)
 
 
 class Projection(Protocol):
@@ -334,7 +336,9 @@ class ProjectionHub:
         self._head_seen = max(self._head_seen, target)
         reached = await self._refold(projections, 0, target, progress or _quiet)
         for projection in projections:
-            await store.run_ddl(split_ddl(projection.ddl)[1])
+            # the secondary indexes, then the planner's statistics of the tables as loaded
+            later = split_ddl(projection.ddl)[1]
+            await store.run_ddl([*later, *(f"ANALYZE {t}" for t in tables_of(projection.ddl))])
         self._log.info("projections_rebuilt", checkpoints=reached)
         return min(reached.values())
 
@@ -359,7 +363,8 @@ class ProjectionHub:
                 lost = False
                 if page is not None and page.scanned > position:
                     reading = self._read_from(page.scanned, target, types)
-                    staged = store.projections_tx(dict.fromkeys(names, position), page.scanned)
+                    staged = store.projections_tx(dict.fromkeys(names, position), page.scanned,
+                                                  bulk=True)
                     lost = not await self._stage(staged, projections, page.events, position,
                                                  flight)
                 if flight is not None:
@@ -535,6 +540,12 @@ def split_ddl(ddl: Sequence[str]) -> tuple[list[str], list[str]]:
     indexes, which a bulk load builds once afterwards far more cheaply than row by row)."""
     later = [sql for sql in ddl if sql.lstrip().upper().startswith("CREATE INDEX")]
     return [sql for sql in ddl if sql not in later], later
+
+
+def tables_of(ddl: Sequence[str]) -> list[str]:
+    """The tables a projection's DDL creates."""
+    return [m.group(1) for sql in ddl
+            if (m := _CREATE_TABLE.match(sql.lstrip())) is not None]
 
 
 def folded_types(projections: Iterable[Projection]) -> tuple[str, ...] | None:

@@ -231,7 +231,7 @@ class ProjectionStore(Protocol):
         ...
 
     def projections_tx(self, expected: Mapping[str, int], new: int, *,
-                       defer_empty: bool = False) -> ProjectionTxContext:
+                       defer_empty: bool = False, bulk: bool = False) -> ProjectionTxContext:
         """As ``projection_tx`` for several projections at once: one transaction moves every
         checkpoint of ``expected`` (name -> where it must be) to ``new``, or, when any of
         them has moved on, none (ConcurrencyError) and nothing is written.
@@ -242,7 +242,10 @@ class ProjectionStore(Protocol):
 
         Only projections use it, whose rows are the log's fold and nothing else: so its
         commit may return before it is durable (a crash may lose it, together with the
-        checkpoint move, and the projections fold those events again)."""
+        checkpoint move, and the projections fold those events again).
+
+        ``bulk`` marks a rebuild's batches: a store that keeps planner statistics of the
+        tables written does not count them (the rebuild analyses its tables at the end)."""
         ...
 
     async def reset_projection(self, name: str, ddl_drop: Sequence[str],

@@ -512,7 +512,7 @@ class SqliteEventStore:
         return SqliteProjectionTx(self, {name: expected}, new)
 
     def projections_tx(self, expected: Mapping[str, int], new: int, *,
-                       defer_empty: bool = False) -> SqliteProjectionTx:
+                       defer_empty: bool = False, bulk: bool = False) -> SqliteProjectionTx:
         return SqliteProjectionTx(self, expected, new, defer_empty=defer_empty)
 
     def _projections_moved(self, names: Iterable[str], position: int) -> None:

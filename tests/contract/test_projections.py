@@ -18,6 +18,7 @@ from store.projections import (
     ProjectionHub,
     ProjectionRunner,
     split_ddl,
+    tables_of,
 )
 from store.protocol import ANY_VERSION, NO_STREAM, SqlTx
 from store.registry import EventTypes
@@ -226,13 +227,20 @@ INDEX_SQL = {
               " AND name = 'counter_totals_total'",
     "postgres": "SELECT indexname FROM pg_indexes WHERE indexname = 'counter_totals_total'",
 }
+#: whether counter_totals has the planner's statistics (an ANALYZE ran on it)
+ANALYSED_SQL = {
+    "sqlite": "SELECT 1 FROM sqlite_stat1 WHERE tbl = 'counter_totals' LIMIT 1",
+    "postgres": "SELECT 1 FROM pg_stat_user_tables WHERE relname = 'counter_totals'"
+                " AND last_analyze IS NOT NULL",
+}
 
 
 async def test_a_rebuild_builds_secondary_indexes_once_the_rows_are_in(
     store: ProjectionHost, backend: tuple[str, str],
 ) -> None:
     """A rebuild folds into the bare tables (their keys only) and builds the other
-    indexes of the DDL at the end, as a bulk load should; a live runner has them all."""
+    indexes of the DDL at the end, then analyses the tables, as a bulk load should; a
+    live runner has the indexes all along."""
     head = await append_amounts(store, "counter:a", *range(1, 10))
     live = IndexedTotals(backend[0])
     async with ProjectionRunner(store, live, batch=4) as runner:
@@ -242,8 +250,10 @@ async def test_a_rebuild_builds_secondary_indexes_once_the_rows_are_in(
     assert await ProjectionRunner(store, rebuilt, batch=4).rebuild() == head
     assert rebuilt.indexed_while_folding == {False}
     assert await store.query(INDEX_SQL[backend[0]])
+    assert await store.query(ANALYSED_SQL[backend[0]]) == [(1,)]
     assert await totals(store) == {"counter:a": (45, 9)}
     assert split_ddl(IndexedTotals.ddl) == (list(Totals.ddl), [IndexedTotals.ddl[-1]])
+    assert tables_of(IndexedTotals.ddl) == ["counter_totals"]
 
 
 async def test_rebuild_while_a_runner_is_live_ends_exact(store: ProjectionHost) -> None:
