@@ -27,6 +27,7 @@ from hostd.storaged import StorageDaemon
 from orrery.bootstrap import bootstrap, make_cloud_app, token_ttl
 from orrery.clouds import CLOUD_NAME, write_clouds_yaml, written_password
 from orrery.config import Config, ConfigError, load_config
+from orrery.gc_policy import CollectorPolicy
 from orrery.logging import configure_logging
 from orrery.services import (
     cloud_apis,
@@ -292,6 +293,7 @@ def _run(main: Callable[[], Awaitable[None]]) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await main()
 
+    CollectorPolicy().install()  # short pauses of the collector in a long-lived heap
     try:
         import uvloop
 
