@@ -176,7 +176,7 @@ async def test_port_update_fixed_ips_and_device_id(api: Api) -> None:
     got = body["port"]
     assert got["fixed_ips"] == [{"subnet_id": sub["id"], "ip_address": "10.0.0.100"}]
     assert (got["device_id"], got["device_owner"]) == ("d-1", "compute:nova")
-    await api.settled()
+    await api.cloud.settled()
     again = await api.port(api.member, net["id"], fixed_ips=[{"ip_address": old}])
     assert again["fixed_ips"][0]["ip_address"] == old
     err = await api.error("PUT", f"/ports/{again['id']}", api.member, 409, json={
@@ -234,7 +234,7 @@ async def test_a_bulk_network_create_that_fails_leaves_nothing(api: Api) -> None
     _, err = await api.req("POST", "/networks", api.admin, status=409, json={"networks": [
         {"name": "first", **provider}, {"name": "second", **provider}]})
     assert set(err) == {"NeutronError"}
-    await api.settled()
+    await api.cloud.settled()
     _, body = await api.req("GET", "/networks", api.admin, status=200)
     assert body["networks"] == []
     again = await api.network(api.admin, **provider)
