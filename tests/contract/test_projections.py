@@ -492,6 +492,21 @@ class Tally(Totals):
                          " ON CONFLICT (hub) DO UPDATE SET n = tally.n + 1", self.hub)
 
 
+async def test_a_lingering_hub_folds_what_came_meanwhile_in_one_batch(
+    store: ProjectionHost,
+) -> None:
+    """With ``linger``, a hub waits that long after a short batch before it reads again:
+    ten appends made meanwhile are folded as one batch, and every one of them is folded."""
+    first = await append_amounts(store, "counter:a", 1)
+    async with ProjectionRunner(store, Tally("lingering"), linger=0.5) as runner:
+        assert await runner.wait_until(first, WAIT)
+        for amount in range(2, 12):
+            head = await append_amounts(store, "counter:a", amount)
+        assert await runner.wait_until(head, WAIT)
+    assert await totals(store) == {"counter:a": (sum(range(1, 12)), 11)}
+    assert await store.query("SELECT n FROM tally WHERE hub = 'lingering'") == [(2,)]
+
+
 async def test_leading_hubs_fold_a_projection_in_one_process_at_a_time(
     backend: tuple[str, str], event_types: EventTypes
 ) -> None:
