@@ -83,8 +83,6 @@ class PgProjectionTx:
                  statistics: Statistics | None = None) -> None:
         self._pool, self._timeout = pool, timeout
         self._statistics = statistics
-        #: rows written per table (whole-row writes), told to ``statistics`` on commit
-        self._written: dict[str, int] = {}
         #: commit without waiting for the WAL flush: for rows that are the log's fold and
         #: nothing else. A crash that loses the commit loses the checkpoint move with it,
         #: and the events are folded again; a later synchronous commit flushes this one
@@ -101,30 +99,27 @@ class PgProjectionTx:
         self._conn: Any = None
         self._tx: Any = None
         self._pending: list[tuple[str, tuple[object, ...]]] = []
-        #: the queued writes as rows (kind, table, rows), while every queued write is one;
-        #: None once a statement of another sort is queued
-        self._rows: list[tuple[str, Table, Sequence[Mapping[str, Any]]]] | None = []
+        #: the queued whole-row writes (kind, table, rows), and whether they are all that
+        #: is queued (no statement of another sort)
+        self._rows: list[tuple[str, Table, Sequence[Mapping[str, Any]]]] = []
+        self._rows_only = True
 
     async def __aenter__(self) -> PgProjectionTx:
         return self
 
     async def execute(self, sql: str, *args: object) -> None:
         self._pending.append((sql, args))
-        self._rows = None
+        self._rows_only = False
 
     async def put_rows(self, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
         if rows:
             self._pending.append((pg_put(table), (_JSON.encode(rows),)))
-            self._written[table.name] = self._written.get(table.name, 0) + len(rows)
-            if self._rows is not None:
-                self._rows.append(("put", table, rows))
+            self._rows.append(("put", table, rows))
 
     async def delete_rows(self, table: Table, keys: Sequence[Mapping[str, Any]]) -> None:
         if keys:
             self._pending.append((pg_delete(table), (_JSON.encode(keys),)))
-            self._written[table.name] = self._written.get(table.name, 0) + len(keys)
-            if self._rows is not None:
-                self._rows.append(("delete", table, keys))
+            self._rows.append(("delete", table, keys))
 
     async def committed_rows(self, table: Table, column: str,
                              values: Sequence[object]) -> list[tuple[object, ...]]:
@@ -178,8 +173,8 @@ class PgProjectionTx:
         if self._notifier is not None:
             self._notifier.checkpoints_moved(self._names, self._new)
         if self._statistics is not None:
-            for table, rows in self._written.items():
-                self._statistics.wrote(table, rows)
+            for _, table, rows in self._rows:
+                self._statistics.wrote(table.name, len(rows))
 
     async def _open(self) -> None:
         if self._conn is not None:
@@ -218,7 +213,7 @@ class PgProjectionTx:
     def _in_one(self) -> bool:
         """Whether the batch can commit as one statement: only row writes, no table put
         or deleted twice nor on the same keys, and every checkpoint's row there already."""
-        if self._rows is None or any(self._expected[n] == 0 for n in self._names):
+        if not self._rows_only or any(self._expected[n] == 0 for n in self._names):
             return False
         writes: dict[tuple[str, Table], Sequence[Mapping[str, Any]]] = {}
         for kind, table, rows in self._rows:

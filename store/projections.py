@@ -328,17 +328,18 @@ class ProjectionHub:
         lowest checkpoint reached."""
         store = self._store
         projections = list(self._projections.values())
+        split = {p.name: split_ddl(p.ddl) for p in projections}
         for projection in projections:
-            tables, _ = split_ddl(projection.ddl)
-            await store.reset_projection(projection.name, projection.drop, tables)
+            await store.reset_projection(projection.name, projection.drop,
+                                         split[projection.name][0])
         await self._advance(dict.fromkeys(self._projections, 0))
         target = await store.head()
         self._head_seen = max(self._head_seen, target)
         reached = await self._refold(projections, 0, target, progress or _quiet)
         for projection in projections:
             # the secondary indexes, then the planner's statistics of the tables as loaded
-            later = split_ddl(projection.ddl)[1]
-            await store.run_ddl([*later, *(f"ANALYZE {t}" for t in tables_of(projection.ddl))])
+            await store.run_ddl([*split[projection.name][1],
+                                 *(f"ANALYZE {t}" for t in tables_of(projection.ddl))])
         self._log.info("projections_rebuilt", checkpoints=reached)
         return min(reached.values())
 
