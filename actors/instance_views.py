@@ -40,7 +40,6 @@ from actors.instance import (
     DELETED,
     DELETING,
     ERROR,
-    INSTANCE_EVENTS,
     KIND,
     NOSTATE,
     SCHEDULING,
@@ -113,8 +112,13 @@ DROP = (f"DROP TABLE IF EXISTS {SERVERS}", f"DROP TABLE IF EXISTS {ACTIONS}",
         "DROP TABLE IF EXISTS servers_v2", "DROP TABLE IF EXISTS instance_actions_v2",
         "DROP TABLE IF EXISTS servers", "DROP TABLE IF EXISTS instance_actions")
 
-_TAGS = {t.__struct_config__.tag for t in INSTANCE_EVENTS}
-_DECODER: msgspec.json.Decoder[Any] = msgspec.json.Decoder(reduce(or_, INSTANCE_EVENTS))
+#: the instance events that change a row (every other one leaves them as they are)
+_FOLDED: tuple[type[msgspec.Struct], ...] = (
+    InstanceCreated, InstanceScheduled, InstanceSpawned, InstanceFailed, InstanceActionStarted,
+    InstanceActionDone, InstanceActionFailed, InstancePowerSynced, InstanceDeleting,
+    InstanceDeleted)
+_TAGS = {t.__struct_config__.tag for t in _FOLDED}
+_DECODER: msgspec.json.Decoder[Any] = msgspec.json.Decoder(reduce(or_, _FOLDED))
 _JSON = msgspec.json.Encoder()
 _FAULT = msgspec.json.Decoder(Fault)
 _META = msgspec.json.Decoder(dict[str, str])
@@ -223,8 +227,10 @@ class InstancesProjection:
     written once."""
 
     name = PROJECTION_NAME
-    #: all it folds (a rebuild reads only these)
+    #: all it folds (a rebuild reads only these): the instance events that change a row
     types = tuple(sorted(map(str, _TAGS)))
+    #: each server and action row is folded from its instance's stream alone
+    per_stream = True
     ddl: Sequence[str] = DDL
     drop: Sequence[str] = DROP
 
@@ -275,58 +281,75 @@ class _Batch:
             self.actions_of.setdefault(row["instance_id"], []).append(row)
 
     def fold(self, iid: str, ev: EventEnvelope, event: msgspec.Struct) -> None:
-        request_id = ev.correlation_id or f"req-{ev.event_id}"
-        if isinstance(event, InstanceCreated):
-            self._create(iid, request_id, event)
+        if type(event) is InstanceCreated:
+            self._create(iid, ev.correlation_id or f"req-{ev.event_id}", event)
             return
-        server = self.servers.get(iid)
+        server = self.servers.rows.get((iid,))
         if server is None:
             return  # as an UPDATE of no row: a server this projection never saw created
-        match event:
-            case InstanceScheduled(host=host, at=at):
-                self._set(server, stamp(at), host=host, task_state=SPAWNING)
-            case InstanceSpawned(host=host, power_state=power, at=at):
-                when = stamp(at)
-                self._set(server, when, vm_state=ACTIVE, task_state=None, host=host,
-                          power_state=power, launched_at=when)
-                self._finish(iid, "create", when, host=host)
-            case InstanceFailed(fault=fault, at=at):
-                when = stamp(at)
-                self._set(server, when, vm_state=ERROR, task_state=None, host=None,
-                          power_state=NOSTATE, fault=_JSON.encode(fault).decode())
-                self._finish(iid, "create", when, error=fault.message)
-            case InstanceActionStarted(action=action, task=task, at=at):
-                when = stamp(at)
-                self._set(server, when, task_state=task)
-                self._start(server, request_id, action, when, ev)
-            case InstanceActionDone(action=action, vm_state=vm_state, power_state=power, at=at):
-                when = stamp(at)
-                cleared = {"fault": None} if vm_state != ERROR else {}
-                self._set(server, when, vm_state=vm_state, power_state=power, task_state=None,
-                          **cleared)
-                self._finish(iid, action, when)
-            case InstanceActionFailed(action=action, message=message, at=at):
-                when = stamp(at)
-                self._set(server, when, task_state=None)
-                self._finish(iid, action, when, error=message)
-            case InstancePowerSynced(vm_state=vm_state, power_state=power, at=at):
-                self._set(server, stamp(at), vm_state=vm_state, power_state=power)
-            case InstanceDeleting(at=at):
-                when = stamp(at)
-                self._set(server, when, task_state=DELETING)
-                self._start(server, request_id, "delete", when, ev)
-            case InstanceDeleted(at=at, host=host, note=note):
-                when = stamp(at)
-                self._set(server, when, vm_state=DELETED, task_state=None,
-                          terminated_at=when, deleted=1)
-                open_ = next((a for a in self.actions_of.get(iid, ())
-                              if a["action"] == "delete" and a["finish_time"] is None), None)
-                if open_ is None:
-                    open_ = self._start(server, request_id, "delete", when, ev)
-                self._finish(iid, "delete", when, host=host)
-                if note:
-                    open_["message"] = note
-                    self.actions.changed(open_)
+        _FOLDS[type(event)](self, iid, server, ev, event)
+
+    def _scheduled(self, iid: str, server: Row, ev: EventEnvelope,
+                   event: InstanceScheduled) -> None:
+        self._set(server, stamp(event.at), host=event.host, task_state=SPAWNING)
+
+    def _spawned(self, iid: str, server: Row, ev: EventEnvelope,
+                 event: InstanceSpawned) -> None:
+        when = stamp(event.at)
+        self._set(server, when, vm_state=ACTIVE, task_state=None, host=event.host,
+                  power_state=event.power_state, launched_at=when)
+        self._finish(iid, "create", when, host=event.host)
+
+    def _failed(self, iid: str, server: Row, ev: EventEnvelope, event: InstanceFailed) -> None:
+        when = stamp(event.at)
+        self._set(server, when, vm_state=ERROR, task_state=None, host=None,
+                  power_state=NOSTATE, fault=_JSON.encode(event.fault).decode())
+        self._finish(iid, "create", when, error=event.fault.message)
+
+    def _action_started(self, iid: str, server: Row, ev: EventEnvelope,
+                        event: InstanceActionStarted) -> None:
+        when = stamp(event.at)
+        self._set(server, when, task_state=event.task)
+        self._start(server, ev.correlation_id or f"req-{ev.event_id}", event.action, when, ev)
+
+    def _action_done(self, iid: str, server: Row, ev: EventEnvelope,
+                     event: InstanceActionDone) -> None:
+        when = stamp(event.at)
+        cleared = {"fault": None} if event.vm_state != ERROR else {}
+        self._set(server, when, vm_state=event.vm_state, power_state=event.power_state,
+                  task_state=None, **cleared)
+        self._finish(iid, event.action, when)
+
+    def _action_failed(self, iid: str, server: Row, ev: EventEnvelope,
+                       event: InstanceActionFailed) -> None:
+        when = stamp(event.at)
+        self._set(server, when, task_state=None)
+        self._finish(iid, event.action, when, error=event.message)
+
+    def _power_synced(self, iid: str, server: Row, ev: EventEnvelope,
+                      event: InstancePowerSynced) -> None:
+        self._set(server, stamp(event.at), vm_state=event.vm_state,
+                  power_state=event.power_state)
+
+    def _deleting(self, iid: str, server: Row, ev: EventEnvelope,
+                  event: InstanceDeleting) -> None:
+        when = stamp(event.at)
+        self._set(server, when, task_state=DELETING)
+        self._start(server, ev.correlation_id or f"req-{ev.event_id}", "delete", when, ev)
+
+    def _deleted(self, iid: str, server: Row, ev: EventEnvelope, event: InstanceDeleted) -> None:
+        when = stamp(event.at)
+        self._set(server, when, vm_state=DELETED, task_state=None, terminated_at=when,
+                  deleted=1)
+        open_ = next((a for a in self.actions_of.get(iid, ())
+                      if a["action"] == "delete" and a["finish_time"] is None), None)
+        if open_ is None:
+            open_ = self._start(server, ev.correlation_id or f"req-{ev.event_id}", "delete",
+                                when, ev)
+        self._finish(iid, "delete", when, host=event.host)
+        if event.note:
+            open_["message"] = event.note
+            self.actions.changed(open_)
 
     def _create(self, iid: str, request_id: str, event: InstanceCreated) -> None:
         if self.servers.get(iid) is not None:
@@ -385,6 +408,14 @@ class _Batch:
                            host=row["host"] if row["host"] is not None else host)
                 self.actions.changed(row)
 
+
+#: how each instance event but the creation changes its server's row (and actions)
+_FOLDS: dict[type[msgspec.Struct], Any] = {
+    InstanceScheduled: _Batch._scheduled, InstanceSpawned: _Batch._spawned,
+    InstanceFailed: _Batch._failed, InstanceActionStarted: _Batch._action_started,
+    InstanceActionDone: _Batch._action_done, InstanceActionFailed: _Batch._action_failed,
+    InstancePowerSynced: _Batch._power_synced, InstanceDeleting: _Batch._deleting,
+    InstanceDeleted: _Batch._deleted}
 
 # -- reads ---------------------------------------------------------------------------------
 
