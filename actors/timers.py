@@ -66,6 +66,8 @@ class TimerProjection:
     name = "timers"
     #: all it folds (a rebuild reads only these)
     types = ("timer.cancelled", "timer.fired", "timer.set")
+    #: a timer is set, fired and cancelled on the stream of the actor it belongs to
+    per_stream = True
     ddl: Sequence[str] = (
         "CREATE TABLE IF NOT EXISTS orrery_timers (timer_id TEXT PRIMARY KEY, kind TEXT NOT NULL,"
         " actor_id TEXT NOT NULL, name TEXT NOT NULL, fire_at BIGINT NOT NULL)",

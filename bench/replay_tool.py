@@ -105,6 +105,7 @@ class HostsProjection:
     projections fold (a RowSet: each row the batch touched written once)."""
 
     name = "bench_hosts"
+    per_stream = True
     ddl: Sequence[str] = ("CREATE TABLE IF NOT EXISTS bench_hosts (stream TEXT PRIMARY KEY,"
                           " host TEXT NOT NULL, state TEXT NOT NULL)",)
     drop: Sequence[str] = ("DROP TABLE IF EXISTS bench_hosts",)

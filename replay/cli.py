@@ -82,6 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=5000, help=argparse.SUPPRESS)
     p = add("rebuild", "rebuild projections from position 0, while the system runs")
     p.add_argument("projection", nargs="?", help="one projection (default: all)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="processes folding side by side on PostgreSQL (default: one per"
+                        " core)")
     p = add("export", "the log, or a part of it, as JSON")
     p.add_argument("--jsonl", action="store_true", help="one event a line")
     p.add_argument("--stream", metavar="KIND:ID")
@@ -198,7 +201,7 @@ async def _verify(tool: Tool, args: Any) -> int:
 
 async def _rebuild(tool: Tool, args: Any) -> int:
     results = await rebuild(tool.store, choose(tool.projections, args.projection),
-                            show=not tool.json)
+                            show=not tool.json, workers=args.workers)
     tool.print(f"rebuilt {len(results)} projection(s)", results)
     return 0
 

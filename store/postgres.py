@@ -472,6 +472,19 @@ class PostgresEventStore:
                               defer_empty=defer_empty, notifier=self._notifier, lazy=True,
                               statistics=None if bulk else self._statistics)
 
+    async def rebuild_projections(self, projections: Sequence[Any], *, batch: int,
+                                  workers: int, progress: Callable[[int, int, int], None],
+                                  ) -> int:
+        """Refold ``projections`` from position 0 into tables beside the live ones (with
+        up to ``workers`` processes) and swap them in (store.pg_rebuild); returns the
+        checkpoint they were given."""
+        from store.pg_rebuild import Shadow  # it builds on this module
+
+        target = await self.head()
+        shadow = Shadow(self._dsn, projections, batch=batch, workers=workers,
+                        timeout=self._timeout, progress=progress)
+        return await shadow.run(target)
+
     async def reset_projection(self, name: str, ddl_drop: Sequence[str],
                                ddl: Sequence[str] = ()) -> None:
         await self._in_tx([*((sql, ()) for sql in ddl_drop),

@@ -18,7 +18,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import structlog
 from prometheus_client import Gauge, Histogram
@@ -79,7 +79,10 @@ class Projection(Protocol):
 
     A projection may also say which event types it folds (``types``, exactly: it ignores
     every other event); a rebuild then reads only those from the log. Without ``types``
-    it is handed every event.
+    it is handed every event. One whose every row is folded from the events of a single
+    stream, and no row from two, may say so (``per_stream = True``): a rebuild on
+    PostgreSQL then folds the log's streams in several parts side by side, each part
+    seeing only its streams' events.
     """
 
     name: str
@@ -92,6 +95,16 @@ class Projection(Protocol):
 
 class ProjectionHost(EventStore, ProjectionStore, Protocol):
     """A log that can also hold projections (both of our stores)."""
+
+
+@runtime_checkable
+class RebuildsBeside(Protocol):
+    """A store that rebuilds projections in tables of its own beside the live ones and
+    swaps them in (PostgreSQL: store.pg_rebuild), rather than refolding in place."""
+
+    async def rebuild_projections(self, projections: Sequence[Any], *, batch: int,
+                                  workers: int, progress: Progress) -> int:
+        ...
 
 
 class _Regroup(Exception):
@@ -318,16 +331,27 @@ class ProjectionHub:
 
     # -- rebuilding ------------------------------------------------------------------------
 
-    async def rebuild(self, progress: Progress | None = None) -> int:
-        """Drop every projection's tables and checkpoint, recreate them, and fold the log up
-        to its head, reading it once for all of them: each batch goes to every projection
-        in one transaction. Secondary indexes are built once the rows are in (a live
-        runner that resumes first builds them then; they are ``IF NOT EXISTS``).
-        ``progress(events, checkpoint, target)`` is told after every batch (events this
-        hub folded in it: 0 when a live runner moved a checkpoint past it). Returns the
-        lowest checkpoint reached."""
+    async def rebuild(self, progress: Progress | None = None, *, workers: int = 1) -> int:
+        """Refold every projection from position 0, reading the log once for all of them,
+        up to its head at least; returns the lowest checkpoint reached.
+        ``progress(events, checkpoint, target)`` is told as it goes.
+
+        A store that rebuilds beside the live tables (PostgreSQL) does so, with up to
+        ``workers`` processes for the projections that fold ``per_stream``. Elsewhere the
+        tables and checkpoints are dropped and recreated and the log folded into them in
+        batches, each going to every projection in one transaction; secondary indexes are
+        built once the rows are in (a live runner that resumes first builds them then;
+        they are ``IF NOT EXISTS``). ``progress`` is then told after every batch (events
+        this hub folded in it: 0 when a live runner moved a checkpoint past it)."""
         store = self._store
         projections = list(self._projections.values())
+        if isinstance(store, RebuildsBeside):
+            checkpoint = await store.rebuild_projections(projections, batch=self._batch,
+                                                         workers=workers,
+                                                         progress=progress or _quiet)
+            await self._advance(dict.fromkeys(self._projections, checkpoint))
+            self._log.info("projections_rebuilt", checkpoint=checkpoint, workers=workers)
+            return checkpoint
         split = {p.name: split_ddl(p.ddl) for p in projections}
         for projection in projections:
             await store.reset_projection(projection.name, projection.drop,

@@ -225,7 +225,10 @@ class IndexedTotals(Totals):
 INDEX_SQL = {
     "sqlite": "SELECT name FROM sqlite_master WHERE type = 'index'"
               " AND name = 'counter_totals_total'",
-    "postgres": "SELECT indexname FROM pg_indexes WHERE indexname = 'counter_totals_total'",
+    # in the schema the projection's unqualified names reach: a rebuild on PostgreSQL
+    # folds into tables of its own (store.pg_rebuild) while the live ones keep theirs
+    "postgres": "SELECT indexname FROM pg_indexes WHERE indexname = 'counter_totals_total'"
+                " AND schemaname = current_schema()",
 }
 #: whether counter_totals has the planner's statistics (an ANALYZE ran on it)
 ANALYSED_SQL = {

@@ -1,0 +1,560 @@
+"""Rebuilding projections on PostgreSQL: folded beside the live tables, then swapped in.
+
+A rebuild creates the projections' tables afresh in a schema of its own (the shadow),
+folds the log into them up to the head it saw when it began, and then, in one short
+transaction, puts them in place of the live tables and moves the checkpoints. Until then
+readers see the old tables whole, and a live runner folds on into them undisturbed.
+
+The fold runs on connections whose ``search_path`` puts the shadow schema first, so a
+projection's own SQL (its DDL, ``execute``, ``fetch``, the whole-row writes) reaches the
+shadow tables without knowing. Nobody reads the shadow, so its writes need no checkpoint:
+a batch's writes commit without waiting for the disk (the swap's commit, which does wait,
+comes after them in the WAL), rows the fold has not written before go by COPY, the others
+as whole-row upserts, and the secondary indexes and planner statistics are built once the
+rows are in.
+
+Projections whose rows each come from one stream's events alone (``per_stream``) are
+folded side by side: each worker process takes the streams of one hash partition. The
+others are folded by one worker over every stream.
+
+The swap locks the live tables, then the checkpoints' rows (the order a live runner's
+commit takes them in), folds into the shadow whatever the live checkpoints passed
+meanwhile (most of it beforehand, without the locks), drops the live tables and moves the
+shadow's in, indexes and statistics with them. The checkpoints land at the furthest of
+the live checkpoints and the rebuild's head: a live runner whose checkpoint is there goes
+on (its rows in memory are the rebuilt rows: a fold is a function of the log), any other
+finds its checkpoint moved and follows on from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import multiprocessing
+import os
+import re
+import signal
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from functools import cache
+from multiprocessing.connection import Connection as Pipe
+from operator import itemgetter
+from typing import Any, NamedTuple
+
+import asyncpg
+import msgspec
+import structlog
+
+from store.pg_common import PROJECTIONS_CHANNEL, init_conn, mapped
+from store.postgres import _COLUMNS, DDL_LOCK_KEY, _envelope
+from store.projections import Progress, Projection, folded_types, split_ddl, tables_of
+from store.tables import Table, pg_delete, pg_put, pg_select
+
+log = structlog.get_logger(__name__)
+
+SHADOW_PREFIX = "orrery_rebuild_"
+#: how many times the swap folds what the live checkpoints passed before it takes the
+#: locks (each round is shorter than the one before, as the live runners are near)
+CATCH_UP_ROUNDS = 3
+#: how often the coordinator looks at its workers' reports (seconds)
+POLL_SECONDS = 0.01
+#: a worker's collector thresholds: a young collection every 50,000 allocations, not 700
+#: (a fold allocates a few objects per event and keeps few; the collections walked the
+#: rows a batch carries over and over: 15 % of a worker's time). A worker lives for one
+#: rebuild, so what the rarer collections leave is freed when it exits.
+WORKER_GC_THRESHOLDS = (50_000, 20, 100)
+#: how many index builds and ANALYZEs run at once when the rows are in
+FINISHING_AT_ONCE = 4
+_JSON = msgspec.json.Encoder()
+_CHECKPOINTS_LOCKED = ("SELECT name, position FROM projection_checkpoints"
+                       " WHERE name = ANY($1::text[]) ORDER BY name FOR UPDATE")
+_CHECKPOINTS = "SELECT name, position FROM projection_checkpoints WHERE name = ANY($1::text[])"
+_ENSURE_CHECKPOINTS = ("INSERT INTO projection_checkpoints (name, position)"
+                       " SELECT unnest($1::text[]), 0 ON CONFLICT (name) DO NOTHING")
+_MOVE_CHECKPOINTS = ("UPDATE projection_checkpoints SET position = $2"
+                     " WHERE name = ANY($1::text[])")
+_INDEXED_COLUMNS = ("SELECT DISTINCT a.attname FROM pg_index AS i JOIN pg_attribute AS a"
+                    " ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
+                    " WHERE i.indrelid = $1::regclass ORDER BY a.attname")
+_INDEX_ON = re.compile(r"\bON\s+(\w+)", re.IGNORECASE)
+_LIVE_TABLES = ("SELECT c.relname FROM pg_class AS c JOIN pg_namespace AS n"
+                " ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r'"
+                " AND c.relname = ANY($2::text[]) ORDER BY c.relname")
+
+
+class Part(NamedTuple):
+    """A worker's share of the log: the streams whose hash is ``remainder`` modulo
+    ``modulus``."""
+
+    remainder: int
+    modulus: int
+
+
+class Job(NamedTuple):
+    """What one worker folds: these projections (their positions in the rebuild's list),
+    over the streams of ``part`` (None: every stream)."""
+
+    projections: tuple[int, ...]
+    part: Part | None
+
+
+def plan(projections: Sequence[Projection], workers: int) -> list[Job]:
+    """The per-stream projections split over ``workers`` partitions, the others on one
+    worker of their own."""
+    split = [i for i, p in enumerate(projections) if getattr(p, "per_stream", False)]
+    whole = tuple(i for i in range(len(projections)) if i not in split)
+    if workers <= 1 or not split:
+        return [Job(tuple(range(len(projections))), None)]
+    jobs = [Job(tuple(split), Part(k, workers)) for k in range(workers)]
+    return [*jobs, Job(whole, None)] if whole else jobs
+
+
+class _Written:
+    """The keys a fold has written to each shadow table: a put of a key not among them
+    can go by COPY (no row to replace), until the fold's own SQL writes (``execute``)
+    make that unknowable. ``lock``: one operation at a time on the fold's writer."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, set[tuple[Any, ...]]] = {}
+        self.copy = True
+        self.lock = asyncio.Lock()
+
+
+class ShadowTx:
+    """A batch's transaction in the shadow schema: what ``apply`` writes to in a rebuild.
+
+    Writes are queued and sent by ``commit``. ``before`` is the commit of the batch
+    before, still in flight: reads of committed rows wait for it.
+    """
+
+    def __init__(self, conn: Any, schema: str, since: int, written: _Written,
+                 before: asyncio.Future[None] | None = None) -> None:
+        self._conn, self._schema, self._since = conn, schema, since
+        self._written, self._before = written, before
+        self._queue: list[tuple[str, Any, Any]] = []
+
+    @property
+    def since(self) -> int:
+        return self._since
+
+    async def execute(self, sql: str, *args: object) -> None:
+        self._queue.append(("sql", sql, args))
+        self._written.copy = False
+
+    async def put_rows(self, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+        if rows:
+            self._queue.append(("put", table, rows))
+
+    async def delete_rows(self, table: Table, keys: Sequence[Mapping[str, Any]]) -> None:
+        if keys:
+            self._queue.append(("delete", table, keys))
+
+    async def committed_rows(self, table: Table, column: str,
+                             values: Sequence[object]) -> list[tuple[object, ...]]:
+        if not values:
+            return []
+        await self._settled()
+        async with self._written.lock:
+            with mapped():
+                rows = await self._conn.fetch(pg_select(table, column), list(values))
+        return [tuple(r) for r in rows]
+
+    async def fetch(self, sql: str, *args: object) -> list[tuple[object, ...]]:
+        """A query that sees this batch's writes: they are sent first (nobody else reads
+        the shadow, so they need no transaction of their own)."""
+        await self._settled()
+        await self.commit()
+        async with self._written.lock:
+            with mapped():
+                rows = await self._conn.fetch(sql, *args)
+        return [tuple(r) for r in rows]
+
+    async def commit(self) -> None:
+        """Send the queued writes, in the order queued, in one transaction."""
+        queue, self._queue = self._queue, []
+        if not queue:
+            return
+        async with self._written.lock:
+            await self._send(queue)
+
+    async def _send(self, queue: Sequence[tuple[str, Any, Any]]) -> None:
+        with mapped():
+            async with self._conn.transaction():
+                for kind, what, args in queue:
+                    if kind == "sql":
+                        await self._conn.execute(what, *args)
+                    elif kind == "delete":
+                        await self._delete(what, args)
+                    else:
+                        await self._put(what, args)
+
+    async def _put(self, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+        key, record = _getters(table)
+        written = self._written.keys.setdefault(table.name, set())
+        fresh: list[tuple[Any, ...]] = []
+        known: list[Mapping[str, Any]] = []
+        copy = self._written.copy
+        for row in rows:
+            k = key(row)
+            if copy and k not in written:
+                fresh.append(record(row))
+                written.add(k)
+            else:
+                known.append(row)
+        if fresh:
+            await self._conn.copy_records_to_table(table.name, records=fresh,
+                                                   columns=table.names,
+                                                   schema_name=self._schema)
+        if known:
+            await self._conn.execute(pg_put(table), _JSON.encode(known))
+
+    async def _delete(self, table: Table, keys: Sequence[Mapping[str, Any]]) -> None:
+        key, _ = _getters(table)
+        written = self._written.keys.setdefault(table.name, set())
+        for k in keys:
+            written.discard(key(k))
+        await self._conn.execute(pg_delete(table), _JSON.encode(keys))
+
+    async def _settled(self) -> None:
+        if self._before is not None:
+            await self._before
+
+
+#: told how a fold goes: (events folded in the last batch, position folded up to)
+Report = Callable[[int, int], None]
+
+
+async def fold(reader: Any, writer: Any, schema: str, projections: Sequence[Projection],
+               after: int, until: int, *, part: Part | None = None, batch: int,
+               written: _Written, report: Report) -> int:
+    """Fold the events in (``after``, ``until``] of the projections' types (of ``part``'s
+    streams) into the shadow tables: read on ``reader`` (the next batch read while one is
+    folded), written on ``writer`` (a batch's writes committing while the next is folded).
+    Returns the events folded."""
+    if not projections or until <= after:
+        return 0
+    types = folded_types(projections)
+    sql = f"SELECT {_COLUMNS} FROM events WHERE position > $1 AND position <= $2"
+    args: list[object] = [after, until]
+    if types is not None:
+        args.append(list(types))
+        sql += f" AND type = ANY(${len(args)}::text[])"
+    if part is not None:
+        args.extend([part.modulus, part.remainder])
+        sql += f" AND (hashtext(stream) & 2147483647) % ${len(args) - 1} = ${len(args)}"
+    sql += " ORDER BY position"
+    folded, since = 0, after
+    commit: asyncio.Future[None] | None = None
+    with mapped():
+        async with reader.transaction(isolation="repeatable_read", readonly=True):
+            cursor = await reader.cursor(sql, *args)
+            reading: asyncio.Future[list[Any]] = asyncio.ensure_future(cursor.fetch(batch))
+            try:
+                while rows := await reading:
+                    reading = asyncio.ensure_future(cursor.fetch(batch))
+                    events = [_envelope(r) for r in rows]
+                    tx = ShadowTx(writer, schema, since, written, commit)
+                    for projection in projections:
+                        await projection.apply(tx, events)
+                    if commit is not None:
+                        await commit
+                    commit = asyncio.ensure_future(tx.commit())
+                    since = events[-1].position
+                    folded += len(events)
+                    report(len(events), since)
+                if commit is not None:
+                    await commit
+            finally:
+                for future in (reading, commit):
+                    await _cancel(future)
+    report(0, until)
+    return folded
+
+
+async def shadow_connection(dsn: str, path: str | None, timeout: float) -> Any:
+    """A connection whose unqualified names reach the shadow first (``path``; None: the
+    database's own path) and whose commits do not wait for the disk."""
+    with mapped():
+        conn = await asyncpg.connect(dsn, timeout=timeout)
+        try:
+            await init_conn(conn)
+            await conn.execute("SET synchronous_commit = off")
+            if path is not None:
+                await conn.execute(f"SET search_path = {path}")
+        except BaseException:
+            await conn.close()
+            raise
+    return conn
+
+
+class Shadow:
+    """One rebuild: its schema, its connections, its workers and the swap."""
+
+    def __init__(self, dsn: str, projections: Sequence[Projection], *, batch: int,
+                 workers: int, timeout: float, progress: Progress) -> None:
+        self.dsn, self.projections, self.batch = dsn, list(projections), batch
+        self.workers, self.timeout, self.progress = workers, timeout, progress
+        self.schema = f"{SHADOW_PREFIX}{uuid.uuid4().hex[:12]}"
+        self.names = [p.name for p in self.projections]
+        self.tables = [t for p in self.projections for t in tables_of(p.ddl)]
+        self.live_schema = "public"
+        self.live_path = "public"
+        self.folded = 0
+
+    @property
+    def path(self) -> str:
+        return f"{self.schema}, {self.live_path}"
+
+    async def run(self, target: int) -> int:
+        """Rebuild up to ``target`` at least; returns the checkpoint the swap set."""
+        admin = await shadow_connection(self.dsn, None, self.timeout)
+        try:
+            self.live_path = await admin.fetchval("SELECT current_setting('search_path')")
+            with mapped():
+                self.live_schema = await admin.fetchval("SELECT current_schema()")
+                await admin.execute(f"CREATE SCHEMA {self.schema}")
+                await admin.execute(f"SET search_path = {self.path}")
+                for projection in self.projections:
+                    for sql in split_ddl(projection.ddl)[0]:
+                        await admin.execute(sql)
+            began = time.perf_counter()
+            await self._fold_all(target)
+            folded = time.perf_counter()
+            await self._finish_tables()
+            finished = time.perf_counter()
+            reached = await self._swap(admin, target)
+            log.info("rebuild_timings", fold=round(folded - began, 3),
+                     tables=round(finished - folded, 3),
+                     swap=round(time.perf_counter() - finished, 3))
+            return reached
+        finally:
+            with contextlib.suppress(Exception):
+                await admin.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
+            await admin.close()
+
+    async def _fold_all(self, target: int) -> None:
+        jobs = plan(self.projections, self.workers)
+        if len(jobs) == 1:
+            [job] = jobs
+            positions = {0: 0}
+
+            def report(events: int, position: int) -> None:
+                self._report(positions, 0, events, position, target)
+
+            await self._fold_job(job, 0, target, report)
+            return
+        await self._fork(jobs, target)
+
+    def _report(self, positions: dict[int, int], worker: int, events: int, position: int,
+                target: int) -> None:
+        positions[worker] = position
+        self.folded += events
+        self.progress(events, min(positions.values()), target)
+
+    async def _fold_job(self, job: Job, after: int, until: int, report: Report) -> int:
+        reader = await shadow_connection(self.dsn, self.path, self.timeout)
+        try:
+            writer = await shadow_connection(self.dsn, self.path, self.timeout)
+            try:
+                return await fold(reader, writer, self.schema,
+                                  [self.projections[i] for i in job.projections], after,
+                                  until, part=job.part, batch=self.batch,
+                                  written=_Written(), report=report)
+            finally:
+                await writer.close()
+        finally:
+            await reader.close()
+
+    async def _fork(self, jobs: Sequence[Job], target: int) -> None:
+        """Fold each job in a process of its own (forked: it has the projections as they
+        are here); their reports come back on pipes."""
+        context = multiprocessing.get_context("fork")
+        started: list[tuple[Any, Pipe]] = []
+        positions = dict.fromkeys(range(len(jobs)), 0)
+        try:
+            for job in jobs:
+                theirs, ours = context.Pipe(duplex=False)
+                process = context.Process(target=self._child, args=(job, target, ours),
+                                          daemon=True)
+                process.start()
+                ours.close()
+                started.append((process, theirs))
+            running = set(range(len(jobs)))
+            while running:
+                await asyncio.sleep(POLL_SECONDS)
+                for worker in sorted(running):
+                    process, pipe = started[worker]
+                    while pipe.poll():
+                        message = pipe.recv()
+                        if message[0] == "failed":
+                            raise RebuildFailed(f"rebuild worker {worker}: {message[1]}")
+                        self._report(positions, worker, message[1], message[2], target)
+                        if message[0] == "done":
+                            running.discard(worker)
+                            break
+                    else:
+                        if process.exitcode is not None:
+                            raise RebuildFailed(f"rebuild worker {worker} exited with"
+                                                f" {process.exitcode} before it was done")
+        finally:
+            for process, pipe in started:
+                if process.is_alive():
+                    process.kill()
+                process.join()
+                pipe.close()
+
+    def _child(self, job: Job, target: int, pipe: Pipe) -> None:
+        """A worker process: fold the job on a loop of its own, report, and leave without
+        running the parent's exit handlers (its connections and sockets are the
+        parent's)."""
+        code = 0
+        try:
+            signal.set_wakeup_fd(-1)  # the parent's loop's, not ours
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            asyncio.events._set_running_loop(None)  # forked from inside the parent's
+            gc.freeze()  # the parent's heap: never garbage here
+            gc.set_threshold(*WORKER_GC_THRESHOLDS)
+
+            def report(events: int, position: int) -> None:
+                pipe.send(("progress", events, position))
+
+            _run_loop(self._fold_job(job, 0, target, report))
+            pipe.send(("done", 0, target))
+        except BaseException as exc:  # everything goes back to the parent, which raises
+            code = 1
+            with contextlib.suppress(Exception):
+                pipe.send(("failed", repr(exc)))
+        finally:
+            with contextlib.suppress(Exception):
+                pipe.close()
+            os._exit(code)
+
+    async def _finish_tables(self) -> None:
+        """The shadow tables' secondary indexes, then the planner's statistics of each
+        table's indexed columns (what plans are chosen by: the whole table is sampled
+        later, as the store's statistics or autovacuum see the writes), several at once.
+        """
+        builds: dict[str, list[str]] = {t: [] for t in self.tables}
+        for projection in self.projections:
+            for sql in split_ddl(projection.ddl)[1]:
+                on = _INDEX_ON.search(sql)
+                builds.setdefault(on.group(1) if on else "", []).append(sql)
+        idle: asyncio.Queue[Any] = asyncio.Queue()
+        opened = await asyncio.gather(*(
+            shadow_connection(self.dsn, self.path, self.timeout)
+            for _ in range(min(FINISHING_AT_ONCE, max(1, sum(map(len, builds.values())))))))
+        for conn in opened:
+            idle.put_nowait(conn)
+
+        async def run(sql: str, *args: object) -> list[Any]:
+            conn = await idle.get()
+            try:
+                with mapped():
+                    return list(await conn.fetch(sql, *args))
+            finally:
+                idle.put_nowait(conn)
+
+        async def finish(table: str, indexes: list[str]) -> None:
+            await asyncio.gather(*(run(sql) for sql in indexes))
+            if table not in self.tables:
+                return
+            columns = [r[0] for r in await run(_INDEXED_COLUMNS, f"{self.schema}.{table}")]
+            await run(f"ANALYZE {self.schema}.{table}"
+                      + (f" ({', '.join(columns)})" if columns else ""))
+
+        try:
+            await asyncio.gather(*(finish(t, sqls) for t, sqls in builds.items()))
+        finally:
+            for conn in opened:
+                await conn.close()
+
+    async def _swap(self, admin: Any, target: int) -> int:
+        """Catch the shadow up with the live checkpoints, then put it in place."""
+        reader = await shadow_connection(self.dsn, self.path, self.timeout)
+        try:
+            position = target
+            written = _Written()
+            written.copy = False  # the rows are the workers' now: upsert
+            for _ in range(CATCH_UP_ROUNDS):
+                live = await self._live_position(admin, locked=False)
+                if live <= position:
+                    break
+                await self._catch_up(reader, admin, position, live, written)
+                position = live
+            with mapped():
+                async with admin.transaction():
+                    await admin.execute("SET LOCAL synchronous_commit = on")
+                    await admin.execute("SELECT pg_advisory_xact_lock($1)", DDL_LOCK_KEY)
+                    live_tables = [r[0] for r in await admin.fetch(
+                        _LIVE_TABLES, self.live_schema, self.tables)]
+                    if live_tables:
+                        names = ", ".join(f"{self.live_schema}.{t}" for t in live_tables)
+                        await admin.execute(f"LOCK TABLE {names} IN ACCESS EXCLUSIVE MODE")
+                    await admin.execute(_ENSURE_CHECKPOINTS, self.names)
+                    live = await self._live_position(admin, locked=True)
+                    if live > position:
+                        await self._catch_up(reader, admin, position, live, written)
+                        position = live
+                    await admin.execute(f"SET LOCAL search_path = {self.live_path}")
+                    for projection in self.projections:
+                        for sql in projection.drop:
+                            await admin.execute(sql)
+                    for table in self.tables:
+                        await admin.execute(f"ALTER TABLE {self.schema}.{table}"
+                                            f" SET SCHEMA {self.live_schema}")
+                    await admin.execute(_MOVE_CHECKPOINTS, self.names, position)
+                    for name in self.names:
+                        await admin.execute("SELECT pg_notify($1, $2)", PROJECTIONS_CHANNEL,
+                                            f"{name} {position}")
+            self.progress(0, position, target)
+            return position
+        finally:
+            await reader.close()
+
+    async def _live_position(self, conn: Any, *, locked: bool) -> int:
+        """The furthest live checkpoint of the rebuild's projections (0: none yet)."""
+        rows = await conn.fetch(_CHECKPOINTS_LOCKED if locked else _CHECKPOINTS, self.names)
+        return max((int(r[1]) for r in rows), default=0)
+
+    async def _catch_up(self, reader: Any, writer: Any, after: int, until: int,
+                        written: _Written) -> None:
+        def report(events: int, position: int) -> None:
+            self.folded += events
+
+        await fold(reader, writer, self.schema, self.projections, after, until,
+                   batch=self.batch, written=written, report=report)
+
+
+def _run_loop(main: Coroutine[Any, Any, Any]) -> None:
+    """Run ``main`` on a new loop: uvloop's when it is installed, as in production."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+class RebuildFailed(Exception):
+    """A worker of a rebuild failed (its error, as text) or died."""
+
+
+@cache
+def _getters(table: Table) -> tuple[Callable[[Mapping[str, Any]], Any],
+                                    Callable[[Mapping[str, Any]], tuple[Any, ...]]]:
+    """A row's key (a value, or a tuple of a key of several columns) and its values as a
+    tuple in the table's column order."""
+    names = table.names
+    values = itemgetter(*names)
+    record = values if len(names) > 1 else (lambda row: (values(row),))
+    return itemgetter(*names[:table.key]), record
+
+
+async def _cancel(future: asyncio.Future[Any] | None) -> None:
+    if future is not None and not future.done():
+        future.cancel()
+    if future is not None:
+        await asyncio.gather(future, return_exceptions=True)
