@@ -141,6 +141,8 @@ ACTIONS_TABLE = Table(ACTIONS, (
 def addresses_json(nics: Sequence[NicInfo]) -> str:
     """Nova's ``addresses`` of a server with these NICs: per network name, each fixed
     address with its version, ``OS-EXT-IPS:type`` fixed and the port's MAC."""
+    if not nics:
+        return "{}"
     addresses: dict[str, list[dict[str, object]]] = {}
     for nic in nics:
         addresses.setdefault(nic.network_name, []).extend(
@@ -254,6 +256,7 @@ class InstancesProjection:
 
 
 _PREFIX = f"{KIND}:"
+_CREATED_STATUS = status(BUILDING, SCHEDULING)
 
 
 Row = dict[str, Any]
@@ -357,7 +360,7 @@ class _Batch:
         at = stamp(event.at)
         self.servers.put({
             "id": iid, "project_id": event.project_id, "user_id": event.user_id,
-            "name": event.name, "status": status(BUILDING, SCHEDULING),
+            "name": event.name, "status": _CREATED_STATUS,
             "vm_state": BUILDING, "task_state": SCHEDULING, "power_state": NOSTATE,
             "host": None, "flavor_id": event.flavor.id, "image_id": event.image.id,
             "flavor": _JSON.encode(event.flavor).decode(),
@@ -375,7 +378,7 @@ class _Batch:
         server.update(changes)
         server["status"] = status(server["vm_state"], server["task_state"])
         server["updated_at"] = when
-        self.servers.changed(server)
+        self.servers.changed_key(server["id"])
 
     def _start(self, server: Row, request_id: str, action: str, when: str,
                ev: EventEnvelope) -> Row:

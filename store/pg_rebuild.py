@@ -311,21 +311,33 @@ class Shadow:
         """Rebuild up to ``target`` at least; returns the checkpoint the swap set."""
         admin = await shadow_connection(self.dsn, None, self.timeout)
         try:
-            self.live_path = await admin.fetchval("SELECT current_setting('search_path')")
             with mapped():
+                self.live_path = await admin.fetchval("SELECT current_setting('search_path')")
                 self.live_schema = await admin.fetchval("SELECT current_schema()")
+                await admin.execute("SELECT pg_advisory_lock(hashtext($1))", self.schema)
+                await _drop_orphans(admin)
                 await admin.execute(f"CREATE SCHEMA {self.schema}")
                 await admin.execute(f"SET search_path = {self.path}")
                 for projection in self.projections:
                     for sql in split_ddl(projection.ddl)[0]:
                         await admin.execute(sql)
-            began = time.perf_counter()
-            await self._fold_all(target)
-            folded = time.perf_counter()
-            await self._finish_tables()
-            finished = time.perf_counter()
-            reached = await self._swap(admin, target)
-            log.info("rebuild_timings", fold=round(folded - began, 3),
+            # the finishing's and the swap's connections, opened while the workers fold
+            opening = asyncio.ensure_future(self._connections(FINISHING_AT_ONCE))
+            try:
+                began = time.perf_counter()
+                await self._fold_all(target)
+                folded = time.perf_counter()
+                spare = await opening
+                try:
+                    await self._finish_tables(spare)
+                    finished = time.perf_counter()
+                    reached = await self._swap(admin, spare[0], target)
+                finally:
+                    for conn in spare:
+                        await conn.close()
+            finally:
+                await _cancel(opening)
+            log.info("projections_rebuild_phases", fold=round(folded - began, 3),
                      tables=round(finished - folded, 3),
                      swap=round(time.perf_counter() - finished, 3))
             return reached
@@ -333,6 +345,19 @@ class Shadow:
             with contextlib.suppress(Exception):
                 await admin.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
             await admin.close()
+
+    async def _connections(self, count: int) -> list[Any]:
+        """``count`` connections to the shadow, opened side by side (all or none)."""
+        opened = await asyncio.gather(
+            *(shadow_connection(self.dsn, self.path, self.timeout) for _ in range(count)),
+            return_exceptions=True)
+        failed = [c for c in opened if isinstance(c, BaseException)]
+        if failed:
+            for conn in opened:
+                if not isinstance(conn, BaseException):
+                    await conn.close()
+            raise failed[0]
+        return opened
 
     async def _fold_all(self, target: int) -> None:
         jobs = plan(self.projections, self.workers)
@@ -354,17 +379,14 @@ class Shadow:
         self.progress(events, min(positions.values()), target)
 
     async def _fold_job(self, job: Job, after: int, until: int, report: Report) -> int:
-        reader = await shadow_connection(self.dsn, self.path, self.timeout)
+        reader, writer = await self._connections(2)
         try:
-            writer = await shadow_connection(self.dsn, self.path, self.timeout)
-            try:
-                return await fold(reader, writer, self.schema,
-                                  [self.projections[i] for i in job.projections], after,
-                                  until, part=job.part, batch=self.batch,
-                                  written=_Written(), report=report)
-            finally:
-                await writer.close()
+            return await fold(reader, writer, self.schema,
+                              [self.projections[i] for i in job.projections], after, until,
+                              part=job.part, batch=self.batch, written=_Written(),
+                              report=report)
         finally:
+            await writer.close()
             await reader.close()
 
     async def _fork(self, jobs: Sequence[Job], target: int) -> None:
@@ -432,21 +454,13 @@ class Shadow:
                 pipe.close()
             os._exit(code)
 
-    async def _finish_tables(self) -> None:
+    async def _finish_tables(self, connections: Sequence[Any]) -> None:
         """The shadow tables' secondary indexes, then the planner's statistics of each
         table's indexed columns (what plans are chosen by: the whole table is sampled
-        later, as the store's statistics or autovacuum see the writes), several at once.
-        """
-        builds: dict[str, list[str]] = {t: [] for t in self.tables}
-        for projection in self.projections:
-            for sql in split_ddl(projection.ddl)[1]:
-                on = _INDEX_ON.search(sql)
-                builds.setdefault(on.group(1) if on else "", []).append(sql)
+        later, as the store's statistics or autovacuum see the writes), several at once
+        on ``connections``."""
         idle: asyncio.Queue[Any] = asyncio.Queue()
-        opened = await asyncio.gather(*(
-            shadow_connection(self.dsn, self.path, self.timeout)
-            for _ in range(min(FINISHING_AT_ONCE, max(1, sum(map(len, builds.values())))))))
-        for conn in opened:
+        for conn in connections:
             idle.put_nowait(conn)
 
         async def run(sql: str, *args: object) -> list[Any]:
@@ -457,6 +471,12 @@ class Shadow:
             finally:
                 idle.put_nowait(conn)
 
+        builds: dict[str, list[str]] = {t: [] for t in self.tables}
+        for projection in self.projections:
+            for sql in split_ddl(projection.ddl)[1]:
+                on = _INDEX_ON.search(sql)
+                builds.setdefault(on.group(1) if on else "", []).append(sql)
+
         async def finish(table: str, indexes: list[str]) -> None:
             await asyncio.gather(*(run(sql) for sql in indexes))
             if table not in self.tables:
@@ -465,54 +485,47 @@ class Shadow:
             await run(f"ANALYZE {self.schema}.{table}"
                       + (f" ({', '.join(columns)})" if columns else ""))
 
-        try:
-            await asyncio.gather(*(finish(t, sqls) for t, sqls in builds.items()))
-        finally:
-            for conn in opened:
-                await conn.close()
+        await asyncio.gather(*(finish(t, sqls) for t, sqls in builds.items()))
 
-    async def _swap(self, admin: Any, target: int) -> int:
-        """Catch the shadow up with the live checkpoints, then put it in place."""
-        reader = await shadow_connection(self.dsn, self.path, self.timeout)
-        try:
-            position = target
-            written = _Written()
-            written.copy = False  # the rows are the workers' now: upsert
-            for _ in range(CATCH_UP_ROUNDS):
-                live = await self._live_position(admin, locked=False)
-                if live <= position:
-                    break
-                await self._catch_up(reader, admin, position, live, written)
-                position = live
-            with mapped():
-                async with admin.transaction():
-                    await admin.execute("SET LOCAL synchronous_commit = on")
-                    await admin.execute("SELECT pg_advisory_xact_lock($1)", DDL_LOCK_KEY)
-                    live_tables = [r[0] for r in await admin.fetch(
-                        _LIVE_TABLES, self.live_schema, self.tables)]
-                    if live_tables:
-                        names = ", ".join(f"{self.live_schema}.{t}" for t in live_tables)
-                        await admin.execute(f"LOCK TABLE {names} IN ACCESS EXCLUSIVE MODE")
-                    await admin.execute(_ENSURE_CHECKPOINTS, self.names)
-                    live = await self._live_position(admin, locked=True)
-                    if live > position:
-                        await self._catch_up(reader, admin, position, live, written)
-                        position = live
-                    await admin.execute(f"SET LOCAL search_path = {self.live_path}")
-                    for projection in self.projections:
-                        for sql in projection.drop:
-                            await admin.execute(sql)
-                    for table in self.tables:
-                        await admin.execute(f"ALTER TABLE {self.schema}.{table}"
-                                            f" SET SCHEMA {self.live_schema}")
-                    await admin.execute(_MOVE_CHECKPOINTS, self.names, position)
-                    for name in self.names:
-                        await admin.execute("SELECT pg_notify($1, $2)", PROJECTIONS_CHANNEL,
-                                            f"{name} {position}")
-            self.progress(0, position, target)
-            return position
-        finally:
-            await reader.close()
+    async def _swap(self, admin: Any, reader: Any, target: int) -> int:
+        """Catch the shadow up with the live checkpoints (reading on ``reader``), then put
+        it in place."""
+        position = target
+        written = _Written()
+        written.copy = False  # the rows are the workers' now: upsert
+        for _ in range(CATCH_UP_ROUNDS):
+            live = await self._live_position(admin, locked=False)
+            if live <= position:
+                break
+            await self._catch_up(reader, admin, position, live, written)
+            position = live
+        with mapped():
+            async with admin.transaction():
+                await admin.execute("SET LOCAL synchronous_commit = on")
+                await admin.execute("SELECT pg_advisory_xact_lock($1)", DDL_LOCK_KEY)
+                live_tables = [r[0] for r in await admin.fetch(
+                    _LIVE_TABLES, self.live_schema, self.tables)]
+                if live_tables:
+                    names = ", ".join(f"{self.live_schema}.{t}" for t in live_tables)
+                    await admin.execute(f"LOCK TABLE {names} IN ACCESS EXCLUSIVE MODE")
+                await admin.execute(_ENSURE_CHECKPOINTS, self.names)
+                live = await self._live_position(admin, locked=True)
+                if live > position:
+                    await self._catch_up(reader, admin, position, live, written)
+                    position = live
+                await admin.execute(f"SET LOCAL search_path = {self.live_path}")
+                for projection in self.projections:
+                    for sql in projection.drop:
+                        await admin.execute(sql)
+                for table in self.tables:
+                    await admin.execute(f"ALTER TABLE {self.schema}.{table}"
+                                        f" SET SCHEMA {self.live_schema}")
+                await admin.execute(_MOVE_CHECKPOINTS, self.names, position)
+                for name in self.names:
+                    await admin.execute("SELECT pg_notify($1, $2)", PROJECTIONS_CHANNEL,
+                                        f"{name} {position}")
+        self.progress(0, position, target)
+        return position
 
     async def _live_position(self, conn: Any, *, locked: bool) -> int:
         """The furthest live checkpoint of the rebuild's projections (0: none yet)."""
@@ -523,9 +536,22 @@ class Shadow:
                         written: _Written) -> None:
         def report(events: int, position: int) -> None:
             self.folded += events
+            self.progress(events, position, until)
 
         await fold(reader, writer, self.schema, self.projections, after, until,
                    batch=self.batch, written=written, report=report)
+
+
+async def _drop_orphans(admin: Any) -> None:
+    """Drop the shadow schemas of rebuilds that died (killed before they could): each
+    rebuild holds an advisory lock named after its schema for as long as it runs."""
+    rows = await admin.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE $1",
+                             SHADOW_PREFIX.replace("_", "\\_") + "%")
+    for (schema,) in rows:
+        if await admin.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", schema):
+            log.warning("rebuild_orphan_dropped", schema=schema)
+            await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            await admin.execute("SELECT pg_advisory_unlock(hashtext($1))", schema)
 
 
 def _run_loop(main: Coroutine[Any, Any, Any]) -> None:

@@ -102,6 +102,10 @@ class RowSet:
         """Note that ``row`` (one of this set's, changed in place) must be written."""
         self._dirty[self.key(row)] = None
 
+    def changed_key(self, *key: Any) -> None:
+        """``changed`` of the row with ``key``, for a fold that has the key at hand."""
+        self._dirty[key] = None
+
     def delete(self, *key: Any) -> None:
         self.rows[key] = None
         if key in self._new:  # born and gone within the batch

@@ -714,3 +714,51 @@ async def test_hub_rebuild_beside_a_live_runner_of_one_of_them_ends_exact(
         assert await live.wait_until(head, WAIT)
     assert await totals(store) == {"counter:a": (200, 200), "counter:b": (200, 100)}
     assert await names(store) == {"counter:a": "n200"}
+
+
+class PerStreamTotals(LoadedTotals):
+    """Carried totals that say each row is one stream's (``per_stream``): a rebuild on
+    PostgreSQL may fold them in several parts of the log's streams side by side."""
+
+    per_stream = True
+
+    def __init__(self) -> None:
+        super().__init__(carry=True)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_rebuild_in_parts_beside_a_live_runner_ends_exact(
+    store: ProjectionHost, workers: int,
+) -> None:
+    """Per-stream totals rebuilt with one worker or two (one process per part of the
+    streams on PostgreSQL; SQLite folds them in one), beside a projection that is not
+    per stream and a live runner of the totals with events still coming: the tables are
+    the ones a fold from the start gives, and both checkpoints reach the head."""
+    for i in range(1, 121):
+        await append_amounts(store, f"counter:s{i % 7}", i)
+        await store.append(f"counter:s{i % 5}", [new_event(Renamed(name=f"n{i}"))],
+                           ANY_VERSION)
+    live = ProjectionRunner(store, PerStreamTotals(), batch=8)
+
+    async def more() -> int:
+        last = 0
+        for _ in range(40):
+            last = await append_amounts(store, "counter:late", 3)
+            await asyncio.sleep(0)
+        return last
+
+    async with live:
+        assert await live.wait_until(await store.head(), WAIT)
+        appending = asyncio.create_task(more())
+        hub = ProjectionHub(store, [PerStreamTotals(), Renames()], batch=16)
+        reached = await hub.rebuild(workers=workers)
+        head = await appending
+        assert await live.wait_until(head, WAIT)
+    expected = {f"counter:s{k}": (sum(i for i in range(1, 121) if i % 7 == k),
+                                  len([i for i in range(1, 121) if i % 7 == k]))
+                for k in range(7)}
+    assert await totals(store) == {**expected, "counter:late": (120, 40)}
+    last_names = {k: max(i for i in range(1, 121) if i % 5 == k) for k in range(5)}
+    assert await names(store) == {f"counter:s{k}": f"n{i}" for k, i in last_names.items()}
+    assert await store.projection_checkpoint("counter_names") == reached > 0
+    assert await store.projection_checkpoint("counter_totals") == head

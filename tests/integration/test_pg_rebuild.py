@@ -1,0 +1,172 @@
+"""Rebuilding projections on PostgreSQL beside the live tables (store.pg_rebuild): readers
+keep the old rows until the swap, a failing worker leaves the live tables as they were,
+and the shadow of a rebuild that died is cleared by the next one."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+import asyncpg
+import msgspec
+import pytest
+
+from schemas import EventEnvelope
+from store.pg_rebuild import SHADOW_PREFIX, Job, Part, RebuildFailed, plan
+from store.postgres import PostgresEventStore
+from store.projections import ProjectionHub, ProjectionRunner
+from store.protocol import ANY_VERSION, SqlTx
+from store.registry import EventTypes
+from store.rowset import RowSet
+from store.tables import Table
+from tests.support.events import Incremented, new_event
+
+WAIT = 10.0
+DECODE = msgspec.json.Decoder(Incremented)
+ROWS = Table("amounts", (("stream", "text"), ("amount", "bigint")))
+
+
+class Amounts:
+    """The last amount of each counter stream, one row a stream."""
+
+    name = "amounts"
+    ddl: Sequence[str] = (
+        "CREATE TABLE IF NOT EXISTS amounts (stream TEXT PRIMARY KEY, amount BIGINT NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS amounts_amount ON amounts (amount)")
+    drop: Sequence[str] = ("DROP TABLE IF EXISTS amounts",)
+    types = ("counter.incremented",)
+    per_stream = True
+
+    async def apply(self, tx: SqlTx, events: Sequence[EventEnvelope]) -> None:
+        rows = RowSet(ROWS)
+        for event in events:
+            rows.put({"stream": event.stream, "amount": _amount(event)})
+        await rows.flush(tx)
+
+
+def _amount(event: EventEnvelope) -> int:
+    return DECODE.decode(event.data).amount
+
+
+class Held(Amounts):
+    """Amounts that stop folding, part-way through the log, until let go."""
+
+    def __init__(self) -> None:
+        self.reached = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def apply(self, tx: SqlTx, events: Sequence[EventEnvelope]) -> None:
+        self.reached.set()
+        await self.go.wait()
+        await super().apply(tx, events)
+
+
+class FailsOn13(Amounts):
+    """Amounts that blow up on an increment of 13 (in whichever worker folds it)."""
+
+    async def apply(self, tx: SqlTx, events: Sequence[EventEnvelope]) -> None:
+        if any(_amount(e) == 13 for e in events):
+            raise RuntimeError("unlucky")
+        await super().apply(tx, events)
+
+
+@pytest.fixture
+async def store(pg_dsn: str, event_types: EventTypes) -> AsyncIterator[PostgresEventStore]:
+    opened = await PostgresEventStore.connect(pg_dsn, event_types)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def _append(store: PostgresEventStore, count: int, base: int = 0) -> int:
+    position = 0
+    for i in range(count):
+        position = (await store.append(f"counter:c{i % 10}",
+                                       [new_event(Incremented(amount=base + i))],
+                                       ANY_VERSION)).position
+    return position
+
+
+async def _amounts(store: PostgresEventStore) -> dict[object, object]:
+    return dict(await store.query("SELECT stream, amount FROM amounts"))
+
+
+async def _shadows(pg_dsn: str) -> list[str]:
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        return [r[0] for r in await conn.fetch(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'orrery\\_rebuild\\_%'")]
+    finally:
+        await conn.close()
+
+
+def test_per_stream_projections_are_split_over_the_workers_the_others_kept_whole() -> None:
+    split, whole = Amounts(), object()
+    assert plan([split], 1) == [Job((0,), None)]
+    assert plan([split, whole], 2) == [Job((0,), Part(0, 2)), Job((0,), Part(1, 2)),
+                                       Job((1,), None)]
+    assert plan([whole], 4) == [Job((0,), None)]
+
+
+async def test_readers_see_the_old_rows_until_the_rebuilt_ones_are_swapped_in(
+    store: PostgresEventStore, pg_dsn: str,
+) -> None:
+    """While a rebuild folds, the live table keeps the rows as they were (here spoiled
+    on purpose); the swap puts the refolded rows in their place at once, with the
+    secondary index, and no shadow is left behind."""
+    head = await _append(store, 30)
+    async with ProjectionRunner(store, Amounts()) as runner:
+        assert await runner.wait_until(head, WAIT)
+    folded = await _amounts(store)
+    async with store.projection_tx("amounts", head, head) as tx:
+        await tx.execute("UPDATE amounts SET amount = -1")
+    held = Held()
+    rebuilding = asyncio.create_task(ProjectionRunner(store, held, batch=7).rebuild())
+    await asyncio.wait_for(held.reached.wait(), WAIT)
+    assert set((await _amounts(store)).values()) == {-1}
+    assert len(await _shadows(pg_dsn)) == 1
+    held.go.set()
+    assert await asyncio.wait_for(rebuilding, WAIT) == head
+    assert await _amounts(store) == folded
+    assert await store.query("SELECT indexname FROM pg_indexes WHERE schemaname = 'public'"
+                             " AND tablename = 'amounts' ORDER BY indexname") == [
+        ("amounts_amount",), ("amounts_pkey",)]
+    assert await _shadows(pg_dsn) == []
+
+
+async def test_a_worker_that_fails_fails_the_rebuild_and_leaves_the_live_tables(
+    store: PostgresEventStore, pg_dsn: str,
+) -> None:
+    """A projection that raises in one of the worker processes: the rebuild raises
+    (naming the error), the live rows and checkpoint are as they were, and the shadow is
+    dropped."""
+    head = await _append(store, 30)
+    async with ProjectionRunner(store, Amounts()) as runner:
+        assert await runner.wait_until(head, WAIT)
+    folded = await _amounts(store)
+    with pytest.raises(RebuildFailed, match="unlucky"):
+        await ProjectionHub(store, [FailsOn13()], batch=4).rebuild(workers=2)
+    assert await _amounts(store) == folded
+    assert await store.projection_checkpoint("amounts") == head
+    assert await _shadows(pg_dsn) == []
+
+
+async def test_the_shadow_of_a_rebuild_that_died_is_dropped_by_the_next(
+    store: PostgresEventStore, pg_dsn: str,
+) -> None:
+    """A shadow whose rebuild is gone (no session holds its lock) is dropped when the
+    next rebuild starts; one whose rebuild still runs is left alone."""
+    conn = await asyncpg.connect(pg_dsn)
+    alive = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute(f"CREATE SCHEMA {SHADOW_PREFIX}dead0001;"
+                           f" CREATE TABLE {SHADOW_PREFIX}dead0001.amounts (x int)")
+        await alive.execute(f"CREATE SCHEMA {SHADOW_PREFIX}live0001")
+        await alive.execute("SELECT pg_advisory_lock(hashtext($1))", f"{SHADOW_PREFIX}live0001")
+        head = await _append(store, 5)
+        assert await ProjectionHub(store, [Amounts()]).rebuild(workers=2) == head
+        assert await _shadows(pg_dsn) == [f"{SHADOW_PREFIX}live0001"]
+    finally:
+        await alive.close()
+        await conn.close()
