@@ -58,11 +58,18 @@ SHADOW_PREFIX = "orrery_rebuild_"
 #: how many times the swap folds what the live checkpoints passed before it takes the
 #: locks (each round is shorter than the one before, as the live runners are near)
 CATCH_UP_ROUNDS = 3
+#: how long the swap waits for the live tables' and checkpoints' locks, and how many times
+#: it tries
+SWAP_LOCK_TIMEOUT = "2s"
+SWAP_ATTEMPTS = 8
+#: the advisory locks a rebuild holds on its schema's name are of this class (the first
+#: of the two keys)
+SHADOW_LOCK_CLASS = 0x6F72_7262
 #: how often the coordinator looks at its workers' reports (seconds)
 POLL_SECONDS = 0.01
 #: a worker's collector thresholds: a young collection every 50,000 allocations, not 700
 #: (a fold allocates a few objects per event and keeps few; the collections walked the
-#: rows a batch carries over and over: 15 % of a worker's time). A worker lives for one
+#: rows a batch carries over and over: a seventh of a worker's time). A worker lives for one
 #: rebuild, so what the rarer collections leave is freed when it exits.
 WORKER_GC_THRESHOLDS = (50_000, 20, 100)
 #: how many index builds and ANALYZEs run at once when the rows are in
@@ -314,7 +321,8 @@ class Shadow:
             with mapped():
                 self.live_path = await admin.fetchval("SELECT current_setting('search_path')")
                 self.live_schema = await admin.fetchval("SELECT current_schema()")
-                await admin.execute("SELECT pg_advisory_lock(hashtext($1))", self.schema)
+                await admin.execute("SELECT pg_advisory_lock($1, hashtext($2))",
+                                    SHADOW_LOCK_CLASS, self.schema)
                 await _drop_orphans(admin)
                 await admin.execute(f"CREATE SCHEMA {self.schema}")
                 await admin.execute(f"SET search_path = {self.path}")
@@ -489,42 +497,61 @@ class Shadow:
 
     async def _swap(self, admin: Any, reader: Any, target: int) -> int:
         """Catch the shadow up with the live checkpoints (reading on ``reader``), then put
-        it in place."""
+        it in place. The locks are waited for ``SWAP_LOCK_TIMEOUT`` at most (a reader's
+        long transaction would otherwise hold every reader queued behind the swap), and
+        the swap tried again after a pause, up to ``SWAP_ATTEMPTS`` times."""
         position = target
         written = _Written()
         written.copy = False  # the rows are the workers' now: upsert
-        for _ in range(CATCH_UP_ROUNDS):
-            live = await self._live_position(admin, locked=False)
-            if live <= position:
-                break
-            await self._catch_up(reader, admin, position, live, written)
-            position = live
+        for attempt in range(SWAP_ATTEMPTS):
+            for _ in range(CATCH_UP_ROUNDS):
+                live = await self._live_position(admin, locked=False)
+                if live <= position:
+                    break
+                await self._catch_up(reader, admin, position, live, written)
+                position = live
+            swapped = await self._swap_once(admin, reader, position, written)
+            if swapped is not None:
+                self.progress(0, swapped, target)
+                return swapped
+            log.warning("rebuild_swap_waited", projections=self.names, attempt=attempt + 1)
+            await asyncio.sleep(min(0.1 * 2 ** attempt, 2.0))
+        raise RebuildFailed(f"the live tables of {', '.join(self.names)} stayed locked"
+                            f" through {SWAP_ATTEMPTS} tries of {SWAP_LOCK_TIMEOUT} each")
+
+    async def _swap_once(self, admin: Any, reader: Any, position: int,
+                         written: _Written) -> int | None:
+        """One try of the swap, the shadow standing at ``position``: the checkpoint set,
+        or None when a lock was not had in time (nothing changed)."""
         with mapped():
-            async with admin.transaction():
-                await admin.execute("SET LOCAL synchronous_commit = on")
-                await admin.execute("SELECT pg_advisory_xact_lock($1)", DDL_LOCK_KEY)
-                live_tables = [r[0] for r in await admin.fetch(
-                    _LIVE_TABLES, self.live_schema, self.tables)]
-                if live_tables:
-                    names = ", ".join(f"{self.live_schema}.{t}" for t in live_tables)
-                    await admin.execute(f"LOCK TABLE {names} IN ACCESS EXCLUSIVE MODE")
-                await admin.execute(_ENSURE_CHECKPOINTS, self.names)
-                live = await self._live_position(admin, locked=True)
-                if live > position:
-                    await self._catch_up(reader, admin, position, live, written)
-                    position = live
-                await admin.execute(f"SET LOCAL search_path = {self.live_path}")
-                for projection in self.projections:
-                    for sql in projection.drop:
-                        await admin.execute(sql)
-                for table in self.tables:
-                    await admin.execute(f"ALTER TABLE {self.schema}.{table}"
-                                        f" SET SCHEMA {self.live_schema}")
-                await admin.execute(_MOVE_CHECKPOINTS, self.names, position)
-                for name in self.names:
-                    await admin.execute("SELECT pg_notify($1, $2)", PROJECTIONS_CHANNEL,
-                                        f"{name} {position}")
-        self.progress(0, position, target)
+            try:
+                async with admin.transaction():
+                    await admin.execute("SET LOCAL synchronous_commit = on;"
+                                        f" SET LOCAL lock_timeout = '{SWAP_LOCK_TIMEOUT}'")
+                    await admin.execute("SELECT pg_advisory_xact_lock($1)", DDL_LOCK_KEY)
+                    live_tables = [r[0] for r in await admin.fetch(
+                        _LIVE_TABLES, self.live_schema, self.tables)]
+                    if live_tables:
+                        names = ", ".join(f"{self.live_schema}.{t}" for t in live_tables)
+                        await admin.execute(f"LOCK TABLE {names} IN ACCESS EXCLUSIVE MODE")
+                    await admin.execute(_ENSURE_CHECKPOINTS, self.names)
+                    live = await self._live_position(admin, locked=True)
+                    if live > position:
+                        await self._catch_up(reader, admin, position, live, written)
+                        position = live
+                    await admin.execute(f"SET LOCAL search_path = {self.live_path}")
+                    for projection in self.projections:
+                        for sql in projection.drop:
+                            await admin.execute(sql)
+                    for table in self.tables:
+                        await admin.execute(f"ALTER TABLE {self.schema}.{table}"
+                                            f" SET SCHEMA {self.live_schema}")
+                    await admin.execute(_MOVE_CHECKPOINTS, self.names, position)
+                    for name in self.names:
+                        await admin.execute("SELECT pg_notify($1, $2)", PROJECTIONS_CHANNEL,
+                                            f"{name} {position}")
+            except asyncpg.LockNotAvailableError:
+                return None
         return position
 
     async def _live_position(self, conn: Any, *, locked: bool) -> int:
@@ -548,10 +575,12 @@ async def _drop_orphans(admin: Any) -> None:
     rows = await admin.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE $1",
                              SHADOW_PREFIX.replace("_", "\\_") + "%")
     for (schema,) in rows:
-        if await admin.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", schema):
+        if await admin.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))",
+                                SHADOW_LOCK_CLASS, schema):
             log.warning("rebuild_orphan_dropped", schema=schema)
             await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-            await admin.execute("SELECT pg_advisory_unlock(hashtext($1))", schema)
+            await admin.execute("SELECT pg_advisory_unlock($1, hashtext($2))",
+                                SHADOW_LOCK_CLASS, schema)
 
 
 def _run_loop(main: Coroutine[Any, Any, Any]) -> None:

@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from schemas import EventEnvelope
-from store.pg_rebuild import SHADOW_PREFIX, Job, Part, RebuildFailed, plan
+from store.pg_rebuild import SHADOW_LOCK_CLASS, SHADOW_PREFIX, Job, Part, RebuildFailed, plan
 from store.postgres import PostgresEventStore
 from store.projections import ProjectionHub, ProjectionRunner
 from store.protocol import ANY_VERSION, SqlTx
@@ -163,10 +163,35 @@ async def test_the_shadow_of_a_rebuild_that_died_is_dropped_by_the_next(
         await conn.execute(f"CREATE SCHEMA {SHADOW_PREFIX}dead0001;"
                            f" CREATE TABLE {SHADOW_PREFIX}dead0001.amounts (x int)")
         await alive.execute(f"CREATE SCHEMA {SHADOW_PREFIX}live0001")
-        await alive.execute("SELECT pg_advisory_lock(hashtext($1))", f"{SHADOW_PREFIX}live0001")
+        await alive.execute("SELECT pg_advisory_lock($1, hashtext($2))", SHADOW_LOCK_CLASS,
+                            f"{SHADOW_PREFIX}live0001")
         head = await _append(store, 5)
         assert await ProjectionHub(store, [Amounts()]).rebuild(workers=2) == head
         assert await _shadows(pg_dsn) == [f"{SHADOW_PREFIX}live0001"]
     finally:
         await alive.close()
         await conn.close()
+
+
+async def test_a_swap_held_up_by_a_long_reader_waits_for_it_and_tries_again(
+    store: PostgresEventStore, pg_dsn: str,
+) -> None:
+    """A reader's transaction holds the live table past the swap's lock timeout: the swap
+    gives up that try (so readers do not queue behind it indefinitely) and succeeds on a
+    later one, once the reader is done."""
+    head = await _append(store, 20)
+    async with ProjectionRunner(store, Amounts()) as runner:
+        assert await runner.wait_until(head, WAIT)
+    folded = await _amounts(store)
+    reader = await asyncpg.connect(pg_dsn)
+    try:
+        async with reader.transaction():
+            assert await reader.fetchval("SELECT count(*) FROM amounts") == 10
+            rebuilding = asyncio.create_task(ProjectionRunner(store, Amounts()).rebuild())
+            await asyncio.sleep(2.5)  # past one try's lock timeout (2 s)
+            assert not rebuilding.done()
+        assert await asyncio.wait_for(rebuilding, WAIT) == head
+    finally:
+        await reader.close()
+    assert await _amounts(store) == folded
+    assert await _shadows(pg_dsn) == []
