@@ -291,5 +291,8 @@ def status(vm_state: str, task_state: str | None) -> str:
         if task_state == REBOOTING_HARD:
             return "HARD_REBOOT"
         return "ACTIVE"
-    return {BUILDING: "BUILD", STOPPED: "SHUTOFF", ERROR: "ERROR",
-            DELETED: "DELETED"}.get(vm_state, "UNKNOWN")
+    return _STATUS.get(vm_state, "UNKNOWN")
+
+
+#: the status of each vm_state but ACTIVE (whose status its task_state decides)
+_STATUS = {BUILDING: "BUILD", STOPPED: "SHUTOFF", ERROR: "ERROR", DELETED: "DELETED"}

@@ -242,14 +242,15 @@ class InstancesProjection:
 
     async def apply(self, tx: SqlTx, events: Sequence[EventEnvelope]) -> None:
         batch = self._carried.take(tx.since) or _Batch()
-        mine = [(ev.stream[len(_PREFIX):], ev, _DECODER.decode(ev.data))
+        decode, skip = _DECODER.decode, len(_PREFIX)
+        mine = [(ev.stream[skip:], ev, decode(ev.data))
                 for ev in events if ev.type in _TAGS and ev.stream.startswith(_PREFIX)]
         if mine:
-            new = {iid for iid, _, event in mine if type(event) is InstanceCreated}
-            batch.fresh(new)
+            batch.fresh([iid for iid, _, event in mine if type(event) is InstanceCreated])
             await batch.load(tx, [iid for iid, _, _ in mine])
+            fold = batch.fold
             for iid, ev, event in mine:
-                batch.fold(iid, ev, event)
+                fold(iid, ev, event)
             await batch.servers.flush(tx)
             await batch.actions.flush(tx)
         self._carried.keep(batch, events[-1].position, len(batch.servers) + len(batch.actions))
@@ -294,56 +295,68 @@ class _Batch:
 
     def _scheduled(self, iid: str, server: Row, ev: EventEnvelope,
                    event: InstanceScheduled) -> None:
-        self._set(server, stamp(event.at), host=event.host, task_state=SPAWNING)
+        server["host"] = event.host
+        server["task_state"] = SPAWNING
+        self._changed(iid, server, stamp(event.at))
 
     def _spawned(self, iid: str, server: Row, ev: EventEnvelope,
                  event: InstanceSpawned) -> None:
         when = stamp(event.at)
-        self._set(server, when, vm_state=ACTIVE, task_state=None, host=event.host,
-                  power_state=event.power_state, launched_at=when)
+        server["vm_state"] = ACTIVE
+        server["task_state"] = None
+        server["host"] = event.host
+        server["power_state"] = event.power_state
+        server["launched_at"] = when
+        self._changed(iid, server, when)
         self._finish(iid, "create", when, host=event.host)
 
     def _failed(self, iid: str, server: Row, ev: EventEnvelope, event: InstanceFailed) -> None:
         when = stamp(event.at)
-        self._set(server, when, vm_state=ERROR, task_state=None, host=None,
-                  power_state=NOSTATE, fault=_JSON.encode(event.fault).decode())
+        server.update(vm_state=ERROR, task_state=None, host=None, power_state=NOSTATE,
+                      fault=_JSON.encode(event.fault).decode())
+        self._changed(iid, server, when)
         self._finish(iid, "create", when, error=event.fault.message)
 
     def _action_started(self, iid: str, server: Row, ev: EventEnvelope,
                         event: InstanceActionStarted) -> None:
         when = stamp(event.at)
-        self._set(server, when, task_state=event.task)
+        server["task_state"] = event.task
+        self._changed(iid, server, when)
         self._start(server, ev.correlation_id or f"req-{ev.event_id}", event.action, when, ev)
 
     def _action_done(self, iid: str, server: Row, ev: EventEnvelope,
                      event: InstanceActionDone) -> None:
         when = stamp(event.at)
-        cleared = {"fault": None} if event.vm_state != ERROR else {}
-        self._set(server, when, vm_state=event.vm_state, power_state=event.power_state,
-                  task_state=None, **cleared)
+        server.update(vm_state=event.vm_state, power_state=event.power_state, task_state=None)
+        if event.vm_state != ERROR:
+            server["fault"] = None
+        self._changed(iid, server, when)
         self._finish(iid, event.action, when)
 
     def _action_failed(self, iid: str, server: Row, ev: EventEnvelope,
                        event: InstanceActionFailed) -> None:
         when = stamp(event.at)
-        self._set(server, when, task_state=None)
+        server["task_state"] = None
+        self._changed(iid, server, when)
         self._finish(iid, event.action, when, error=event.message)
 
     def _power_synced(self, iid: str, server: Row, ev: EventEnvelope,
                       event: InstancePowerSynced) -> None:
-        self._set(server, stamp(event.at), vm_state=event.vm_state,
-                  power_state=event.power_state)
+        server["vm_state"] = event.vm_state
+        server["power_state"] = event.power_state
+        self._changed(iid, server, stamp(event.at))
 
     def _deleting(self, iid: str, server: Row, ev: EventEnvelope,
                   event: InstanceDeleting) -> None:
         when = stamp(event.at)
-        self._set(server, when, task_state=DELETING)
+        server["task_state"] = DELETING
+        self._changed(iid, server, when)
         self._start(server, ev.correlation_id or f"req-{ev.event_id}", "delete", when, ev)
 
     def _deleted(self, iid: str, server: Row, ev: EventEnvelope, event: InstanceDeleted) -> None:
         when = stamp(event.at)
-        self._set(server, when, vm_state=DELETED, task_state=None, terminated_at=when,
-                  deleted=1)
+        server.update(vm_state=DELETED, task_state=None, terminated_at=when, deleted=1)
+        self._changed(iid, server, when)
         open_ = next((a for a in self.actions_of.get(iid, ())
                       if a["action"] == "delete" and a["finish_time"] is None), None)
         if open_ is None:
@@ -355,7 +368,7 @@ class _Batch:
             self.actions.changed(open_)
 
     def _create(self, iid: str, request_id: str, event: InstanceCreated) -> None:
-        if self.servers.get(iid) is not None:
+        if self.servers.rows.get((iid,)) is not None:
             return  # created once (as INSERT … ON CONFLICT DO NOTHING)
         at = stamp(event.at)
         self.servers.put({
@@ -372,13 +385,12 @@ class _Batch:
             "addresses": addresses_json(event.nics)})
         self._action(iid, request_id, "create", event.project_id, event.user_id, at, None)
 
-    def _set(self, server: Row, when: str, **changes: Any) -> None:
-        """Change the server's columns; its status follows its states; updated_at is
-        ``when`` (a `stamp`)."""
-        server.update(changes)
+    def _changed(self, iid: str, server: Row, when: str) -> None:
+        """The server's columns were changed: its status follows its states, updated_at
+        is ``when`` (a `stamp`), and the row is written at the batch's end."""
         server["status"] = status(server["vm_state"], server["task_state"])
         server["updated_at"] = when
-        self.servers.changed_key(server["id"])
+        self.servers.changed_key(iid)
 
     def _start(self, server: Row, request_id: str, action: str, when: str,
                ev: EventEnvelope) -> Row:
