@@ -150,10 +150,18 @@ async def test_a_projection_rebuilt_while_the_cloud_runs_still_serves_the_api(
     booted: Booted,
 ) -> None:
     """rebuild instances_v3 refolds the servers table from position 0 while the cloud
-    runs; afterwards the API still shows the server ACTIVE and a new boot still works."""
+    runs, and then every projection at once (the per-stream ones in two worker processes,
+    the others in a third); afterwards the API still shows the server ACTIVE and a new
+    boot still works."""
     ran = await replay("rebuild", "instances_v3", "--database-url", booted.url)
     assert ran.code == 0, ran.err
     assert re.search(r"instances_v3: \d+ events folded up to position \d+", ran.err), ran.err
+    await booted.api.wait_status(booted.server_id, "ACTIVE")
+    ran = await replay("rebuild", "--workers", "2", "--json", "--database-url", booted.url)
+    assert ran.code == 0, ran.err
+    rebuilt = ran.json()
+    assert {"instances_v3", "timers"} <= {r["projection"] for r in rebuilt}
+    assert all(r["checkpoint"] > 0 for r in rebuilt)
     await booted.api.wait_status(booted.server_id, "ACTIVE")
     again = await booted.api.boot(booted.api.member, name="after-rebuild")
     await booted.api.wait_status(again, "ACTIVE")
