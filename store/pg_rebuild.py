@@ -23,7 +23,12 @@ meanwhile (most of it beforehand, without the locks), drops the live tables and 
 shadow's in, indexes and statistics with them. The checkpoints land at the furthest of
 the live checkpoints and the rebuild's head: a live runner whose checkpoint is there goes
 on (its rows in memory are the rebuilt rows: a fold is a function of the log), any other
-finds its checkpoint moved and follows on from there.
+finds its checkpoint moved and follows on from there. The swap waits for its locks
+``SWAP_LOCK_TIMEOUT`` at most and tries again later: readers queue behind a lock request,
+so a reader's long transaction must not hold them all up through the swap.
+
+A rebuild holds an advisory lock named after its schema for as long as it runs; the next
+rebuild drops the shadow schemas nobody holds (left by a rebuild that was killed).
 """
 
 from __future__ import annotations
