@@ -53,8 +53,16 @@ import msgspec
 import structlog
 
 from store.pg_common import PROJECTIONS_CHANNEL, init_conn, mapped
+from store.pg_projection import _CHECKPOINTS, _ENSURE_CHECKPOINTS
 from store.postgres import _COLUMNS, DDL_LOCK_KEY, _envelope
-from store.projections import Progress, Projection, folded_types, split_ddl, tables_of
+from store.projections import (
+    Progress,
+    Projection,
+    _cancel,
+    folded_types,
+    split_ddl,
+    tables_of,
+)
 from store.tables import Table, pg_delete, pg_put, pg_select
 
 log = structlog.get_logger(__name__)
@@ -82,9 +90,6 @@ FINISHING_AT_ONCE = 4
 _JSON = msgspec.json.Encoder()
 _CHECKPOINTS_LOCKED = ("SELECT name, position FROM projection_checkpoints"
                        " WHERE name = ANY($1::text[]) ORDER BY name FOR UPDATE")
-_CHECKPOINTS = "SELECT name, position FROM projection_checkpoints WHERE name = ANY($1::text[])"
-_ENSURE_CHECKPOINTS = ("INSERT INTO projection_checkpoints (name, position)"
-                       " SELECT unnest($1::text[]), 0 ON CONFLICT (name) DO NOTHING")
 _MOVE_CHECKPOINTS = ("UPDATE projection_checkpoints SET position = $2"
                      " WHERE name = ANY($1::text[])")
 _INDEXED_COLUMNS = ("SELECT DISTINCT a.attname FROM pg_index AS i JOIN pg_attribute AS a"
@@ -240,13 +245,13 @@ Report = Callable[[int, int], None]
 
 async def fold(reader: Any, writer: Any, schema: str, projections: Sequence[Projection],
                after: int, until: int, *, part: Part | None = None, batch: int,
-               written: _Written, report: Report) -> int:
+               written: _Written, report: Report) -> None:
     """Fold the events in (``after``, ``until``] of the projections' types (of ``part``'s
     streams) into the shadow tables: read on ``reader`` (the next batch read while one is
     folded), written on ``writer`` (a batch's writes committing while the next is folded).
-    Returns the events folded."""
+    ``report`` is told of each batch."""
     if not projections or until <= after:
-        return 0
+        return
     types = folded_types(projections)
     sql = f"SELECT {_COLUMNS} FROM events WHERE position > $1 AND position <= $2"
     args: list[object] = [after, until]
@@ -257,7 +262,7 @@ async def fold(reader: Any, writer: Any, schema: str, projections: Sequence[Proj
         args.extend([part.modulus, part.remainder])
         sql += f" AND (hashtext(stream) & 2147483647) % ${len(args) - 1} = ${len(args)}"
     sql += " ORDER BY position"
-    folded, since = 0, after
+    since = after
     commit: asyncio.Future[None] | None = None
     with mapped():
         async with reader.transaction(isolation="repeatable_read", readonly=True):
@@ -274,7 +279,6 @@ async def fold(reader: Any, writer: Any, schema: str, projections: Sequence[Proj
                         await commit
                     commit = asyncio.ensure_future(tx.commit())
                     since = events[-1].position
-                    folded += len(events)
                     report(len(events), since)
                 if commit is not None:
                     await commit
@@ -282,7 +286,6 @@ async def fold(reader: Any, writer: Any, schema: str, projections: Sequence[Proj
                 for future in (reading, commit):
                     await _cancel(future)
     report(0, until)
-    return folded
 
 
 async def shadow_connection(dsn: str, path: str | None, timeout: float) -> Any:
@@ -313,7 +316,6 @@ class Shadow:
         self.tables = [t for p in self.projections for t in tables_of(p.ddl)]
         self.live_schema = "public"
         self.live_path = "public"
-        self.folded = 0
 
     @property
     def path(self) -> str:
@@ -388,13 +390,12 @@ class Shadow:
     def _report(self, positions: dict[int, int], worker: int, events: int, position: int,
                 target: int) -> None:
         positions[worker] = position
-        self.folded += events
         self.progress(events, min(positions.values()), target)
 
-    async def _fold_job(self, job: Job, after: int, until: int, report: Report) -> int:
+    async def _fold_job(self, job: Job, after: int, until: int, report: Report) -> None:
         reader, writer = await self._connections(2)
         try:
-            return await fold(reader, writer, self.schema,
+            await fold(reader, writer, self.schema,
                               [self.projections[i] for i in job.projections], after, until,
                               part=job.part, batch=self.batch, written=_Written(),
                               report=report)
@@ -567,7 +568,6 @@ class Shadow:
     async def _catch_up(self, reader: Any, writer: Any, after: int, until: int,
                         written: _Written) -> None:
         def report(events: int, position: int) -> None:
-            self.folded += events
             self.progress(events, position, until)
 
         await fold(reader, writer, self.schema, self.projections, after, until,
@@ -611,10 +611,3 @@ def _getters(table: Table) -> tuple[Callable[[Mapping[str, Any]], Any],
     values = itemgetter(*names)
     record = values if len(names) > 1 else (lambda row: (values(row),))
     return itemgetter(*names[:table.key]), record
-
-
-async def _cancel(future: asyncio.Future[Any] | None) -> None:
-    if future is not None and not future.done():
-        future.cancel()
-    if future is not None:
-        await asyncio.gather(future, return_exceptions=True)

@@ -75,6 +75,17 @@ async def append_amounts(store: ProjectionHost, stream: str, *amounts: int) -> i
     return result.position
 
 
+async def append_one_by_one(store: ProjectionHost, stream: str, amount: int,
+                            times: int) -> int:
+    """``times`` appends of ``amount`` to ``stream``, yielding between them (events still
+    coming while something else runs); the last one's position."""
+    last = 0
+    for _ in range(times):
+        last = await append_amounts(store, stream, amount)
+        await asyncio.sleep(0)
+    return last
+
+
 async def test_runner_folds_events_into_rows_and_moves_the_checkpoint(
     store: ProjectionHost,
 ) -> None:
@@ -696,17 +707,9 @@ async def test_hub_rebuild_beside_a_live_runner_of_one_of_them_ends_exact(
         head = (await store.append("counter:a", [new_event(Renamed(name=f"n{i}"))],
                                    ANY_VERSION)).position
     live = ProjectionRunner(store, Totals(), batch=4)
-
-    async def more() -> int:
-        last = 0
-        for _ in range(100):
-            last = await append_amounts(store, "counter:b", 2)
-            await asyncio.sleep(0)
-        return last
-
     async with live:
         assert await live.wait_until(head, WAIT)
-        appending = asyncio.create_task(more())
+        appending = asyncio.create_task(append_one_by_one(store, "counter:b", 2, 100))
         rebuilt: list[Projection] = [TypedTotals(), TypedRenames()] if typed else \
             [Totals(), Renames()]
         await ProjectionHub(store, rebuilt, batch=3).rebuild()
@@ -739,17 +742,9 @@ async def test_a_rebuild_in_parts_beside_a_live_runner_ends_exact(
         await store.append(f"counter:s{i % 5}", [new_event(Renamed(name=f"n{i}"))],
                            ANY_VERSION)
     live = ProjectionRunner(store, PerStreamTotals(), batch=8)
-
-    async def more() -> int:
-        last = 0
-        for _ in range(40):
-            last = await append_amounts(store, "counter:late", 3)
-            await asyncio.sleep(0)
-        return last
-
     async with live:
         assert await live.wait_until(await store.head(), WAIT)
-        appending = asyncio.create_task(more())
+        appending = asyncio.create_task(append_one_by_one(store, "counter:late", 3, 40))
         hub = ProjectionHub(store, [PerStreamTotals(), Renames()], batch=16)
         reached = await hub.rebuild(workers=workers)
         head = await appending
