@@ -22,7 +22,7 @@ import msgspec
 from actors.kind import ActorKind
 from replay import history as hist, render
 from replay.catalog import Catalog
-from replay.errors import ReplayError
+from replay.errors import BadArgument, ReplayError
 from replay.export import Selection, export, exported, tail
 from replay.rebuild import choose, rebuild
 from replay.source import database_url, open_log
@@ -200,6 +200,8 @@ async def _verify(tool: Tool, args: Any) -> int:
 
 
 async def _rebuild(tool: Tool, args: Any) -> int:
+    if args.workers is not None and args.workers < 1:
+        raise BadArgument(f"--workers {args.workers}: at least one worker folds")
     results = await rebuild(tool.store, choose(tool.projections, args.projection),
                             show=not tool.json, workers=args.workers)
     tool.print(f"rebuilt {len(results)} projection(s)", results)

@@ -99,7 +99,8 @@ def test_bad_requests_exit_2_with_the_reason(
                          (["history", "counter", "zz"], "no events for counter:zz"),
                          (["history", "planet", "a"], "unknown resource kind 'planet'"),
                          (["state", "counter", "a", "--at", "noon"], "not an ISO 8601"),
-                         (["rebuild", "nope"], "no projection 'nope'")):
+                         (["rebuild", "nope"], "no projection 'nope'"),
+                         (["rebuild", "--workers", "0"], "at least one worker")):
         code, out = tool(capsys, url, *args)
         assert code == 2 and reason in out, (args, out)
 
