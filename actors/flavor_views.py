@@ -53,6 +53,8 @@ class FlavorProjection:
     """Folds ``flavor.created`` / ``flavor.deleted`` into ``flavors``; ignores the rest."""
 
     name = PROJECTION_NAME
+    #: it reads nothing of an envelope but its stream, type, data and position
+    fields: tuple[str, ...] = ()
     ddl: Sequence[str] = (
         "CREATE TABLE IF NOT EXISTS flavors (id TEXT PRIMARY KEY, name TEXT NOT NULL,"
         " ram BIGINT NOT NULL, vcpus BIGINT NOT NULL, disk BIGINT NOT NULL,"

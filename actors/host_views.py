@@ -109,6 +109,8 @@ class HostsProjection:
     """Folds ``host.*`` events into ``hosts`` (one row per host that ever reported)."""
 
     name = TABLE
+    #: it reads nothing of an envelope but its stream, type, data and position
+    fields: tuple[str, ...] = ()
     ddl: Sequence[str] = (
         "CREATE TABLE IF NOT EXISTS hosts (id TEXT PRIMARY KEY, state TEXT NOT NULL,"
         " vcpus BIGINT NOT NULL, ram_mb BIGINT NOT NULL, disk_gb BIGINT NOT NULL,"

@@ -112,6 +112,8 @@ class IdentityProjection:
     ``identity_assignments`` and ``identity_tokens``; ignores every other event."""
 
     name = PROJECTION_NAME
+    #: it reads nothing of an envelope but its stream, type, data and position
+    fields: tuple[str, ...] = ()
     #: all it folds (a rebuild reads only these)
     types = tuple(sorted(map(str, _TAGS)))
     ddl: Sequence[str] = DDL

@@ -77,6 +77,8 @@ class ImageProjection:
     """Folds image events into ``images``; ignores every other event."""
 
     name = PROJECTION_NAME
+    #: it reads nothing of an envelope but its stream, type, data and position
+    fields: tuple[str, ...] = ()
     #: all it folds (a rebuild reads only these)
     types = tuple(sorted(map(str, _TAGS)))
     ddl: Sequence[str] = DDL

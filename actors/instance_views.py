@@ -233,6 +233,9 @@ class InstancesProjection:
     types = tuple(sorted(map(str, _TAGS)))
     #: each server and action row is folded from its instance's stream alone
     per_stream = True
+    #: what it reads of an envelope besides its stream, type, data and position: the
+    #: request id of an action (the correlation id, else the event's id) and who asked
+    fields = ("correlation_id", "event_id", "user_id")
     ddl: Sequence[str] = DDL
     drop: Sequence[str] = DROP
 

@@ -51,6 +51,8 @@ class CarriersProjection:
     """Folds port events into ``net_carriers`` (see the module)."""
 
     name = PROJECTION_NAME
+    #: it reads nothing of an envelope but its stream, type, data and position
+    fields: tuple[str, ...] = ()
     #: all it folds (a rebuild reads only these)
     types = tuple(sorted(map(str, _TAGS)))
     ddl: Sequence[str] = DDL

@@ -98,6 +98,8 @@ class NetworkingProjection:
     """Folds network, subnet and port events into the ``net_*`` tables."""
 
     name = PROJECTION_NAME
+    #: it reads nothing of an envelope but its stream, type, data and position
+    fields: tuple[str, ...] = ()
     #: all it folds (a rebuild reads only these)
     types = tuple(sorted(map(str, _TAGS)))
     ddl: Sequence[str] = DDL

@@ -53,6 +53,8 @@ class SubscriptionProjection:
     """Folds ``subscription.*`` events into ``webhook_subscriptions``."""
 
     name = PROJECTION_NAME
+    #: it reads nothing of an envelope but its stream, type, data and position
+    fields: tuple[str, ...] = ()
     ddl: Sequence[str] = (
         "CREATE TABLE IF NOT EXISTS webhook_subscriptions (id TEXT PRIMARY KEY,"
         " project_id TEXT NOT NULL, url TEXT NOT NULL, event_types TEXT NOT NULL,"

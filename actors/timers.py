@@ -68,6 +68,8 @@ class TimerProjection:
     types = ("timer.cancelled", "timer.fired", "timer.set")
     #: a timer is set, fired and cancelled on the stream of the actor it belongs to
     per_stream = True
+    #: it reads nothing of an envelope but its stream, type, data and position
+    fields: tuple[str, ...] = ()
     ddl: Sequence[str] = (
         "CREATE TABLE IF NOT EXISTS orrery_timers (timer_id TEXT PRIMARY KEY, kind TEXT NOT NULL,"
         " actor_id TEXT NOT NULL, name TEXT NOT NULL, fire_at BIGINT NOT NULL)",

@@ -166,6 +166,8 @@ class VolumesProjection:
     """Folds ``volume.*`` and the instances' ``instance.volume_*`` events."""
 
     name = PROJECTION_NAME
+    #: it reads nothing of an envelope but its stream, type, data and position
+    fields: tuple[str, ...] = ()
     ddl: Sequence[str] = DDL
     drop: Sequence[str] = DROP
 

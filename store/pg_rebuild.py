@@ -13,6 +13,10 @@ comes after them in the WAL), rows the fold has not written before go by COPY, t
 as whole-row upserts, and the secondary indexes and planner statistics are built once the
 rows are in.
 
+The fold reads only the log's columns its projections say they look at (``fields``;
+NULL for the others, placeholders in the envelopes): parsing the event's time and id was
+close to half of what reading the log cost in Python.
+
 Projections whose rows each come from one stream's events alone (``per_stream``) are
 folded side by side: each worker process takes the streams of one hash partition. The
 others are folded by one worker over every stream.
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import gc
 import multiprocessing
 import os
@@ -52,14 +57,16 @@ import asyncpg
 import msgspec
 import structlog
 
+from schemas import EventEnvelope
 from store.pg_common import PROJECTIONS_CHANNEL, init_conn, mapped
 from store.pg_projection import _CHECKPOINTS, _ENSURE_CHECKPOINTS
-from store.postgres import _COLUMNS, DDL_LOCK_KEY, _envelope
+from store.postgres import _COLUMNS, DDL_LOCK_KEY
 from store.projections import (
     Progress,
     Projection,
     _cancel,
     folded_types,
+    read_fields,
     split_ddl,
     tables_of,
 )
@@ -95,6 +102,9 @@ _MOVE_CHECKPOINTS = ("UPDATE projection_checkpoints SET position = $2"
 _INDEXED_COLUMNS = ("SELECT DISTINCT a.attname FROM pg_index AS i JOIN pg_attribute AS a"
                     " ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
                     " WHERE i.indrelid = $1::regclass ORDER BY a.attname")
+#: what an envelope holds in a field its projections do not read (``Projection.fields``)
+_NIL_ID = uuid.UUID(int=0)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _INDEX_ON = re.compile(r"\bON\s+(\w+)", re.IGNORECASE)
 _LIVE_TABLES = ("SELECT c.relname FROM pg_class AS c JOIN pg_namespace AS n"
                 " ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r'"
@@ -253,7 +263,8 @@ async def fold(reader: Any, writer: Any, schema: str, projections: Sequence[Proj
     if not projections or until <= after:
         return
     types = folded_types(projections)
-    sql = f"SELECT {_COLUMNS} FROM events WHERE position > $1 AND position <= $2"
+    sql = f"SELECT {_columns(read_fields(projections))} FROM events" \
+        " WHERE position > $1 AND position <= $2"
     args: list[object] = [after, until]
     if types is not None:
         args.append(list(types))
@@ -271,7 +282,7 @@ async def fold(reader: Any, writer: Any, schema: str, projections: Sequence[Proj
             try:
                 while rows := await reading:
                     reading = asyncio.ensure_future(cursor.fetch(batch))
-                    events = [_envelope(r) for r in rows]
+                    events = [_sparse_envelope(r) for r in rows]
                     tx = ShadowTx(writer, schema, since, written, commit)
                     for projection in projections:
                         await projection.apply(tx, events)
@@ -286,6 +297,22 @@ async def fold(reader: Any, writer: Any, schema: str, projections: Sequence[Proj
                 for future in (reading, commit):
                     await _cancel(future)
     report(0, until)
+
+
+def _columns(fields: frozenset[str] | None) -> str:
+    """The select list of a fold's read: every column of the log the ``fields`` name
+    (None: all), NULL in place of the others."""
+    columns = [c.strip() for c in _COLUMNS.split(",")]
+    return ", ".join(c if fields is None or c in fields else "NULL" for c in columns)
+
+
+def _sparse_envelope(r: Any) -> EventEnvelope:
+    """An envelope from a row of `_columns`: a placeholder where the column was not read
+    (NULL; the columns that may be NULL in the log are None either way)."""
+    # positional, in the envelope's field order: event_id, stream, version, position,
+    # type, data, occurred_at, correlation_id, causation_id, project_id, user_id
+    return EventEnvelope(r[5] or _NIL_ID, r[1], r[2] or 0, r[0], r[3], msgspec.Raw(r[4]),
+                         r[6] or _EPOCH, r[7], r[8], r[9], r[10])
 
 
 async def shadow_connection(dsn: str, path: str | None, timeout: float) -> Any:

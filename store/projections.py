@@ -82,7 +82,13 @@ class Projection(Protocol):
     it is handed every event. One whose every row is folded from the events of a single
     stream, and no row from two, may say so (``per_stream = True``): a rebuild on
     PostgreSQL then folds the log's streams in several parts side by side, each part
-    seeing only its streams' events.
+    seeing only its streams' events. And one may name the envelope fields its ``apply``
+    reads besides those it always gets (``fields``; `ALWAYS_READ`): a rebuild on
+    PostgreSQL then reads only those of the log's columns, and the envelopes it hands
+    over hold placeholders in the others (the nil id, the epoch, version 0, None), which
+    the projection promised not to look at. Parsing the columns nobody reads (the
+    event's time above all) was close to half of the Python time a rebuild's workers
+    spent reading the log.
     """
 
     name: str
@@ -583,6 +589,22 @@ def folded_types(projections: Iterable[Projection]) -> tuple[str, ...] | None:
             return None
         union.update(types)
     return tuple(sorted(union))
+
+
+#: the envelope fields every projection is handed, whatever its ``fields`` say
+ALWAYS_READ = frozenset({"stream", "type", "data", "position"})
+
+
+def read_fields(projections: Iterable[Projection]) -> frozenset[str] | None:
+    """Every envelope field these projections read, or None when one of them may read
+    any (names no ``fields``)."""
+    union = set(ALWAYS_READ)
+    for projection in projections:
+        fields: Iterable[str] | None = getattr(projection, "fields", None)
+        if fields is None:
+            return None
+        union.update(fields)
+    return frozenset(union)
 
 
 def _quiet(folded: int, checkpoint: int, target: int) -> None:

@@ -195,3 +195,57 @@ async def test_a_swap_held_up_by_a_long_reader_waits_for_it_and_tries_again(
         await reader.close()
     assert await _amounts(store) == folded
     assert await _shadows(pg_dsn) == []
+
+
+SEEN = Table("seen", (("position", "bigint"), ("event_id", "text"), ("occurred_at", "text"),
+                      ("version", "bigint"), ("correlation_id", "text"),
+                      ("user_id", "text")))
+
+
+class Seen:
+    """What a projection is handed of each increment's envelope, one row an event."""
+
+    name = "seen"
+    ddl: Sequence[str] = ("CREATE TABLE IF NOT EXISTS seen (position BIGINT PRIMARY KEY,"
+                          " event_id TEXT, occurred_at TEXT, version BIGINT,"
+                          " correlation_id TEXT, user_id TEXT)",)
+    drop: Sequence[str] = ("DROP TABLE IF EXISTS seen",)
+    types = ("counter.incremented",)
+    per_stream = True
+
+    async def apply(self, tx: SqlTx, events: Sequence[EventEnvelope]) -> None:
+        rows = RowSet(SEEN)
+        for e in events:
+            rows.put({"position": e.position, "event_id": str(e.event_id),
+                      "occurred_at": e.occurred_at.isoformat(), "version": e.version,
+                      "correlation_id": e.correlation_id, "user_id": e.user_id})
+        await rows.flush(tx)
+
+
+class SeenSparingly(Seen):
+    """Seen, promising to read only the user of each envelope (and what every projection
+    gets): a rebuild hands it placeholders in the rest."""
+
+    fields = ("user_id",)
+
+
+async def test_a_rebuild_reads_only_the_envelope_fields_its_projections_name(
+    store: PostgresEventStore,
+) -> None:
+    """A projection naming the fields it reads gets those (and the stream, type, data and
+    position) from the log, and placeholders in the others, which the rebuild did not
+    read; one naming none gets every field."""
+    for i in range(6):
+        await store.append(f"counter:c{i % 2}", [new_event(
+            Incremented(amount=i), correlation_id=f"req-{i}", user_id=f"u{i}")], ANY_VERSION)
+    log = {e.position: e for e in await store.read_all(0, 100)}
+    await ProjectionHub(store, [SeenSparingly()]).rebuild(workers=2)
+    sparing = await store.query("SELECT position, event_id, occurred_at, version,"
+                                " correlation_id, user_id FROM seen ORDER BY position")
+    assert sparing == [(p, "00000000-0000-0000-0000-000000000000", "1970-01-01T00:00:00+00:00",
+                        0, None, e.user_id) for p, e in sorted(log.items())]
+    await ProjectionHub(store, [Seen()]).rebuild(workers=2)
+    whole = await store.query("SELECT position, event_id, occurred_at, version,"
+                              " correlation_id, user_id FROM seen ORDER BY position")
+    assert whole == [(p, str(e.event_id), e.occurred_at.isoformat(), e.version,
+                      e.correlation_id, e.user_id) for p, e in sorted(log.items())]
