@@ -105,7 +105,9 @@ _INDEXED_COLUMNS = ("SELECT DISTINCT a.attname FROM pg_index AS i JOIN pg_attrib
 #: what an envelope holds in a field its projections do not read (``Projection.fields``)
 _NIL_ID = uuid.UUID(int=0)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_INDEX_ON = re.compile(r"\bON\s+(\w+)", re.IGNORECASE)
+#: a CREATE INDEX's table and column list; a plain column's name
+_INDEX_ON = re.compile(r"\bON\s+(\w+)\s*\(([^)]*)\)", re.IGNORECASE | re.DOTALL)
+_PLAIN = re.compile(r"\w+")
 _LIVE_TABLES = ("SELECT c.relname FROM pg_class AS c JOIN pg_namespace AS n"
                 " ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r'"
                 " AND c.relname = ANY($2::text[]) ORDER BY c.relname")
@@ -496,10 +498,13 @@ class Shadow:
             os._exit(code)
 
     async def _finish_tables(self, connections: Sequence[Any]) -> None:
-        """The shadow tables' secondary indexes, then the planner's statistics of each
-        table's indexed columns (what plans are chosen by: the whole table is sampled
-        later, as the store's statistics or autovacuum see the writes), several at once
-        on ``connections``."""
+        """The planner's statistics of each shadow table's indexed columns (what plans are
+        chosen by: the whole table is sampled later, as the store's statistics or
+        autovacuum see the writes), then the secondary indexes, several at once on
+        ``connections``. Statistics first: ANALYZE waits for a table's index builds (their
+        locks conflict), and once the builds run they keep both cores busy to the end,
+        where an ANALYZE after them ran alone. An index on anything but plain columns
+        (whose statistics come from the index) has its table analysed after it."""
         idle: asyncio.Queue[Any] = asyncio.Queue()
         for conn in connections:
             idle.put_nowait(conn)
@@ -513,19 +518,31 @@ class Shadow:
                 idle.put_nowait(conn)
 
         builds: dict[str, list[str]] = {t: [] for t in self.tables}
+        columns: dict[str, set[str]] = {t: set() for t in self.tables}
         for projection in self.projections:
             for sql in split_ddl(projection.ddl)[1]:
                 on = _INDEX_ON.search(sql)
-                builds.setdefault(on.group(1) if on else "", []).append(sql)
+                table = on.group(1) if on else ""
+                builds.setdefault(table, []).append(sql)
+                names = [c.split()[0] for c in on.group(2).split(",") if c.split()] if on \
+                    else []
+                if table in columns and all(_PLAIN.fullmatch(c) for c in names):
+                    columns[table].update(names)
+                else:
+                    columns.pop(table, None)
+
+        async def analyze(table: str) -> None:
+            keys = [r[0] for r in await run(_INDEXED_COLUMNS, f"{self.schema}.{table}")]
+            named = sorted(columns.get(table, set()).union(keys))
+            await run(f"ANALYZE {self.schema}.{table}"
+                      + (f" ({', '.join(named)})" if named else ""))
 
         async def finish(table: str, indexes: list[str]) -> None:
             await asyncio.gather(*(run(sql) for sql in indexes))
-            if table not in self.tables:
-                return
-            columns = [r[0] for r in await run(_INDEXED_COLUMNS, f"{self.schema}.{table}")]
-            await run(f"ANALYZE {self.schema}.{table}"
-                      + (f" ({', '.join(columns)})" if columns else ""))
+            if table in self.tables and table not in columns:
+                await analyze(table)
 
+        await asyncio.gather(*(analyze(t) for t in columns))
         await asyncio.gather(*(finish(t, sqls) for t, sqls in builds.items()))
 
     async def _swap(self, admin: Any, reader: Any, target: int) -> int:

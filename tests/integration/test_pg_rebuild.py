@@ -114,7 +114,8 @@ async def test_readers_see_the_old_rows_until_the_rebuilt_ones_are_swapped_in(
 ) -> None:
     """While a rebuild folds, the live table keeps the rows as they were (here spoiled
     on purpose); the swap puts the refolded rows in their place at once, with the
-    secondary index, and no shadow is left behind."""
+    secondary index and the statistics of the indexed columns, and no shadow is left
+    behind."""
     head = await _append(store, 30)
     async with ProjectionRunner(store, Amounts()) as runner:
         assert await runner.wait_until(head, WAIT)
@@ -132,6 +133,10 @@ async def test_readers_see_the_old_rows_until_the_rebuilt_ones_are_swapped_in(
     assert await store.query("SELECT indexname FROM pg_indexes WHERE schemaname = 'public'"
                              " AND tablename = 'amounts' ORDER BY indexname") == [
         ("amounts_amount",), ("amounts_pkey",)]
+    # the planner's statistics of the indexed columns came along
+    assert await store.query("SELECT attname FROM pg_stats WHERE schemaname = 'public'"
+                             " AND tablename = 'amounts' ORDER BY attname") == [
+        ("amount",), ("stream",)]
     assert await _shadows(pg_dsn) == []
 
 
