@@ -524,11 +524,11 @@ class Shadow:
                 on = _INDEX_ON.search(sql)
                 table = on.group(1) if on else ""
                 builds.setdefault(table, []).append(sql)
-                names = [c.split()[0] for c in on.group(2).split(",") if c.split()] if on \
-                    else []
+                # each column's first word (a name, unless it is an expression)
+                names = [(c.split() or [""])[0] for c in on.group(2).split(",")] if on else []
                 if table in columns and all(_PLAIN.fullmatch(c) for c in names):
                     columns[table].update(names)
-                else:
+                else:  # analysed after its builds, as the index's statistics need
                     columns.pop(table, None)
 
         async def analyze(table: str) -> None:

@@ -582,13 +582,8 @@ def tables_of(ddl: Sequence[str]) -> list[str]:
 def folded_types(projections: Iterable[Projection]) -> tuple[str, ...] | None:
     """Every event type these projections fold, or None when one of them takes every
     event (names no ``types``)."""
-    union: set[str] = set()
-    for projection in projections:
-        types: Iterable[str] | None = getattr(projection, "types", None)
-        if types is None:
-            return None
-        union.update(types)
-    return tuple(sorted(union))
+    union = _union(projections, "types")
+    return None if union is None else tuple(sorted(union))
 
 
 #: the envelope fields every projection is handed, whatever its ``fields`` say
@@ -598,12 +593,19 @@ ALWAYS_READ = frozenset({"stream", "type", "data", "position"})
 def read_fields(projections: Iterable[Projection]) -> frozenset[str] | None:
     """Every envelope field these projections read, or None when one of them may read
     any (names no ``fields``)."""
-    union = set(ALWAYS_READ)
+    union = _union(projections, "fields")
+    return None if union is None else ALWAYS_READ | union
+
+
+def _union(projections: Iterable[Projection], attribute: str) -> frozenset[str] | None:
+    """The union of the projections' ``attribute`` (a collection of names each may
+    declare), or None when one of them does not declare it."""
+    union: set[str] = set()
     for projection in projections:
-        fields: Iterable[str] | None = getattr(projection, "fields", None)
-        if fields is None:
+        names: Iterable[str] | None = getattr(projection, attribute, None)
+        if names is None:
             return None
-        union.update(fields)
+        union.update(names)
     return frozenset(union)
 
 
