@@ -118,7 +118,6 @@ _FOLDED: tuple[type[msgspec.Struct], ...] = (
     InstanceActionDone, InstanceActionFailed, InstancePowerSynced, InstanceDeleting,
     InstanceDeleted)
 _TAGS = {t.__struct_config__.tag for t in _FOLDED}
-_DECODER: msgspec.json.Decoder[Any] = msgspec.json.Decoder(reduce(or_, _FOLDED))
 _JSON = msgspec.json.Encoder()
 _FAULT = msgspec.json.Decoder(Fault)
 _META = msgspec.json.Decoder(dict[str, str])
@@ -200,6 +199,12 @@ class ServerView(msgspec.Struct, frozen=True):
         return _FAULT.decode(self.fault_json) if self.fault_json else None
 
 
+class _Identified(msgspec.Struct, frozen=True):
+    """The id of a flavor or image as the server's creation embeds it."""
+
+    id: str
+
+
 class ServerRef(msgspec.Struct, frozen=True):
     """A server as ``GET /servers`` lists it: id and name."""
 
@@ -221,6 +226,102 @@ class ActionView(msgspec.Struct, frozen=True, kw_only=True):
     message: str | None
     host: str | None
     updated_at: str
+
+
+# -- what the fold reads of each event -------------------------------------------------------
+# Each folded event is decoded into a struct of only the fields the rows take, times as
+# their text and the flavor, image and metadata as their JSON, stored as they are: decoding
+# an instance.created whole (its flavor and image structs, its metadata, its time) and
+# encoding the parts again took three times what this does, most of a rebuild's decoding.
+
+
+def _tag(event: type[msgspec.Struct]) -> Any:
+    return event.__struct_config__.tag
+
+
+class _Created(msgspec.Struct, frozen=True, kw_only=True, tag=_tag(InstanceCreated)):
+    name: str
+    project_id: str
+    user_id: str
+    flavor: msgspec.Raw
+    image: msgspec.Raw
+    metadata: msgspec.Raw = msgspec.Raw(b"{}")
+    key_name: str | None = None
+    availability_zone: str | None = None
+    description: str | None = None
+    nics: list[NicInfo] = []
+    at: str
+
+
+class _Scheduled(msgspec.Struct, frozen=True, kw_only=True, tag=_tag(InstanceScheduled)):
+    host: str
+    at: str
+
+
+class _Spawned(msgspec.Struct, frozen=True, kw_only=True, tag=_tag(InstanceSpawned)):
+    host: str
+    power_state: int
+    at: str
+
+
+class _Failed(msgspec.Struct, frozen=True, kw_only=True, tag=_tag(InstanceFailed)):
+    fault: Fault
+    at: str
+
+
+class _ActionStarted(msgspec.Struct, frozen=True, kw_only=True,
+                     tag=_tag(InstanceActionStarted)):
+    action: str
+    task: str
+    at: str
+
+
+class _ActionDone(msgspec.Struct, frozen=True, kw_only=True, tag=_tag(InstanceActionDone)):
+    action: str
+    vm_state: str
+    power_state: int
+    at: str
+
+
+class _ActionFailed(msgspec.Struct, frozen=True, kw_only=True,
+                    tag=_tag(InstanceActionFailed)):
+    action: str
+    message: str
+    at: str
+
+
+class _PowerSynced(msgspec.Struct, frozen=True, kw_only=True, tag=_tag(InstancePowerSynced)):
+    vm_state: str
+    power_state: int
+    at: str
+
+
+class _Deleting(msgspec.Struct, frozen=True, kw_only=True, tag=_tag(InstanceDeleting)):
+    at: str
+
+
+class _Deleted(msgspec.Struct, frozen=True, kw_only=True, tag=_tag(InstanceDeleted)):
+    host: str | None
+    note: str = ""
+    at: str
+
+
+_READS: tuple[type[msgspec.Struct], ...] = (
+    _Created, _Scheduled, _Spawned, _Failed, _ActionStarted, _ActionDone, _ActionFailed,
+    _PowerSynced, _Deleting, _Deleted)
+assert {_tag(t) for t in _READS} == _TAGS
+_DECODER: msgspec.json.Decoder[Any] = msgspec.json.Decoder(reduce(or_, _READS))
+_ID = msgspec.json.Decoder(_Identified)
+_TIME = msgspec.json.Decoder(dt.datetime)
+
+
+def _when(text: str) -> str:
+    """An event's time (as its JSON has it) as the table stores it (`stamp`). msgspec
+    writes a UTC time with microseconds as ``2026-12-06T20:39:04.123456Z``: the stored text
+    and a Z. Any other form is parsed and stamped."""
+    if len(text) == 27 and text[26] == "Z" and text[19] == ".":
+        return text[:26]
+    return stamp(_TIME.decode(_JSON.encode(text)))
 
 
 class InstancesProjection:
@@ -249,7 +350,7 @@ class InstancesProjection:
         mine = [(ev.stream[skip:], ev, decode(ev.data))
                 for ev in events if ev.type in _TAGS and ev.stream.startswith(_PREFIX)]
         if mine:
-            batch.fresh([iid for iid, _, event in mine if type(event) is InstanceCreated])
+            batch.fresh([iid for iid, _, event in mine if type(event) is _Created])
             await batch.load(tx, [iid for iid, _, _ in mine])
             fold = batch.fold
             for iid, ev, event in mine:
@@ -288,7 +389,7 @@ class _Batch:
             self.actions_of.setdefault(row["instance_id"], []).append(row)
 
     def fold(self, iid: str, ev: EventEnvelope, event: msgspec.Struct) -> None:
-        if type(event) is InstanceCreated:
+        if type(event) is _Created:
             self._create(iid, ev.correlation_id or f"req-{ev.event_id}", event)
             return
         server = self.servers.rows.get((iid,))
@@ -297,14 +398,14 @@ class _Batch:
         _FOLDS[type(event)](self, iid, server, ev, event)
 
     def _scheduled(self, iid: str, server: Row, ev: EventEnvelope,
-                   event: InstanceScheduled) -> None:
+                   event: _Scheduled) -> None:
         server["host"] = event.host
         server["task_state"] = SPAWNING
-        self._changed(iid, server, stamp(event.at))
+        self._changed(iid, server, _when(event.at))
 
     def _spawned(self, iid: str, server: Row, ev: EventEnvelope,
-                 event: InstanceSpawned) -> None:
-        when = stamp(event.at)
+                 event: _Spawned) -> None:
+        when = _when(event.at)
         server["vm_state"] = ACTIVE
         server["task_state"] = None
         server["host"] = event.host
@@ -313,23 +414,23 @@ class _Batch:
         self._changed(iid, server, when)
         self._finish(iid, "create", when, host=event.host)
 
-    def _failed(self, iid: str, server: Row, ev: EventEnvelope, event: InstanceFailed) -> None:
-        when = stamp(event.at)
+    def _failed(self, iid: str, server: Row, ev: EventEnvelope, event: _Failed) -> None:
+        when = _when(event.at)
         server.update(vm_state=ERROR, task_state=None, host=None, power_state=NOSTATE,
                       fault=_JSON.encode(event.fault).decode())
         self._changed(iid, server, when)
         self._finish(iid, "create", when, error=event.fault.message)
 
     def _action_started(self, iid: str, server: Row, ev: EventEnvelope,
-                        event: InstanceActionStarted) -> None:
-        when = stamp(event.at)
+                        event: _ActionStarted) -> None:
+        when = _when(event.at)
         server["task_state"] = event.task
         self._changed(iid, server, when)
         self._start(server, ev.correlation_id or f"req-{ev.event_id}", event.action, when, ev)
 
     def _action_done(self, iid: str, server: Row, ev: EventEnvelope,
-                     event: InstanceActionDone) -> None:
-        when = stamp(event.at)
+                     event: _ActionDone) -> None:
+        when = _when(event.at)
         server.update(vm_state=event.vm_state, power_state=event.power_state, task_state=None)
         if event.vm_state != ERROR:
             server["fault"] = None
@@ -337,27 +438,27 @@ class _Batch:
         self._finish(iid, event.action, when)
 
     def _action_failed(self, iid: str, server: Row, ev: EventEnvelope,
-                       event: InstanceActionFailed) -> None:
-        when = stamp(event.at)
+                       event: _ActionFailed) -> None:
+        when = _when(event.at)
         server["task_state"] = None
         self._changed(iid, server, when)
         self._finish(iid, event.action, when, error=event.message)
 
     def _power_synced(self, iid: str, server: Row, ev: EventEnvelope,
-                      event: InstancePowerSynced) -> None:
+                      event: _PowerSynced) -> None:
         server["vm_state"] = event.vm_state
         server["power_state"] = event.power_state
-        self._changed(iid, server, stamp(event.at))
+        self._changed(iid, server, _when(event.at))
 
     def _deleting(self, iid: str, server: Row, ev: EventEnvelope,
-                  event: InstanceDeleting) -> None:
-        when = stamp(event.at)
+                  event: _Deleting) -> None:
+        when = _when(event.at)
         server["task_state"] = DELETING
         self._changed(iid, server, when)
         self._start(server, ev.correlation_id or f"req-{ev.event_id}", "delete", when, ev)
 
-    def _deleted(self, iid: str, server: Row, ev: EventEnvelope, event: InstanceDeleted) -> None:
-        when = stamp(event.at)
+    def _deleted(self, iid: str, server: Row, ev: EventEnvelope, event: _Deleted) -> None:
+        when = _when(event.at)
         server.update(vm_state=DELETED, task_state=None, terminated_at=when, deleted=1)
         self._changed(iid, server, when)
         open_ = next((a for a in self.actions_of.get(iid, ())
@@ -370,18 +471,18 @@ class _Batch:
             open_["message"] = event.note
             self.actions.changed(open_)
 
-    def _create(self, iid: str, request_id: str, event: InstanceCreated) -> None:
+    def _create(self, iid: str, request_id: str, event: _Created) -> None:
         if self.servers.rows.get((iid,)) is not None:
             return  # created once (as INSERT … ON CONFLICT DO NOTHING)
-        at = stamp(event.at)
+        at = _when(event.at)
         self.servers.put({
             "id": iid, "project_id": event.project_id, "user_id": event.user_id,
             "name": event.name, "status": _CREATED_STATUS,
             "vm_state": BUILDING, "task_state": SCHEDULING, "power_state": NOSTATE,
-            "host": None, "flavor_id": event.flavor.id, "image_id": event.image.id,
-            "flavor": _JSON.encode(event.flavor).decode(),
-            "image": _JSON.encode(event.image).decode(),
-            "metadata": _JSON.encode(event.metadata).decode(), "key_name": event.key_name,
+            "host": None, "flavor_id": _ID.decode(event.flavor).id,
+            "image_id": _ID.decode(event.image).id, "flavor": bytes(event.flavor).decode(),
+            "image": bytes(event.image).decode(), "metadata": bytes(event.metadata).decode(),
+            "key_name": event.key_name,
             "availability_zone": event.availability_zone, "description": event.description,
             "fault": None, "request_id": request_id, "created_at": at, "updated_at": at,
             "launched_at": None, "terminated_at": None, "deleted": 0,
@@ -429,11 +530,10 @@ class _Batch:
 
 #: how each instance event but the creation changes its server's row (and actions)
 _FOLDS: dict[type[msgspec.Struct], Any] = {
-    InstanceScheduled: _Batch._scheduled, InstanceSpawned: _Batch._spawned,
-    InstanceFailed: _Batch._failed, InstanceActionStarted: _Batch._action_started,
-    InstanceActionDone: _Batch._action_done, InstanceActionFailed: _Batch._action_failed,
-    InstancePowerSynced: _Batch._power_synced, InstanceDeleting: _Batch._deleting,
-    InstanceDeleted: _Batch._deleted}
+    _Scheduled: _Batch._scheduled, _Spawned: _Batch._spawned, _Failed: _Batch._failed,
+    _ActionStarted: _Batch._action_started, _ActionDone: _Batch._action_done,
+    _ActionFailed: _Batch._action_failed, _PowerSynced: _Batch._power_synced,
+    _Deleting: _Batch._deleting, _Deleted: _Batch._deleted}
 
 # -- reads ---------------------------------------------------------------------------------
 
