@@ -94,6 +94,12 @@ POLL_SECONDS = 0.01
 WORKER_GC_THRESHOLDS = (50_000, 20, 100)
 #: how many index builds and ANALYZEs run at once when the rows are in
 FINISHING_AT_ONCE = 4
+#: the statistics target of the ANALYZE of the rebuilt tables' indexed columns: a sample of
+#: 3,000 rows (not 30,000), enough for the planner to choose between the indexes until
+#: the store's statistics or autovacuum sample the table at the server's target (sorting
+#: the larger sample's text keys was a quarter of the finishing's time, before the index
+#: builds could start)
+STATISTICS_TARGET = 10
 _JSON = msgspec.json.Encoder()
 _CHECKPOINTS_LOCKED = ("SELECT name, position FROM projection_checkpoints"
                        " WHERE name = ANY($1::text[]) ORDER BY name FOR UPDATE")
@@ -507,6 +513,8 @@ class Shadow:
         (whose statistics come from the index) has its table analysed after it."""
         idle: asyncio.Queue[Any] = asyncio.Queue()
         for conn in connections:
+            with mapped():
+                await conn.execute(f"SET default_statistics_target = {STATISTICS_TARGET}")
             idle.put_nowait(conn)
 
         async def run(sql: str, *args: object) -> list[Any]:
