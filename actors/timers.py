@@ -25,7 +25,6 @@ from schemas.envelope import ENCODER
 from store.leadership import STANDBY_SECONDS, leadership
 from store.projections import ProjectionRunner
 from store.protocol import EventStore, ProjectionStore, SqlTx
-from store.rowset import RowSet
 from store.tables import Table
 
 log = structlog.get_logger(__name__)
@@ -40,6 +39,7 @@ class _TimerRef(msgspec.Struct):
 
 _SET = msgspec.json.Decoder(TimerSet)
 _REF = msgspec.json.Decoder(_TimerRef)
+_ENDS = frozenset({"timer.fired", "timer.cancelled"})
 FIRE_DEADLINE = dt.timedelta(days=1)
 #: how long the pending-timer projection waits between reads of the log. Deadlines are
 #: seconds, so a timer folded this much later still fires on time; and a saga step that
@@ -81,24 +81,31 @@ class TimerProjection:
         self.on_change = on_change
 
     async def apply(self, tx: SqlTx, events: Sequence[EventEnvelope]) -> None:
-        """A batch's timers in memory: one set and cancelled within it writes nothing."""
-        earliest: int | None = None
-        pending = RowSet(TIMERS)
+        """A batch's timers in memory: one set and ended (fired or cancelled) within it
+        writes nothing, and tells ``on_change`` nothing."""
+        pending: dict[str, tuple[str, TimerSet]] = {}  # timer id -> (stream, its set)
+        ended: list[dict[str, Any]] = []  # the keys of timers set before this batch
         for ev in events:
             if ev.type == "timer.set":
                 t = _SET.decode(ev.data)
-                kind, _, actor_id = ev.stream.partition(":")
-                at = _micros(t.fire_at)
-                pending.put({"timer_id": t.timer_id, "kind": kind, "actor_id": actor_id,
-                             "name": t.name, "fire_at": at}, new=True)
-                earliest = at if earliest is None else min(earliest, at)
-            elif ev.type in ("timer.fired", "timer.cancelled"):
-                pending.delete(_REF.decode(ev.data).timer_id)
-        await pending.flush(tx)
-        if earliest is not None:
+                pending[t.timer_id] = (ev.stream, t)
+            elif ev.type in _ENDS:
+                timer_id = _REF.decode(ev.data).timer_id
+                if pending.pop(timer_id, None) is None:
+                    ended.append({"timer_id": timer_id})
+        rows = [_row(stream, t) for stream, t in pending.values()]
+        await tx.delete_rows(TIMERS, ended)
+        await tx.put_rows(TIMERS, rows)
+        if rows:
             # called inside the projection's transaction: the rows are not visible to
             # other connections until the checkpoint reaches this position
-            self.on_change(events[-1].position, earliest)
+            self.on_change(events[-1].position, min(row["fire_at"] for row in rows))
+
+
+def _row(stream: str, t: TimerSet) -> dict[str, Any]:
+    kind, _, actor_id = stream.partition(":")
+    return {"timer_id": t.timer_id, "kind": kind, "actor_id": actor_id, "name": t.name,
+            "fire_at": _micros(t.fire_at)}
 
 
 class TimerService:
