@@ -34,11 +34,13 @@ from actors.instance_views import (
     InstancesProjection,
     MarkerNotFound,
     ServerFilter,
+    _when,
     read_action,
     read_actions,
     read_server,
     read_server_refs,
     read_servers,
+    stamp,
 )
 from schemas import SYSTEM_EVENTS
 from store.projections import ProjectionRunner
@@ -81,6 +83,34 @@ async def fold(store: Any, server_id: str, *events: tuple[str, msgspec.Struct]) 
                        [new_event(e, correlation_id=c) for c, e in events], version)
     async with ProjectionRunner(store, InstancesProjection()) as runner:
         assert await runner.wait_until(await store.head(), 5.0)
+
+
+@pytest.mark.parametrize("text", [
+    "2026-12-07T12:39:08.120160Z",          # as msgspec writes a UTC time: the fast path
+    "2026-12-07T12:39:08.000001Z",
+    "2026-12-07T12:39:08Z",                 # no microseconds
+    "2026-12-07T14:39:08.120160+02:00",     # another offset
+    "2026-12-07T12:39:08.5+00:00",
+])
+def test_an_events_time_is_stored_as_its_datetime_would_be(text: str) -> None:
+    """The fold reads an event's time as its JSON text; what it stores is what `stamp`
+    makes of the time that text decodes to."""
+    when = msgspec.json.decode(msgspec.json.encode(text), type=dt.datetime)
+    assert _when(text) == stamp(when)
+
+
+async def test_the_flavor_image_and_metadata_are_stored_as_the_event_has_them(
+    store: Any,
+) -> None:
+    event = created("vm1")
+    await fold(store, "s1", ("req-a", event))
+    [(flavor_id, image_id, flavor, image)] = await store.query(
+        "SELECT flavor_id, image_id, flavor, image FROM servers_v3")
+    assert (flavor_id, image_id) == ("1", "img")
+    assert msgspec.json.decode(flavor, type=FlavorInfo) == event.flavor
+    assert msgspec.json.decode(image, type=ImageInfo) == event.image
+    server = await read_server(store, "s1")
+    assert server is not None and server.metadata == {"k": "v"}
 
 
 async def test_a_lifecycle_folds_into_states_times_and_actions(store: Any) -> None:
