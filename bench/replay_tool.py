@@ -209,24 +209,36 @@ async def ceiling_with_writes(dsn: str, batch: int) -> float:
 
 BOOT_STEPS = 7  # events per boot: 6 on the instance's stream, 1 on its host's
 SPREAD = 40     # boots in flight at once: a boot's events are spread over ~SPREAD boots'
+#: the time between two events of the log: a boot every 7 ms, each lasting ~40 boots'
+#: time (280 ms), each event at its own time as the cloud records it (each server's
+#: created_at, updated_at and launched_at its own, as the instances projection indexes them)
+EVENT_GAP = dt.timedelta(milliseconds=1)
 
 
-def boot_events(i: int, now: dt.datetime) -> list[tuple[str, msgspec.Struct]]:
-    """One boot as the cloud records it: (stream, event) in log order."""
+def slot(i: int, step: int) -> int:
+    """Where boot ``i``'s step goes among the events (their order and their time): ~SPREAD
+    boots overlap."""
+    return i * BOOT_STEPS + step * SPREAD
+
+
+def boot_events(i: int, start: dt.datetime) -> list[tuple[str, msgspec.Struct]]:
+    """One boot as the cloud records it: (stream, event) in log order, each step at its
+    slot's time after ``start``."""
     iid, host = str(uuid.uuid4()), f"host-{i % 16}"
     timer = f"t-{iid}"
     flavor = FlavorInfo(id="1", name="m1.tiny", vcpus=1, ram=512, disk=1)
+    at = [start + EVENT_GAP * slot(i, step) for step in range(BOOT_STEPS)]
     return [
         (f"instance:{iid}", InstanceCreated(
             instance_id=iid, name=f"vm-{i}", project_id=f"p{i % 10}", user_id="u1",
             flavor=flavor, image=ImageInfo(id="img", size=4096), metadata={"seq": str(i)},
-            request=f"r-{i}", at=now)),
+            request=f"r-{i}", at=at[0])),
         (f"instance:{iid}", TimerSet(timer_id=timer, name="deadline",
-                                     fire_at=now + dt.timedelta(minutes=5))),
+                                     fire_at=at[1] + dt.timedelta(minutes=5))),
         (f"host:{host}", HostClaimed(instance_id=iid, vcpus=1, ram_mb=512, disk_gb=1)),
-        (f"instance:{iid}", InstanceScheduled(host=host, request=f"s-{i}", at=now)),
-        (f"instance:{iid}", InstanceImageReady(host=host, at=now)),
-        (f"instance:{iid}", InstanceSpawned(host=host, power_state=1, at=now)),
+        (f"instance:{iid}", InstanceScheduled(host=host, request=f"s-{i}", at=at[3])),
+        (f"instance:{iid}", InstanceImageReady(host=host, at=at[4])),
+        (f"instance:{iid}", InstanceSpawned(host=host, power_state=1, at=at[5])),
         (f"instance:{iid}", TimerCancelled(timer_id=timer)),
     ]
 
@@ -236,22 +248,21 @@ async def load_cloud(dsn: str, boots: int) -> int:
     conn = await asyncpg.connect(dsn)
     await conn.set_type_codec("json", schema="pg_catalog", format="binary",
                               encoder=bytes, decoder=bytes)
-    now = dt.datetime.now(dt.UTC)
+    began = dt.datetime.now(dt.UTC) - EVENT_GAP * slot(boots, BOOT_STEPS)
     versions: dict[str, int] = {}
     total = 0
     for start in range(0, boots, CHUNK // BOOT_STEPS):
         chunk = range(start, min(start + CHUNK // BOOT_STEPS, boots))
-        # boot i's step k goes at slot i + k * SPREAD / BOOT_STEPS: ~SPREAD boots overlap
-        slots = sorted((i * BOOT_STEPS + k * SPREAD, stream, event)
-                       for i in chunk for k, (stream, event) in enumerate(boot_events(i, now)))
+        slots = sorted((slot(i, k), stream, event) for i in chunk
+                       for k, (stream, event) in enumerate(boot_events(i, began)))
         async with conn.transaction():
             base = int(await conn.fetchval("SELECT pg_current_xact_id()::text::bigint")) << 20
             rows = []
-            for n, (_, stream, event) in enumerate(slots):
+            for n, (at, stream, event) in enumerate(slots):
                 versions[stream] = version = versions.get(stream, 0) + 1
                 rows.append((base + n, stream, version, event.__struct_config__.tag,
-                             msgspec.json.encode(event), uuid.uuid4(), now, f"req-{n}",
-                             None, None, None))
+                             msgspec.json.encode(event), uuid.uuid4(),
+                             began + EVENT_GAP * at, f"req-{n}", None, None, None))
             await conn.copy_records_to_table("events", records=rows, columns=COLUMNS)
         total += len(rows)
     await conn.execute("VACUUM ANALYZE events")
