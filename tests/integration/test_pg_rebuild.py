@@ -12,7 +12,17 @@ import msgspec
 import pytest
 
 from schemas import EventEnvelope
-from store.pg_rebuild import SHADOW_LOCK_CLASS, SHADOW_PREFIX, Job, Part, RebuildFailed, plan
+from store.pg_common import init_conn
+from store.pg_rebuild import (
+    SHADOW_LOCK_CLASS,
+    SHADOW_PREFIX,
+    Job,
+    Part,
+    RebuildFailed,
+    ShadowTx,
+    _Written,
+    plan,
+)
 from store.postgres import PostgresEventStore
 from store.projections import ProjectionHub, ProjectionRunner
 from store.protocol import ANY_VERSION, SqlTx
@@ -254,3 +264,49 @@ async def test_a_rebuild_reads_only_the_envelope_fields_its_projections_name(
                               " correlation_id, user_id FROM seen ORDER BY position")
     assert whole == [(p, str(e.event_id), e.occurred_at.isoformat(), e.version,
                       e.correlation_id, e.user_id) for p, e in sorted(log.items())]
+
+
+async def test_a_folds_new_rows_wait_for_a_copy_of_several_batches_and_reads_see_them(
+    pg_dsn: str,
+) -> None:
+    """A rebuild's writer keeps a table's new rows until enough are there for one COPY: a
+    put of one of them replaces it, a delete drops it (no statement), an upsert of a row
+    already sent still goes at once, and a read of committed rows or the fold's own SQL
+    sends the waiting rows first."""
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await init_conn(conn)
+        await conn.execute("CREATE TABLE amounts (stream TEXT PRIMARY KEY, amount BIGINT NOT NULL)")
+        written = _Written(copy_rows=3)
+
+        async def batch(since: int, puts: Sequence[tuple[str, int]] = (),
+                        deletes: Sequence[str] = ()) -> ShadowTx:
+            tx = ShadowTx(conn, "public", since, written)
+            await tx.delete_rows(ROWS, [{"stream": s} for s in deletes])
+            await tx.put_rows(ROWS, [{"stream": s, "amount": a} for s, a in puts])
+            await tx.commit()
+            return tx
+
+        async def table() -> dict[str, int]:
+            return {r[0]: r[1] for r in await conn.fetch("SELECT stream, amount FROM amounts")}
+
+        await batch(0, [("a", 1), ("b", 1)])
+        assert await table() == {}  # two rows wait for a third
+        await batch(1, [("a", 2), ("c", 1)], deletes=["b"])
+        assert await table() == {}  # a replaced and b dropped while waiting: a and c wait
+        await batch(2, [("d", 1)])
+        assert await table() == {"a": 2, "c": 1, "d": 1}  # three: one COPY
+        await batch(3, [("a", 3), ("e", 1)], deletes=["c"])
+        # a was sent: its upsert and c's delete go at once; e waits
+        assert await table() == {"a": 3, "d": 1}
+        tx = ShadowTx(conn, "public", 4, written)
+        assert await tx.committed_rows(ROWS, "stream", ["e"]) == [("e", 1)]
+        await batch(4, [("f", 1)])
+        tx = ShadowTx(conn, "public", 5, written)
+        await tx.execute("UPDATE amounts SET amount = amount * 10")
+        await tx.commit()
+        assert await table() == {"a": 30, "d": 10, "e": 10, "f": 10}
+        await batch(6, [("f", 2), ("g", 1)])  # no COPY after the fold's own SQL: upserts
+        assert await table() == {"a": 30, "d": 10, "e": 10, "f": 2, "g": 1}
+    finally:
+        await conn.close()
