@@ -9,7 +9,8 @@ The fold runs on connections whose ``search_path`` puts the shadow schema first,
 projection's own SQL (its DDL, ``execute``, ``fetch``, the whole-row writes) reaches the
 shadow tables without knowing. Nobody reads the shadow, so its writes need no checkpoint:
 a batch's writes commit without waiting for the disk (the swap's commit, which does wait,
-comes after them in the WAL), rows the fold has not written before go by COPY, the others
+comes after them in the WAL), rows the fold has not written before go by COPY (several
+batches' worth at a time: a put of one still waiting replaces it in memory), the others
 as whole-row upserts, and the secondary indexes and planner statistics are built once the
 rows are in.
 
